@@ -1,0 +1,62 @@
+# Each target bootstraps .venv itself, so `make run` and `make test` work on a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= params.yaml
+PROFILE ?=
+STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
+
+.PHONY: help install run research optimize register results report lint test test-unit bench ui status clean
+
+help:
+	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
+	@echo "make test   - lint and the test suite"
+	@echo "make ui     - the MLflow UI on the configured store"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: research optimize register results report
+
+research: $(STAMP)
+	$(BIN)/mlflow-loan-rm $(STAGE_FLAGS)
+
+optimize: $(STAMP)
+	$(BIN)/mlflow-loan-om $(STAGE_FLAGS)
+
+register: $(STAMP)
+	$(BIN)/mlflow-loan-register $(STAGE_FLAGS)
+
+results: $(STAMP)
+	$(BIN)/mlflow-results $(STAGE_FLAGS)
+
+report: $(STAMP)
+	$(BIN)/python -m pipeline report $(STAGE_FLAGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python bench/research.py
+
+ui: $(STAMP)
+	bash scripts/launch_mlflow.sh
+
+status: $(STAMP)
+	$(BIN)/python scripts/check_mlflow_status.py
+
+clean:
+	rm -rf mlflow.db mlartifacts reports backups

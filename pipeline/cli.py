@@ -1,0 +1,157 @@
+"""The commands: ``python -m pipeline <command>`` and the ``mlflow-loan-*`` console scripts.
+
+Thin: parse flags, load config, call the stage's ``run``, print its ``describe()``.
+Every :class:`~pipeline.errors.PipelineError` becomes one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.config import DEFAULT_CONFIG_PATH, load_config
+from pipeline.errors import PipelineError
+from pipeline.settings import redact
+
+logger = logging.getLogger("pipeline")
+
+# Exit code of an unexpected failure (a bug, or the store lost mid-stage).
+EXIT_FAILURE = 1
+
+
+def _research(config, args) -> Any:
+    from pipeline.stages import research
+
+    return research.run(config)
+
+
+def _optimize(config, args) -> Any:
+    from pipeline.stages import optimize
+
+    return optimize.run(config, research_run_id=args.research_run_id)
+
+
+def _register(config, args) -> Any:
+    from pipeline.stages import register
+
+    return register.run(config, optimize_run_id=args.optimize_run_id, fail_on_reject=args.fail_on_reject)
+
+
+def _predict(config, args) -> Any:
+    from pipeline import predict
+
+    return predict.run(config, model_uri=args.model, input_path=args.input, output_path=args.output)
+
+
+def _results(config, args) -> Any:
+    from pipeline.stages import results
+
+    return results.run(config, output_dir=args.output_dir)
+
+
+def _report(config, args) -> Any:
+    from pipeline import notebook
+
+    return notebook.run(config, output_dir=args.output_dir)
+
+
+def _db_upgrade(config, args) -> Any:
+    from pipeline import maintenance
+
+    return maintenance.upgrade_database(config, backup_dir=args.backup_dir)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="parameters file (default: params.yaml)"
+    )
+    parser.add_argument("--profile", help="a profile from the config's 'profiles' section, e.g. fast")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"loan-mlops {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        _add_common(sub)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("research", _research, "stage 1: cross-validated comparison of the candidate portfolio")
+    optimize = command("optimize", _optimize, "stage 2: tune, calibrate, choose a threshold, test once")
+    optimize.add_argument("--research-run-id", help="research run to start from (default: latest)")
+    register = command("register", _register, "stage 3: register the model behind the champion gate")
+    register.add_argument("--optimize-run-id", help="optimization run to register (default: latest)")
+    register.add_argument(
+        "--fail-on-reject", action="store_true", default=None, help="exit 1 when the gate rejects"
+    )
+    predict = command("predict", _predict, "score applicants with a registered model")
+    predict.add_argument("--model", required=True, help="model URI, e.g. models:/NAME@champion")
+    predict.add_argument("--input", type=Path, required=True, help="CSV or Parquet of applicants")
+    predict.add_argument("--output", type=Path, required=True, help="CSV to write")
+    results = command("results", _results, "stage 4: MLflow tables as DataFrames, CSV and summary")
+    results.add_argument("--output-dir", type=Path, help="default: results.output_dir")
+    report = command("report", _report, "execute the results notebook and render it to HTML")
+    report.add_argument("--output-dir", type=Path, help="default: results.output_dir")
+    upgrade = command("db-upgrade", _db_upgrade, "back up, then migrate the tracking database schema")
+    upgrade.add_argument("--backup-dir", type=Path, help="where to write the backup (default: backups/)")
+    return parser
+
+
+def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
+    # Library chatter (schema migrations, tracing) is noise at our INFO level.
+    for name in ("alembic", "mlflow", "urllib3", "optuna", "matplotlib", "papermill", "traitlets"):
+        logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module="mlflow")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    try:
+        config = load_config(args.config, profile=args.profile)
+        result = args.handler(config, args)
+    except PipelineError as error:
+        print(f"{error.kind}: {redact(str(error))}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug or a lost store: one line, traceback only with --verbose
+        if args.verbose:
+            logger.exception("unexpected failure")
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(f"failed: {type(error).__name__}: {redact(first_line)} (run with -v for details)", file=sys.stderr)
+        return EXIT_FAILURE
+    describe = getattr(result, "describe", None)
+    if callable(describe):
+        print(describe())
+    return int(getattr(result, "exit_code", 0))
+
+
+def _console(command: str) -> Callable[[], None]:
+    def entry() -> None:
+        sys.exit(main([command, *sys.argv[1:]]))
+
+    entry.__name__ = f"{command.replace('-', '_')}_command"
+    return entry
+
+
+research_command = _console("research")
+optimize_command = _console("optimize")
+register_command = _console("register")
+results_command = _console("results")

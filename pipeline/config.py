@@ -1,0 +1,252 @@
+"""Typed configuration: the only reader of ``params.yaml``.
+
+Every stage reads its own section. A profile (``profiles.<name>`` in the file,
+chosen with ``--profile`` or ``PIPELINE_PROFILE``) is deep-merged over the base
+before validation, so a profile can only set keys the schema knows.
+Secrets and the tracking URI never come from this file: see :mod:`pipeline.settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("params.yaml")
+PROFILE_ENV = "PIPELINE_PROFILE"
+
+Family = Literal[
+    "dummy",
+    "logistic_regression",
+    "decision_tree",
+    "random_forest",
+    "extra_trees",
+    "hist_gradient_boosting",
+    "knn",
+    "naive_bayes",
+    "lightgbm",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrackingConfig(_Section):
+    experiment: str = Field("loan-default", min_length=1, max_length=256)
+    # Where a new experiment stores artifacts; relative paths are under the project root.
+    artifact_location: str = "mlartifacts"
+    # Bounded back-off for transient connection errors.
+    connect_retries: int = Field(3, ge=0, le=20)
+    connect_backoff_seconds: float = Field(1.0, ge=0, le=60)
+
+
+class DatasetConfig(_Section):
+    name: str = Field("german_credit", min_length=1)
+    path: Path | None = None
+    # A SQL query run against the SQLAlchemy URL in PIPELINE_DATA_URL.
+    query: str | None = None
+    target: str = Field(min_length=1)
+    positive_label: int | str | bool = 1
+    drop: list[str] = []
+    categorical: list[str] | None = None
+    numeric: list[str] | None = None
+    drop_duplicates: bool = False
+    # Rules like {"person_age": {"min": 18, "max": 100}}: rows outside are removed.
+    valid_ranges: dict[str, dict[Literal["min", "max"], float]] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetConfig:
+        if (self.path is None) == (self.query is None):
+            raise ValueError("give exactly one of 'path' or 'query'")
+        overlap = set(self.categorical or []) & set(self.numeric or [])
+        if overlap:
+            raise ValueError(f"columns listed as both categorical and numeric: {sorted(overlap)}")
+        return self
+
+
+class SplitConfig(_Section):
+    test_size: float = Field(0.25, gt=0.05, lt=0.9)
+
+
+class CostConfig(_Section):
+    """Cost per applicant of each wrong decision; correct decisions cost nothing."""
+
+    false_negative: float = Field(5.0, gt=0, description="accepting an applicant who defaults")
+    false_positive: float = Field(1.0, gt=0, description="rejecting an applicant who repays")
+
+
+class CandidateConfig(_Section):
+    family: Family
+    params: dict[str, Any] = {}
+
+
+class ResearchConfig(_Section):
+    cv_folds: int = Field(5, ge=2, le=20)
+    n_jobs: int = Field(2, ge=1, le=64)
+    candidates: dict[str, CandidateConfig] = Field(min_length=1)
+    # A subset of candidate names to run (all when absent); profiles use it to trim the portfolio.
+    use: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _portfolio(self) -> ResearchConfig:
+        unknown = [name for name in self.use or [] if name not in self.candidates]
+        if unknown:
+            raise ValueError(f"'use' names unknown candidates: {', '.join(unknown)}")
+        if not any(c.family == "dummy" for c in self.portfolio.values()):
+            raise ValueError("the portfolio needs a 'dummy' baseline candidate")
+        return self
+
+    @property
+    def portfolio(self) -> dict[str, CandidateConfig]:
+        """The candidates this run uses, in config order."""
+        if self.use is None:
+            return dict(self.candidates)
+        return {name: c for name, c in self.candidates.items() if name in self.use}
+
+
+class SearchParam(_Section):
+    type: Literal["int", "float", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical search parameter needs non-empty 'choices'")
+            if self.low is not None or self.high is not None:
+                raise ValueError("a categorical search parameter takes no 'low'/'high'")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"an {self.type} search parameter needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"'low' ({self.low}) must be below 'high' ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs 'low' > 0")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("'step' must be positive")
+        if self.type == "int" and not all(
+            float(v).is_integer() for v in (self.low, self.high, self.step or 1)
+        ):
+            raise ValueError("an int search parameter needs whole-number bounds and step")
+        return self
+
+
+class OptimizeConfig(_Section):
+    top_k: int = Field(3, ge=1, le=9)
+    cv_folds: int = Field(5, ge=2, le=20)
+    n_trials: int = Field(30, ge=1, le=10_000, description="trial cap per family")
+    timeout_seconds: float = Field(30.0, gt=0, description="wall-clock budget per family")
+    n_jobs: int = Field(2, ge=1, le=64)
+    pruning: bool = True
+    calibration_methods: list[Literal["sigmoid", "isotonic"]] = ["sigmoid", "isotonic"]
+    permutation_repeats: int = Field(5, ge=1, le=100)
+    search_spaces: dict[Family, dict[str, SearchParam]] = {}
+
+
+class RegisterConfig(_Section):
+    model_name: str = Field("loan-default-classifier", min_length=1, max_length=256)
+    min_test_roc_auc: float = Field(0.70, ge=0, le=1)
+    roc_auc_margin: float = Field(0.0, ge=0, le=1)
+    cost_margin: float = Field(0.0, ge=0)
+    min_probability_of_improvement: float = Field(0.9, gt=0, le=1)
+    bootstrap_samples: int = Field(1000, ge=100, le=100_000)
+    mirror_stages: bool = False
+    fail_on_reject: bool = False
+
+
+class ResultsConfig(_Section):
+    output_dir: Path = Path("reports")
+    notebook: Path = Path("notebooks/results.ipynb")
+
+
+class PipelineConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    tracking: TrackingConfig = TrackingConfig()
+    dataset: DatasetConfig
+    split: SplitConfig = SplitConfig()
+    costs: CostConfig = CostConfig()
+    research: ResearchConfig
+    optimize: OptimizeConfig = OptimizeConfig()
+    # "register" would shadow BaseModel's ABC method; the YAML key stays "register".
+    registration: RegisterConfig = Field(RegisterConfig(), alias="register")
+    results: ResultsConfig = ResultsConfig()
+    # Directory relative paths resolve against (the config file's folder); not a YAML key.
+    root: Path = Field(Path("."), exclude=True)
+    profile: str | None = Field(None, exclude=True)
+
+    def resolve(self, path: Path | str) -> Path:
+        """Absolute path for a config value given relative to the project root."""
+        path = Path(path)
+        return path if path.is_absolute() else (self.root / path).resolve()
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "<root>"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+    return f"{where}: {message}{more}"
+
+
+def config_from_mapping(
+    raw: dict[str, Any], *, root: Path = Path("."), profile: str | None = None
+) -> PipelineConfig:
+    """Validate a parsed ``params.yaml`` mapping, applying ``profile`` if given."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the config file must hold a mapping of sections")
+    raw = dict(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError("profiles: must be a mapping of profile names to overrides")
+    if profile:
+        if profile not in profiles:
+            known = ", ".join(sorted(profiles)) or "none"
+            raise ConfigError(f"profile '{profile}' is not defined in the config (known: {known})")
+        raw = _deep_merge(raw, profiles[profile] or {})
+    try:
+        return PipelineConfig.model_validate({**raw, "root": root.resolve(), "profile": profile})
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error)) from None
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG_PATH, profile: str | None = None) -> PipelineConfig:
+    """Read, merge and validate the config file; relative paths resolve against its folder."""
+    path = Path(path)
+    profile = profile or os.environ.get(PROFILE_ENV) or None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}") from None
+    return config_from_mapping(raw or {}, root=path.resolve().parent, profile=profile)

@@ -1,0 +1,36 @@
+"""Errors that end a command with a clear one-line message instead of a traceback."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """A problem the user can fix; the command prints it on one line and exits."""
+
+    exit_code = 2
+    kind = "error"
+
+    def __str__(self) -> str:
+        # One line, whatever the underlying message held.
+        return " ".join(super().__str__().split())
+
+
+class ConfigError(PipelineError):
+    kind = "config error"
+
+
+class DataError(PipelineError):
+    kind = "data error"
+
+
+class TrackingUnavailableError(PipelineError):
+    kind = "tracking store unreachable"
+
+
+class LookupFailedError(PipelineError):
+    """A run, model or version the stage needs is missing or does not match."""
+
+    kind = "lookup error"
+
+
+class ModelSecurityError(PipelineError):
+    kind = "untrusted model"

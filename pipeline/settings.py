@@ -1,0 +1,46 @@
+"""Settings that come only from the environment: the tracking URI and data credentials."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+DATA_URL_ENV = "PIPELINE_DATA_URL"
+ARTIFACT_ROOT_ENV = "PIPELINE_ARTIFACT_ROOT"
+REQUIRE_POSTGRES_ENV = "PIPELINE_REQUIRE_POSTGRES"
+
+DEFAULT_SQLITE_NAME = "mlflow.db"
+
+_PASSWORD_IN_URL = re.compile(r"(?P<head>[a-zA-Z][\w+.-]*://[^:/@\s]+:)(?P<secret>[^@\s]+)(?P<tail>@)")
+
+
+def tracking_uri(root: Path) -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else the embedded SQLite store under ``root``."""
+    uri = os.environ.get(TRACKING_URI_ENV, "").strip()
+    return uri or f"sqlite:///{(root / DEFAULT_SQLITE_NAME).resolve()}"
+
+
+def artifact_root_override() -> str | None:
+    return os.environ.get(ARTIFACT_ROOT_ENV, "").strip() or None
+
+
+def data_url() -> str | None:
+    return os.environ.get(DATA_URL_ENV, "").strip() or None
+
+
+def redact(text: str) -> str:
+    """Mask passwords in every URL inside ``text``: ``scheme://user:***@host``."""
+    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", text)
+
+
+def redact_uri(uri: str) -> str:
+    """A URI safe to print or log."""
+    try:
+        url = make_url(uri)
+    except Exception:  # not an SQLAlchemy URL (http://, file:, ...)
+        return redact(uri)
+    return url.render_as_string(hide_password=True) if url.password else uri

@@ -1,0 +1,96 @@
+"""Shared fixtures: configs, throwaway tracking stores (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import PipelineConfig, config_from_mapping
+from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_URI_ENV
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+POSTGRES_ADMIN_DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def project_params() -> dict:
+    return yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text())
+
+
+def small_params(**overrides) -> dict:
+    """The shipped params with a small, fast portfolio and budgets."""
+    raw = project_params()
+    raw["research"]["cv_folds"] = 3
+    raw["research"]["use"] = ["dummy_prior", "logistic_regression", "decision_tree", "naive_bayes"]
+    raw["optimize"].update({"top_k": 2, "cv_folds": 3, "n_trials": 3, "timeout_seconds": 20,
+                            "permutation_repeats": 1})
+    raw["register"]["bootstrap_samples"] = 200
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+            raw[section].update(values)
+        else:
+            raw[section] = values
+    return raw
+
+
+def make_config(raw: dict, root: Path = PROJECT_ROOT) -> PipelineConfig:
+    return config_from_mapping(raw, root=root)
+
+
+@pytest.fixture
+def small_config() -> PipelineConfig:
+    return make_config(small_params())
+
+
+@pytest.fixture
+def sqlite_store(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite tracking store and artifact folder for one test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv(TRACKING_URI_ENV, uri)
+    monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
+    return uri
+
+
+def _postgres_admin():
+    import psycopg2
+
+    connection = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
+    connection.autocommit = True
+    return connection
+
+
+@pytest.fixture
+def postgres_url():
+    """Create a throwaway database on the local server; drop it afterwards.
+
+    Skips when no server answers, unless PIPELINE_REQUIRE_POSTGRES=1 (as in CI).
+    """
+    try:
+        admin = _postgres_admin()
+    except Exception as error:
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"PostgreSQL required but unreachable: {error}")
+        pytest.skip(f"PostgreSQL not reachable: {error}")
+    name = f"loan_mlops_test_{uuid.uuid4().hex[:12]}"
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.fixture
+def postgres_store(postgres_url, tmp_path, monkeypatch) -> str:
+    monkeypatch.setenv(TRACKING_URI_ENV, postgres_url)
+    monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
+    return postgres_url
