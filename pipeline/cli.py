@@ -135,7 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             logger.exception("unexpected failure")
         first_line = (str(error).strip().splitlines() or [""])[0]
-        print(f"failed: {type(error).__name__}: {redact(first_line)} (run with -v for details)", file=sys.stderr)
+        print(
+            f"failed: {type(error).__name__}: {redact(first_line)} (run with -v for details)", file=sys.stderr
+        )
         return EXIT_FAILURE
     describe = getattr(result, "describe", None)
     if callable(describe):

@@ -131,9 +131,7 @@ def _binary_target(values: pd.Series, config: DatasetConfig) -> pd.Series:
     if not positive.any():  # labels read as text, or a numeric label given as text
         positive = values.astype(str) == str(config.positive_label)
     if not positive.any():
-        raise DataError(
-            f"target column '{name}' never equals positive_label {config.positive_label!r}"
-        )
+        raise DataError(f"target column '{name}' never equals positive_label {config.positive_label!r}")
     return positive.astype(np.int8).rename(name)
 
 
@@ -172,8 +170,10 @@ def _coerce(features: pd.DataFrame, categorical: list[str], numeric: list[str]) 
     for column in categorical:
         # Plain object strings with NaN for missing: what every encoder and signature expects.
         values = features[column]
-        columns[column] = values.astype(object).where(values.notna(), np.nan).map(
-            lambda v: v if isinstance(v, float) and np.isnan(v) else str(v)
+        columns[column] = (
+            values.astype(object)
+            .where(values.notna(), np.nan)
+            .map(lambda v: v if isinstance(v, float) and np.isnan(v) else str(v))
         )
     return pd.DataFrame(columns, index=features.index)[list(features.columns)]
 
@@ -285,6 +285,5 @@ def check_folds(target: pd.Series, folds: int, where: str) -> None:
     label, smallest = counts.idxmin(), int(counts.min())
     if smallest < folds:
         raise DataError(
-            f"class {label} of '{target.name}' has {smallest} training rows, fewer than "
-            f"{where}={folds}"
+            f"class {label} of '{target.name}' has {smallest} training rows, fewer than {where}={folds}"
         )

@@ -60,9 +60,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 
 def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> ColumnTransformer:
     if kind == "onehot":
-        numeric_steps = Pipeline(
-            [("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())]
-        )
+        numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         categorical_steps = Pipeline(
             [
                 ("impute", SimpleImputer(strategy="most_frequent")),
@@ -71,9 +69,7 @@ def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> Colu
         )
     else:
         # Trees need no scaling; unseen or missing categories map to -1.
-        numeric_steps = (
-            "passthrough" if kind == "native" else SimpleImputer(strategy="median")
-        )
+        numeric_steps = "passthrough" if kind == "native" else SimpleImputer(strategy="median")
         categorical_steps = OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=-1,

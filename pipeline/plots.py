@@ -6,9 +6,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on CI machines
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
 
 
 def leaderboard_chart(leaderboard: pd.DataFrame, metric: str = "cv_roc_auc") -> Figure:

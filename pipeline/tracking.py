@@ -112,7 +112,7 @@ def wait_until_reachable(uri: str, retries: int, backoff_seconds: float) -> None
                     f"cannot reach {redact_uri(uri)} after {retries + 1} attempt(s): {redact(reason)}"
                 ) from None
             delay = backoff_seconds * 2**attempt
-            logger.warning("tracking store not reachable (%s); retrying in %.1f s", redact(reason), delay)
+            logger.info("tracking store not reachable (%s); retrying in %.1f s", redact(reason), delay)
             time.sleep(delay)
 
 
@@ -158,14 +158,20 @@ def git_commit(root: Path) -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, timeout=5, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.SubprocessError):
         return os.environ.get("GITHUB_SHA", "unknown")
 
 
-def base_tags(config: PipelineConfig, stage: str, dataset: Dataset | None = None, split: Split | None = None) -> dict[str, str]:
+def base_tags(
+    config: PipelineConfig, stage: str, dataset: Dataset | None = None, split: Split | None = None
+) -> dict[str, str]:
     """Tags every run of a stage carries: provenance and the data it saw."""
     tags = {
         TAG_STAGE: stage,

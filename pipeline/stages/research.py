@@ -90,7 +90,9 @@ def evaluate_portfolio(
     return outcomes
 
 
-def leaderboard_frame(outcomes: list[CandidateOutcome], run_ids: dict[str, str] | None = None) -> pd.DataFrame:
+def leaderboard_frame(
+    outcomes: list[CandidateOutcome], run_ids: dict[str, str] | None = None
+) -> pd.DataFrame:
     """Candidates ranked by mean CV ROC AUC (ties: lower expected cost first)."""
     rows = [{"candidate": o.name, "family": o.family, **o.metrics} for o in outcomes]
     frame = pd.DataFrame(rows).sort_values(
@@ -156,8 +158,12 @@ def run(config: PipelineConfig) -> ResearchResult:
                 session,
                 run_id,
                 outcome.name,
-                tags={**tags, tracking.TAG_ROLE: "candidate",
-                      tracking.TAG_FAMILY: outcome.family, tracking.TAG_CANDIDATE: outcome.name},
+                tags={
+                    **tags,
+                    tracking.TAG_ROLE: "candidate",
+                    tracking.TAG_FAMILY: outcome.family,
+                    tracking.TAG_CANDIDATE: outcome.name,
+                },
                 params={"family": outcome.family, **outcome.params},
                 metrics=outcome.metrics,
             )
@@ -182,8 +188,10 @@ def run(config: PipelineConfig) -> ResearchResult:
         tracking.log_batch(
             session,
             run_id,
-            metrics={"best_cv_roc_auc": float(best[RANK_METRIC]),
-                     "best_cv_expected_cost": float(leaderboard["cv_expected_cost_mean"].min())},
+            metrics={
+                "best_cv_roc_auc": float(best[RANK_METRIC]),
+                "best_cv_expected_cost": float(leaderboard["cv_expected_cost_mean"].min()),
+            },
             tags={
                 TAG_RANKED_FAMILIES: json.dumps(families),
                 TAG_RANKED_CANDIDATES: json.dumps(leaderboard["candidate"].tolist()),

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.integration
 def run_cli(config_path, *extra, env=None):
     return subprocess.run(
         [sys.executable, "-m", "pipeline", "research", "--quiet", "--config", str(config_path), *extra],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
 
 
@@ -42,7 +45,7 @@ GERMAN = (PROJECT_ROOT / "data" / "german_credit.csv").read_text()
 @pytest.mark.parametrize(
     ("make_config", "message"),
     [
-        (lambda t: with_data(t, "") , "dataset file loans.csv is empty"),
+        (lambda t: with_data(t, ""), "dataset file loans.csv is empty"),
         (lambda t: with_data(t, "a,default\n"), "dataset is empty"),
         (lambda t: with_data(t, GERMAN, target="risk"), "target column 'risk' not found"),
         (lambda t: with_data(t, "a,default\n1,1\n2,1\n"), "single class"),
@@ -63,7 +66,9 @@ GERMAN = (PROJECT_ROOT / "data" / "german_credit.csv").read_text()
         (lambda t: write_config(t, small_params(split={"test_size": 2})), "split.test_size"),
         (lambda t: t / "absent.yaml", "cannot read config file"),
         (
-            lambda t: write_config(t, small_params(dataset={"path": str(t / "nowhere.csv"), "target": "default"})),
+            lambda t: write_config(
+                t, small_params(dataset={"path": str(t / "nowhere.csv"), "target": "default"})
+            ),
             "dataset file not found",
         ),
     ],
@@ -84,10 +89,14 @@ def test_bad_input_exits_2_with_one_line(tmp_path, sqlite_store, make_config, me
 def test_unreachable_tracking_database(tmp_path, monkeypatch):
     raw = small_params(tracking={"connect_retries": 1, "connect_backoff_seconds": 0.1})
     config = write_config(tmp_path, raw)
-    env = {**__import__("os").environ,
-           "MLFLOW_TRACKING_URI": "postgresql+psycopg2://loan:s3cretpw@127.0.0.1:9/mlflow"}
+    env = {
+        **__import__("os").environ,
+        "MLFLOW_TRACKING_URI": "postgresql+psycopg2://loan:s3cretpw@127.0.0.1:9/mlflow",
+    }
     completed = run_cli(config, env=env)
     assert completed.returncode == 2
     lines = completed.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tracking store unreachable: cannot reach"), completed.stderr
+    assert len(lines) == 1 and lines[0].startswith("tracking store unreachable: cannot reach"), (
+        completed.stderr
+    )
     assert "s3cretpw" not in completed.stderr and "loan:***@" in completed.stderr

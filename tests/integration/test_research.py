@@ -79,10 +79,14 @@ def test_failure_mid_stage_marks_the_run_failed(sqlite_store, small_config, monk
 def test_console_script_prints_leaderboard(sqlite_store, tmp_path):
     params = (PROJECT_ROOT / "params.yaml").read_text()
     config = tmp_path / "params.yaml"
-    config.write_text(params.replace("path: data/german_credit.csv", f"path: {PROJECT_ROOT}/data/german_credit.csv"))
+    config.write_text(
+        params.replace("path: data/german_credit.csv", f"path: {PROJECT_ROOT}/data/german_credit.csv")
+    )
     completed = subprocess.run(
         [sys.executable, "-m", "pipeline", "research", "--config", str(config), "--profile", "fast"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
     assert "rank" in completed.stdout and "dummy_prior" in completed.stdout

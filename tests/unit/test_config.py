@@ -19,7 +19,10 @@ def test_fast_profile_trims_portfolio_and_overrides_params():
     config = load_config(PROJECT_ROOT / "params.yaml", profile="fast")
     assert config.profile == "fast"
     assert list(config.research.portfolio) == [
-        "dummy_prior", "logistic_regression", "random_forest", "hist_gradient_boosting"
+        "dummy_prior",
+        "logistic_regression",
+        "random_forest",
+        "hist_gradient_boosting",
     ]
     assert config.research.portfolio["random_forest"].params["n_estimators"] == 100
     assert config.research.portfolio["random_forest"].params["min_samples_leaf"] == 2
@@ -39,7 +42,9 @@ def test_fast_profile_trims_portfolio_and_overrides_params():
         (lambda raw: raw["research"].update(use=["logistic_regression"]), "'dummy' baseline"),
         (lambda raw: raw["research"]["candidates"]["knn"].update(family="svm"), "family"),
         (
-            lambda raw: raw["optimize"]["search_spaces"]["knn"].update(n_neighbors={"type": "int", "low": 9, "high": 3}),
+            lambda raw: raw["optimize"]["search_spaces"]["knn"].update(
+                n_neighbors={"type": "int", "low": 9, "high": 3}
+            ),
             "must be below",
         ),
         (

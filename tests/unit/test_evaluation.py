@@ -32,7 +32,9 @@ def test_cost_curve_matches_brute_force_and_best_threshold():
 def test_accepting_everyone_is_a_candidate():
     # Expensive false positives: the best choice is to reject nobody.
     y = np.array([0, 0, 0, 1])
-    threshold, cost = best_threshold(y, np.array([0.9, 0.8, 0.7, 0.1]), CostConfig(false_negative=1, false_positive=10))
+    threshold, cost = best_threshold(
+        y, np.array([0.9, 0.8, 0.7, 0.1]), CostConfig(false_negative=1, false_positive=10)
+    )
     assert threshold > 1.0 and cost == pytest.approx(0.25)
 
 

@@ -1,9 +1,9 @@
 import pytest
 
 from pipeline.config import load_config
+from pipeline.data import load_dataset
 from pipeline.errors import ConfigError
 from pipeline.models import FAMILIES, build_estimator, validate_params
-from pipeline.data import load_dataset
 from tests.conftest import PROJECT_ROOT
 
 
