@@ -51,6 +51,21 @@ _FAMILIES: dict[str, tuple[Any, str, bool, bool]] = {
 
 FAMILIES = tuple(_FAMILIES)
 
+# The only non-primitive types a logged model may ask skops to rebuild. Kept in code, not read from
+# the model's files, so a tampered model cannot widen it (MLflow itself trusts the list in MLmodel).
+TRUSTED_TYPES: tuple[str, ...] = (
+    "collections.OrderedDict",
+    "functools.partial",
+    "lightgbm.basic.Booster",
+    "lightgbm.sklearn.LGBMClassifier",
+    "numpy.dtype",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils.validation.check_array",
+)
+
 # Defaults that differ from the library's because of the preprocessing or the data size.
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "dummy": {"strategy": "prior"},

@@ -26,7 +26,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 import pipeline
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
-from pipeline.errors import LookupFailedError, TrackingUnavailableError
+from pipeline.errors import LookupFailedError, ModelSecurityError, TrackingUnavailableError
 from pipeline.settings import artifact_root_override, redact, redact_uri, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -355,3 +355,108 @@ def get_run(session: TrackingSession, run_id: str):
 def download_artifact_text(session: TrackingSession, run_id: str, path: str) -> str:
     local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, tracking_uri=session.uri)
     return Path(local).read_text(encoding="utf-8")
+
+
+# --- Models: logged pickle-free, loaded only with the trusted-type list kept in code -------------
+
+MODEL_NAME_IN_RUN = "model"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A logged model rebuilt from its skops file, with what was recorded next to it."""
+
+    uri: str
+    estimator: Any
+    metadata: dict[str, Any]
+    signature: Any  # mlflow.models.ModelSignature or None
+
+    @property
+    def threshold(self) -> float:
+        if "threshold" not in self.metadata:
+            raise LookupFailedError(f"model {self.uri} has no recorded decision threshold")
+        return float(self.metadata["threshold"])
+
+
+def log_model(
+    session: TrackingSession,
+    run_id: str,
+    model: Any,
+    input_example: pd.DataFrame,
+    metadata: Mapping[str, Any],
+) -> Any:
+    """Log a fitted classifier in the skops format under ``run_id``; returns MLflow's ModelInfo."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from pipeline.models import TRUSTED_TYPES
+
+    example = input_example.head(5)
+    signature = infer_signature(example, model.predict_proba(example)[:, 1])
+    mlflow.set_tracking_uri(session.uri)
+    return mlflow.sklearn.log_model(
+        model,
+        name=MODEL_NAME_IN_RUN,
+        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+        skops_trusted_types=list(TRUSTED_TYPES),
+        signature=signature,
+        input_example=example,
+        metadata=dict(metadata),
+        pyfunc_predict_fn="predict_proba",
+        run_id=run_id,
+    )
+
+
+def load_model(uri: str, tracking_uri_value: str | None = None) -> LoadedModel:
+    """Download a logged model and rebuild it, trusting only ``pipeline.models.TRUSTED_TYPES``.
+
+    Raises ModelSecurityError when the files are not skops or ask for any other type.
+    """
+    import tempfile
+
+    import skops.io
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+    from skops.io.exceptions import UntrustedTypesFoundException
+
+    from pipeline.models import TRUSTED_TYPES
+
+    if tracking_uri_value:
+        mlflow.set_tracking_uri(tracking_uri_value)
+    with tempfile.TemporaryDirectory(prefix="loan-model-") as folder:
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder))
+        except MlflowException as error:
+            raise LookupFailedError(f"cannot find model {uri}: {str(error).splitlines()[0]}") from None
+        try:
+            description = Model.load(str(local))
+        except Exception as error:
+            raise ModelSecurityError(f"model {uri} has no readable MLmodel file: {error}") from None
+        flavor = description.flavors.get("sklearn") or {}
+        if flavor.get("serialization_format") != "skops":
+            raise ModelSecurityError(
+                f"model {uri} is stored as {flavor.get('serialization_format', 'unknown')!r}; "
+                "only the pickle-free skops format is loaded"
+            )
+        model_file = (local / flavor.get("pickled_model", "model.skops")).resolve()
+        if local.resolve() not in model_file.parents:
+            raise ModelSecurityError(f"model {uri} points outside its own folder")
+        try:
+            estimator = skops.io.load(model_file, trusted=list(TRUSTED_TYPES))
+        except UntrustedTypesFoundException as error:
+            raise ModelSecurityError(
+                f"model {uri} asks for types outside the trusted list: {str(error).splitlines()[0]}"
+            ) from None
+        except Exception as error:  # corrupt or truncated file
+            raise ModelSecurityError(f"model {uri} cannot be read: {str(error).splitlines()[0]}") from None
+    return LoadedModel(
+        uri=uri,
+        estimator=estimator,
+        metadata=dict(description.metadata or {}),
+        signature=description.signature,
+    )
+
+
+def model_threshold(uri: str) -> float:
+    """The decision threshold recorded with a logged model."""
+    return load_model(uri).threshold
