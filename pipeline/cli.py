@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,7 +18,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG_PATH, load_config
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, Terminated
 from pipeline.settings import redact
 
 logger = logging.getLogger("pipeline")
@@ -117,23 +119,53 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="mlflow")
+        # MLflow logs a traceback for every database error before re-raising it; we report it once.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+
+
+def install_sigterm_handler() -> None:
+    """Turn SIGTERM into :class:`~pipeline.errors.Terminated`, so runs end KILLED, not RUNNING."""
+
+    def terminate(signum, frame) -> None:
+        # Once: a second SIGTERM must not interrupt the cleanup that marks the runs.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated("received SIGTERM")
+
+    signal.signal(signal.SIGTERM, terminate)
+
+
+def _lost_store(error: Exception) -> PipelineError | None:
+    """The one-line error for a tracking store lost outside a stage run, if that is what happened."""
+    if "mlflow" not in sys.modules:  # nothing reached the store yet
+        return None
+    from pipeline import tracking
+    from pipeline.settings import TRACKING_URI_ENV
+
+    return tracking.connection_lost_error(error, os.environ.get(TRACKING_URI_ENV, ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    install_sigterm_handler()
     try:
         config = load_config(args.config, profile=args.profile)
         result = args.handler(config, args)
     except PipelineError as error:
         print(f"{error.kind}: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
+    except Terminated:
+        print("terminated: received SIGTERM; runs in progress were marked KILLED", file=sys.stderr)
+        return Terminated.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or a lost store: one line, traceback only with --verbose
         if args.verbose:
             logger.exception("unexpected failure")
+        if (mapped := _lost_store(error)) is not None:
+            print(f"{mapped.kind}: {redact(str(mapped))}", file=sys.stderr)
+            return mapped.exit_code
         first_line = (str(error).strip().splitlines() or [""])[0]
         print(
             f"failed: {type(error).__name__}: {redact(first_line)} (run with -v for details)", file=sys.stderr

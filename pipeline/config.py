@@ -9,11 +9,14 @@ Secrets and the tracking URI never come from this file: see :mod:`pipeline.setti
 from __future__ import annotations
 
 import os
+import posixpath
+import unicodedata
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 
@@ -33,6 +36,19 @@ Family = Literal[
 ]
 
 
+def _check_name(value: str, what: str) -> str:
+    """Names end up in MLflow filter strings and file paths: printable, trimmed, quotable."""
+    if any(unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"} for char in value):
+        raise ValueError(f"the {what} name holds control characters")
+    if value != value.strip():
+        raise ValueError(f"the {what} name has leading or trailing whitespace")
+    if "'" in value and '"' in value:
+        raise ValueError(f"the {what} name holds both quote characters, which MLflow filters cannot express")
+    if value.endswith("\\"):
+        raise ValueError(f"the {what} name ends with a backslash, which MLflow filters cannot express")
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,6 +60,13 @@ class TrackingConfig(_Section):
     # Bounded back-off for transient connection errors.
     connect_retries: int = Field(3, ge=0, le=20)
     connect_backoff_seconds: float = Field(1.0, ge=0, le=60)
+    # RUNNING runs older than this (from another host, or with no owner tags) count as stale.
+    stale_after_hours: float = Field(12.0, gt=0, le=24 * 365)
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, value: str) -> str:
+        return _check_name(value, "experiment")
 
 
 class DatasetConfig(_Section):
@@ -157,6 +180,19 @@ class OptimizeConfig(_Section):
 
 class RegisterConfig(_Section):
     model_name: str = Field("loan-default-classifier", min_length=1, max_length=256)
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        value = _check_name(value, "registered model")
+        # MLflow's own rules (mlflow.utils.validation._validate_model_name), checked before any run.
+        if "/" in value or ":" in value:
+            raise ValueError("a registered model name cannot contain '/' or ':'")
+        normal = posixpath.normpath(value)
+        if normal != value or normal == "." or normal.startswith(".."):
+            raise ValueError(f"a registered model name must not read as a path (it resolves to {normal!r})")
+        return value
+
     min_test_roc_auc: float = Field(0.70, ge=0, le=1)
     roc_auc_margin: float = Field(0.0, ge=0, le=1)
     cost_margin: float = Field(0.0, ge=0)
@@ -188,6 +224,21 @@ class PipelineConfig(_Section):
     root: Path = Field(Path("."), exclude=True)
     profile: str | None = Field(None, exclude=True)
 
+    @model_validator(mode="after")
+    def _outputs_inside_root(self) -> PipelineConfig:
+        # Outputs the pipeline writes must stay inside the project (the config file's folder).
+        outputs = {"results.output_dir": str(self.results.output_dir)}
+        location = self.tracking.artifact_location
+        if location.startswith("file:"):
+            outputs["tracking.artifact_location"] = urllib.parse.urlparse(location).path
+        elif "://" not in location:
+            outputs["tracking.artifact_location"] = location
+        root = self.root.resolve()
+        for key, value in outputs.items():
+            if not self.resolve(value).is_relative_to(root):
+                raise ValueError(f"{key}: {value} is outside the project folder {root}")
+        return self
+
     def resolve(self, path: Path | str) -> Path:
         """Absolute path for a config value given relative to the project root."""
         path = Path(path)
@@ -207,7 +258,9 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
 def _format_validation_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "<root>"
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"] and first["type"] == "value_error":
+        where, _, message = message.partition(": ")  # the validator names the key itself
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""

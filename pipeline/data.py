@@ -267,9 +267,14 @@ def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
     counts = dataset.target.value_counts()
     if counts.min() < 2:
         raise DataError("too few rows of a class to hold out a stratified test part")
-    train_index, test_index = train_test_split(
-        positions, test_size=test_size, stratify=dataset.target, random_state=seed
-    )
+    try:
+        train_index, test_index = train_test_split(
+            positions, test_size=test_size, stratify=dataset.target, random_state=seed
+        )
+    except ValueError as error:  # e.g. a test part smaller than the number of classes
+        raise DataError(
+            f"{dataset.n_rows} rows are too few to hold out a stratified test part: {error}"
+        ) from None
     frame = dataset.frame()
     return Split(
         train_index=train_index,

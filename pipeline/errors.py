@@ -34,3 +34,19 @@ class LookupFailedError(PipelineError):
 
 class ModelSecurityError(PipelineError):
     kind = "untrusted model"
+
+
+class SchemaOutdatedError(PipelineError):
+    """The tracking database was created by an older MLflow and needs a migration."""
+
+    kind = "tracking schema outdated"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the command's SIGTERM handler.
+
+    A KeyboardInterrupt, so every ``except KeyboardInterrupt`` cleanup (stage runs
+    marked KILLED, Optuna trials marked failed) runs as it does for Ctrl-C.
+    """
+
+    exit_code = 143

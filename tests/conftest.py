@@ -95,3 +95,35 @@ def postgres_store(postgres_url, tmp_path, monkeypatch) -> str:
     monkeypatch.setenv(TRACKING_URI_ENV, postgres_url)
     monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
     return postgres_url
+
+
+@pytest.fixture
+def pg_cluster():
+    """A started throwaway PostgreSQL cluster (tests/pgcluster.py) the test may stop and restart."""
+    from tests.pgcluster import ClusterUnavailable, PgCluster
+
+    try:
+        cluster = PgCluster().init()
+        cluster.start()
+    except (ClusterUnavailable, RuntimeError) as error:
+        if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
+            pytest.fail(f"cannot start a throwaway PostgreSQL cluster: {error}")
+        pytest.skip(f"cannot start a throwaway PostgreSQL cluster: {error}")
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def results_store(tmp_path_factory):
+    """A SQLite store with a real research run and faked stages 2-3 (tests/integration/fake_store.py),
+    built once for the results and notebook tests; they point MLFLOW_TRACKING_URI at ``.uri``."""
+    from tests.integration.fake_store import populate
+
+    folder = tmp_path_factory.mktemp("results_store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TRACKING_URI_ENV, uri)
+        patch.setenv(ARTIFACT_ROOT_ENV, str(folder / "artifacts"))
+        return populate(make_config(small_params()), uri)

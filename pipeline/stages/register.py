@@ -1,0 +1,470 @@
+"""Stage 3, registration: register the optimized model behind the champion/challenger gate.
+
+Reads the optimization run through MLflow, re-scores challenger and champion on the
+current held-out test part, applies :mod:`pipeline.gate`, and moves the aliases.
+
+Safe to rerun and to race: the whole check-register-alias sequence runs under a
+per-model lock (:func:`pipeline.tracking.registry_lock`), each version carries the
+optimization run id it came from, and its ``gate.status`` tag is ``pending`` from
+creation until the aliases have moved, when it becomes ``done`` (written last). A rerun
+finds a ``done`` version and registers nothing; a ``pending`` one (a crash in between)
+is finished, not duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import gate, plots, tracking
+from pipeline.config import PipelineConfig
+from pipeline.data import Dataset, Split, load_dataset, split_dataset
+from pipeline.errors import LookupFailedError
+from pipeline.evaluation import all_metrics
+
+logger = logging.getLogger(__name__)
+
+STAGE = "register"
+OPTIMIZE_STAGE = "optimize"
+
+# Model version tags.
+VTAG_OPTIMIZE_RUN = "optimize_run_id"
+VTAG_RESEARCH_RUN = "research_run_id"
+VTAG_THRESHOLD = "threshold"
+VTAG_STATUS = "gate.status"
+VTAG_DECISION = "gate.decision"
+VTAG_REASON = "gate.reason"
+VTAG_ARCHIVED = "archived"
+STATUS_PENDING = "pending"
+STATUS_DONE = "done"
+
+# Recorded and re-computed test ROC AUC may differ by float noise only.
+_SCORE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """What the optimization run recorded about its model."""
+
+    run_id: str
+    model_uri: str
+    model_id: str | None
+    threshold: float
+    research_run_id: str | None
+    family: str | None
+    dataset_digest: str | None
+    test_digest: str | None
+    git_commit: str | None
+    test_roc_auc: float | None
+    test_expected_cost: float | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: str
+    decision: str
+    reason: str
+    gate_decision: gate.GateDecision | None = None
+    draws: pd.DataFrame | None = None
+    champion_version: str | None = None
+    other_data: bool = False
+    figures: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    run_id: str
+    model_name: str
+    optimize_run_id: str
+    outcome: Outcome
+    fail_on_reject: bool
+
+    @property
+    def decision(self) -> str:
+        return self.outcome.decision
+
+    @property
+    def version(self) -> str:
+        return self.outcome.version
+
+    @property
+    def exit_code(self) -> int:
+        rejected = self.outcome.decision == gate.REJECTED or (
+            self.outcome.decision == gate.ALREADY_REGISTERED and self.outcome.reason.startswith("rejected")
+        )
+        return 1 if self.fail_on_reject and rejected else 0
+
+    def describe(self) -> str:
+        o = self.outcome
+        lines = [
+            f"register run {self.run_id}: {self.model_name} version {o.version} "
+            f"{o.decision.upper().replace('_', ' ')} (optimize run {self.optimize_run_id})",
+            f"  reason: {o.reason}",
+        ]
+        f = o.figures
+        if "challenger_test_roc_auc" in f:
+            lines.append(
+                f"  challenger: test ROC AUC {f['challenger_test_roc_auc']:.4f}, "
+                f"expected cost {f['challenger_test_expected_cost']:.4f}"
+            )
+        if "champion_test_roc_auc" in f:
+            lines.append(
+                f"  champion v{o.champion_version}: test ROC AUC {f['champion_test_roc_auc']:.4f}, "
+                f"expected cost {f['champion_test_expected_cost']:.4f}"
+                + (" (trained on another dataset digest)" if o.other_data else "")
+            )
+            lines.append(
+                f"  P(improvement): cost {f['probability_of_improvement_cost']:.3f}, "
+                f"ROC AUC {f['probability_of_improvement_roc_auc']:.3f}"
+            )
+        if o.gate_decision is not None:
+            for check in o.gate_decision.floors:
+                mark = "ok" if check.passed else "FAILED"
+                lines.append(f"  floor {check.name}: {mark} ({check.note})")
+        return "\n".join(lines)
+
+
+# --- Reading the hand-over ------------------------------------------------------------------------
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def find_optimize_run(session: tracking.TrackingSession, optimize_run_id: str | None):
+    """The given optimization run, checked, or the latest finished one."""
+    if optimize_run_id is None:
+        runs = tracking.search_stage_runs(session, OPTIMIZE_STAGE, max_results=1)
+        if not runs:
+            raise LookupFailedError(
+                f"no finished optimization run in experiment '{session.experiment_name}'; run stage 2 first"
+            )
+        return runs[0]
+    run = tracking.get_run(session, optimize_run_id)
+    tags = run.data.tags
+    if tags.get(tracking.TAG_STAGE) != OPTIMIZE_STAGE or tags.get(tracking.TAG_ROLE) != "stage":
+        raise LookupFailedError(f"run {optimize_run_id} is not an optimization stage run")
+    if run.info.status != "FINISHED":
+        raise LookupFailedError(f"optimization run {optimize_run_id} is {run.info.status}, not FINISHED")
+    return run
+
+
+def challenger_from_run(run) -> Challenger:
+    tags, metrics = run.data.tags, run.data.metrics
+    missing = [key for key in ("optimize.model_uri", "optimize.threshold") if not tags.get(key)]
+    if missing:
+        raise LookupFailedError(f"optimization run {run.info.run_id} has no {', '.join(missing)} tag")
+    threshold = _float(tags["optimize.threshold"])
+    if threshold is None:
+        raise LookupFailedError(f"optimization run {run.info.run_id} records a non-numeric threshold")
+    return Challenger(
+        run_id=run.info.run_id,
+        model_uri=tags["optimize.model_uri"],
+        model_id=tags.get("optimize.model_id"),
+        threshold=threshold,
+        research_run_id=tags.get("optimize.research_run_id"),
+        family=tags.get("optimize.best_family"),
+        dataset_digest=tags.get(tracking.TAG_DATASET_DIGEST),
+        test_digest=tags.get(tracking.TAG_TEST_DIGEST),
+        git_commit=tags.get(tracking.TAG_GIT_COMMIT),
+        test_roc_auc=metrics.get("test_roc_auc"),
+        test_expected_cost=metrics.get("test_expected_cost"),
+    )
+
+
+def baseline_scores(
+    session: tracking.TrackingSession, research_run_id: str | None
+) -> dict[str, float | None]:
+    """Best ``cv_roc_auc_mean`` of each baseline family among the research run's candidates."""
+    scores: dict[str, float | None] = dict.fromkeys(gate.BASELINE_FLOOR_FAMILIES)
+    if not research_run_id:
+        return scores
+    for child in tracking.child_runs(session, research_run_id):
+        family = child.data.tags.get(tracking.TAG_FAMILY)
+        value = child.data.metrics.get("cv_roc_auc_mean")
+        if family in scores and value is not None:
+            scores[family] = max(value, scores[family] or -np.inf)
+    return scores
+
+
+# --- The gate, with both models re-scored --------------------------------------------------------
+
+
+def _positive_scores(estimator, features: pd.DataFrame) -> np.ndarray:
+    return np.asarray(estimator.predict_proba(features)[:, 1], dtype=float)
+
+
+def evaluate_gate(
+    config: PipelineConfig,
+    session: tracking.TrackingSession,
+    challenger: Challenger,
+    dataset: Dataset,
+    split: Split,
+    champion,
+) -> tuple[gate.GateDecision, pd.DataFrame | None, dict[str, float], bool]:
+    """The gate decision, bootstrap draws, figures, and whether the champion saw other data."""
+    settings = config.registration
+    test_x = dataset.features.iloc[split.test_index]
+    test_y = dataset.target.iloc[split.test_index].to_numpy()
+    challenger_scores = _positive_scores(tracking.load_model(challenger.model_uri).estimator, test_x)
+    measured = all_metrics(test_y, challenger_scores, challenger.threshold, config.costs)
+    notes: list[str] = []
+    if (
+        challenger.test_roc_auc is not None
+        and abs(measured["roc_auc"] - challenger.test_roc_auc) > _SCORE_TOLERANCE
+    ):
+        notes.append(
+            f"re-scored test ROC AUC {measured['roc_auc']:.6f} differs from the recorded "
+            f"{challenger.test_roc_auc:.6f}"
+        )
+        logger.warning(notes[-1])
+    figures = {
+        "challenger_test_roc_auc": measured["roc_auc"],
+        "challenger_test_expected_cost": measured["expected_cost"],
+        "challenger_threshold": challenger.threshold,
+    }
+    baselines = baseline_scores(session, challenger.research_run_id)
+    floors = gate.check_floors(measured["roc_auc"], settings.min_test_roc_auc, baselines)
+    comparison, draws, other_data = None, None, False
+    if champion is not None:
+        loaded = tracking.load_model(f"models:/{settings.model_name}/{champion.version}")
+        champion_threshold = _float(loaded.metadata.get("threshold")) or _float(
+            champion.tags.get(VTAG_THRESHOLD)
+        )
+        if champion_threshold is None:
+            raise LookupFailedError(f"champion version {champion.version} records no decision threshold")
+        champion_scores = _positive_scores(loaded.estimator, test_x)
+        other_data = champion.tags.get(tracking.TAG_DATASET_DIGEST) != dataset.digest
+        if other_data:
+            notes.append(
+                f"champion v{champion.version} was trained on dataset "
+                f"{champion.tags.get(tracking.TAG_DATASET_DIGEST, 'unknown')}; "
+                f"compared on the current test part of {dataset.digest}"
+            )
+        comparison, draws = gate.compare(
+            test_y,
+            challenger_scores,
+            champion_scores,
+            challenger.threshold,
+            champion_threshold,
+            config.costs,
+            settings,
+            config.seed,
+        )
+        figures.update(
+            {
+                "champion_test_roc_auc": comparison.champion_roc_auc,
+                "champion_test_expected_cost": comparison.champion_expected_cost,
+                "champion_threshold": champion_threshold,
+                "roc_auc_gain": comparison.roc_auc_gain,
+                "cost_saving": comparison.cost_saving,
+                "probability_of_improvement_cost": comparison.probability_cost,
+                "probability_of_improvement_roc_auc": comparison.probability_roc_auc,
+            }
+        )
+    decision = gate.decide(floors, comparison, settings, notes)
+    if decision.probability_of_improvement is not None:
+        figures["probability_of_improvement"] = decision.probability_of_improvement
+    return decision, draws, figures, other_data
+
+
+# --- Registry moves, under the lock --------------------------------------------------------------
+
+
+def _version_tags(challenger: Challenger, figures: dict[str, float]) -> dict[str, str]:
+    tags = {
+        tracking.TAG_GIT_COMMIT: challenger.git_commit or "unknown",
+        tracking.TAG_DATASET_DIGEST: challenger.dataset_digest or "unknown",
+        tracking.TAG_TEST_DIGEST: challenger.test_digest or "unknown",
+        VTAG_RESEARCH_RUN: challenger.research_run_id or "",
+        VTAG_OPTIMIZE_RUN: challenger.run_id,
+        VTAG_THRESHOLD: repr(challenger.threshold),
+        "test_roc_auc": repr(figures["challenger_test_roc_auc"]),
+        "test_expected_cost": repr(figures["challenger_test_expected_cost"]),
+        VTAG_STATUS: STATUS_PENDING,
+    }
+    if challenger.family:
+        tags["model.family"] = challenger.family
+    return tags
+
+
+def _move_aliases(
+    config: PipelineConfig, session: tracking.TrackingSession, version: str, champion, promoted: bool
+) -> None:
+    name = config.registration.model_name
+    mirror = config.registration.mirror_stages
+    if not promoted:
+        tracking.set_alias(session, name, tracking.ALIAS_CHALLENGER, version)
+        if mirror:
+            tracking.mirror_stage(session, name, version, "Staging")
+        return
+    if champion is not None and str(champion.version) != str(version):
+        tracking.set_alias(session, name, tracking.ALIAS_PREVIOUS, champion.version)
+        tracking.set_version_tags(session, name, champion.version, {VTAG_ARCHIVED: "true"})
+        if mirror:
+            tracking.mirror_stage(session, name, champion.version, "Archived")
+    tracking.set_alias(session, name, tracking.ALIAS_CHAMPION, version)
+    if mirror:
+        tracking.mirror_stage(session, name, version, "Production")
+
+
+def register_locked(
+    config: PipelineConfig,
+    session: tracking.TrackingSession,
+    challenger: Challenger,
+    dataset: Dataset,
+    split: Split,
+) -> Outcome:
+    """Check, register, move aliases, then mark the version done. Call under the registry lock."""
+    name = config.registration.model_name
+    tracking.ensure_registered_model(session, name)
+    existing = tracking.model_versions_with_tag(session, name, VTAG_OPTIMIZE_RUN, challenger.run_id)
+    done = [v for v in existing if v.tags.get(VTAG_STATUS) == STATUS_DONE]
+    if done:
+        version = done[0]
+        previous = version.tags.get(VTAG_DECISION, "unknown")
+        figures = {
+            key: value
+            for key, value in (
+                ("challenger_test_roc_auc", _float(version.tags.get("test_roc_auc"))),
+                ("challenger_test_expected_cost", _float(version.tags.get("test_expected_cost"))),
+            )
+            if value is not None
+        }
+        logger.info(
+            "optimization run %s is already version %s (%s)", challenger.run_id, version.version, previous
+        )
+        return Outcome(
+            version=str(version.version),
+            decision=gate.ALREADY_REGISTERED,
+            reason=f"{previous} earlier as version {version.version}: {version.tags.get(VTAG_REASON, '')}",
+            figures=figures,
+        )
+    pending = existing[0] if existing else None
+    champion = tracking.alias_version(session, name, tracking.ALIAS_CHAMPION)
+    if pending is not None and champion is not None and str(champion.version) == str(pending.version):
+        # A crash after the champion alias moved: judge against the version it replaced.
+        champion = tracking.alias_version(session, name, tracking.ALIAS_PREVIOUS)
+    decision, draws, figures, other_data = evaluate_gate(
+        config, session, challenger, dataset, split, champion
+    )
+    if pending is not None:
+        logger.warning("finishing version %s left pending by an interrupted registration", pending.version)
+        version = str(pending.version)
+    else:
+        created = tracking.create_model_version(
+            session,
+            name,
+            challenger.model_uri,
+            challenger.run_id,
+            challenger.model_id,
+            _version_tags(challenger, figures),
+            unique_tag=VTAG_OPTIMIZE_RUN,
+        )
+        version = str(created.version)
+    _move_aliases(config, session, version, champion, decision.promoted)
+    gate_tags: dict[str, Any] = {VTAG_DECISION: decision.decision, VTAG_REASON: decision.reason}
+    gate_tags.update(
+        {f"gate.{key}": repr(value) for key, value in figures.items() if not key.startswith("challenger_")}
+    )
+    if champion is not None:
+        gate_tags["gate.champion_version"] = str(champion.version)
+        gate_tags["gate.compared_on_other_data"] = str(other_data).lower()
+    tracking.set_version_tags(session, name, version, gate_tags)
+    tracking.set_version_tags(session, name, version, {VTAG_STATUS: STATUS_DONE})  # last: marks it complete
+    return Outcome(
+        version=version,
+        decision=decision.decision,
+        reason=decision.reason,
+        gate_decision=decision,
+        draws=draws,
+        champion_version=None if champion is None else str(champion.version),
+        other_data=other_data,
+        figures=figures,
+        resumed=pending is not None,
+    )
+
+
+def _log_outcome(
+    config: PipelineConfig, session: tracking.TrackingSession, run_id: str, outcome: Outcome
+) -> None:
+    tags = {
+        "register.version": outcome.version,
+        "register.decision": outcome.decision,
+        "register.reason": outcome.reason,
+        "register.resumed_pending": str(outcome.resumed).lower(),
+    }
+    if outcome.champion_version is not None:
+        tags["register.champion_version"] = outcome.champion_version
+        tags["register.champion_compared_on_other_data"] = str(outcome.other_data).lower()
+    tracking.log_batch(session, run_id, tags=tags, metrics=outcome.figures)
+    record: dict[str, Any] = {
+        "model_name": config.registration.model_name,
+        "version": outcome.version,
+        "decision": outcome.decision,
+        "reason": outcome.reason,
+        "champion_version": outcome.champion_version,
+        "champion_compared_on_other_data": outcome.other_data,
+        "figures": outcome.figures,
+        "settings": config.registration.model_dump(),
+        "seed": config.seed,
+    }
+    if outcome.gate_decision is not None:
+        record["gate"] = outcome.gate_decision.to_dict()
+    tracking.log_dict(session, run_id, json.loads(json.dumps(record, default=str)), "gate/decision.json")
+    if outcome.draws is not None:
+        tracking.log_text(session, run_id, outcome.draws.to_csv(index=False), "gate/bootstrap.csv")
+        figure = plots.bootstrap_chart(
+            outcome.draws,
+            {
+                "cost_saving": config.registration.cost_margin,
+                "roc_auc_gain": config.registration.roc_auc_margin,
+            },
+        )
+        tracking.log_figure(session, run_id, figure, "plots/bootstrap.png")
+        plots.close(figure)
+
+
+def run(
+    config: PipelineConfig, optimize_run_id: str | None = None, fail_on_reject: bool | None = None
+) -> RegisterResult:
+    """Run stage 3 on ``optimize_run_id`` (default: the latest finished optimization run)."""
+    name = config.registration.model_name
+    fail = config.registration.fail_on_reject if fail_on_reject is None else fail_on_reject
+    session = tracking.connect(config)
+    challenger = challenger_from_run(find_optimize_run(session, optimize_run_id))
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    if challenger.test_digest != split.test_digest:
+        raise LookupFailedError(
+            f"optimization run {challenger.run_id} was tested on test part {challenger.test_digest}, "
+            f"but the current data and split give {split.test_digest}; rerun stages 1-2 on this data"
+        )
+    tags = {
+        **tracking.base_tags(config, STAGE, dataset, split),
+        "register.optimize_run_id": challenger.run_id,
+        "register.model_name": name,
+    }
+    run_name = f"{STAGE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with tracking.stage_run(session, run_name, tags) as run_id:
+        with tracking.registry_lock(session, name), tracking.quiet_artifact_downloads():
+            outcome = register_locked(config, session, challenger, dataset, split)
+        _log_outcome(config, session, run_id, outcome)
+    logger.info("%s version %s: %s (%s)", name, outcome.version, outcome.decision, outcome.reason)
+    return RegisterResult(
+        run_id=run_id,
+        model_name=name,
+        optimize_run_id=challenger.run_id,
+        outcome=outcome,
+        fail_on_reject=fail,
+    )

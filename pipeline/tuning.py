@@ -1,0 +1,301 @@
+"""Optuna search: search spaces from config, the CV objective, study storage and naming.
+
+No MLflow here: the stage passes a callback that records each finished trial.
+
+Storage: the study lives in the tracking store's database, beside MLflow's tables but never
+mixed with them. Both libraries version their schema with alembic in a table called
+``alembic_version``, so sharing one namespace breaks Optuna (it reads MLflow's revision and
+refuses to start). On PostgreSQL, Optuna gets its own schema (``optuna``) in the same
+database; on SQLite, which has no schemas, a sibling file (``mlflow.db`` -> ``mlflow-optuna.db``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.config import CostConfig, SearchParam
+from pipeline.errors import ConfigError
+from pipeline.models import build_estimator, validate_params
+from pipeline.settings import redact_uri
+from pipeline.training import cross_validate
+
+logger = logging.getLogger(__name__)
+
+OPTUNA_SCHEMA = "optuna"
+OPTUNA_URL_ENV = "PIPELINE_OPTUNA_URL"
+DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trial user attribute holding the CV summary (cv_<metric>_mean/_std, cv_threshold, seconds).
+METRICS_ATTR = "metrics"
+
+
+@dataclass(frozen=True)
+class StorageLocation:
+    url: str
+    engine_kwargs: dict[str, Any]
+    schema: str | None = None
+
+    @property
+    def safe_url(self) -> str:
+        return redact_uri(self.url)
+
+
+# --- Search spaces ---------------------------------------------------------------------------------
+
+
+def validate_spaces(spaces: Mapping[str, Mapping[str, SearchParam]], families: Sequence[str]) -> None:
+    """Every family to tune has a space, and every space names parameters its estimator takes."""
+    missing = [f for f in families if not spaces.get(f)]
+    if missing:
+        raise ConfigError(f"optimize.search_spaces: no search space for {', '.join(missing)}")
+    for family, space in spaces.items():
+        validate_params(family, dict(space), f"optimize.search_spaces.{family}")
+
+
+def suggest(trial: optuna.Trial, space: Mapping[str, SearchParam]) -> dict[str, Any]:
+    """Sample one set of parameters from a declared space."""
+    params: dict[str, Any] = {}
+    for name, spec in space.items():
+        if spec.type == "categorical":
+            params[name] = trial.suggest_categorical(name, spec.choices)
+        elif spec.type == "int":
+            params[name] = trial.suggest_int(
+                name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log
+            )
+        else:
+            params[name] = trial.suggest_float(name, spec.low, spec.high, step=spec.step, log=spec.log)
+    return params
+
+
+def space_digest(space: Mapping[str, SearchParam], **settings: Any) -> str:
+    """Short hash of a search space and the settings that make its trials comparable."""
+    payload = {
+        "space": {name: spec.model_dump() for name, spec in sorted(space.items())},
+        "settings": settings,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def study_name(
+    dataset_digest: str,
+    family: str,
+    space: Mapping[str, SearchParam],
+    cv_folds: int,
+    seed: int,
+    costs: CostConfig,
+) -> str:
+    """Same data, space, folds, seed and costs -> same study, so a rerun resumes it.
+
+    Budgets (trial cap, timeout) are left out on purpose: raising them continues the study.
+    """
+    digest = space_digest(space, cv_folds=cv_folds, seed=seed, costs=costs.model_dump())
+    return f"optimize-{dataset_digest}-{family}-{digest}"
+
+
+# --- Storage ---------------------------------------------------------------------------------------
+
+
+def storage_location(tracking_uri: str, root: Path) -> StorageLocation:
+    """Where the Optuna studies live, derived from the tracking store (or PIPELINE_OPTUNA_URL)."""
+    url = os.environ.get(OPTUNA_URL_ENV, "").strip() or tracking_uri
+    scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "postgresql":
+        return StorageLocation(
+            url=url,
+            engine_kwargs={"connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"}},
+            schema=OPTUNA_SCHEMA,
+        )
+    if scheme == "sqlite":
+        if url == tracking_uri and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            path = Path(url.removeprefix("sqlite:///"))
+            sibling = path.with_name(f"{path.stem}-optuna{path.suffix or '.db'}")
+            url = f"sqlite:///{sibling}"
+        return StorageLocation(url=url, engine_kwargs={})
+    if scheme in {"mysql", "mssql"}:
+        raise ConfigError(
+            f"cannot share a {scheme} tracking database with Optuna safely; set {OPTUNA_URL_ENV}"
+        )
+    # A tracking server (http) or file store: keep studies in a local SQLite file.
+    return StorageLocation(url=f"sqlite:///{(root / 'optuna.db').resolve()}", engine_kwargs={})
+
+
+def _create_schema(location: StorageLocation) -> None:
+    import sqlalchemy
+    from sqlalchemy.schema import CreateSchema
+
+    engine = sqlalchemy.create_engine(location.url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(CreateSchema(location.schema, if_not_exists=True))
+    except sqlalchemy.exc.IntegrityError:
+        pass  # another worker created it at the same moment
+    finally:
+        engine.dispose()
+
+
+def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage beside the tracking store; creates its schema or file on first use."""
+    location = storage_location(tracking_uri, root)
+    if location.schema:
+        _create_schema(location)
+    logger.info("optuna studies in %s", location.safe_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(
+            location.url,
+            engine_kwargs=location.engine_kwargs,
+            # A worker that dies mid-trial stops beating; another worker (or a rerun) marks it failed.
+            heartbeat_interval=30,
+            grace_period=90,
+        )
+
+
+def open_study(
+    storage: optuna.storages.BaseStorage, name: str, seed: int, pruning: bool = True
+) -> optuna.Study:
+    """Create the study or load it to resume; seeded TPE, median pruning on fold reports."""
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+        if pruning
+        else optuna.pruners.NopPruner()
+    )
+    return optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner,
+        load_if_exists=True,
+    )
+
+
+def done_trials(study: optuna.Study) -> list[FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=DONE_STATES)
+
+
+def remaining_trials(study: optuna.Study, n_trials: int) -> int:
+    """Trials still to run for the cap ``n_trials`` (finished and pruned ones count)."""
+    return max(0, n_trials - len(done_trials(study)))
+
+
+# --- Objective -------------------------------------------------------------------------------------
+
+
+def make_objective(
+    family: str,
+    space: Mapping[str, SearchParam],
+    features: pd.DataFrame,
+    target: pd.Series,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    categorical: list[str],
+    numeric: list[str],
+    costs: CostConfig,
+    seed: int,
+    n_jobs: int = 1,
+    pruning: bool = True,
+) -> Callable[[optuna.Trial], float]:
+    """Mean CV ROC AUC of one sampled configuration, reported fold by fold for pruning.
+
+    ``features`` must be the training part only: the objective never sees the test part.
+    """
+
+    def objective(trial: optuna.Trial) -> float:
+        params = suggest(trial, space)
+        estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=n_jobs)
+
+        def on_fold(fold: int, mean_auc: float) -> None:
+            trial.report(mean_auc, fold)
+            trial.set_user_attr("folds_done", fold + 1)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold + 1}: mean ROC AUC {mean_auc:.4f}")
+
+        result = cross_validate(
+            estimator,
+            features,
+            target,
+            splits,
+            costs,
+            n_jobs=n_jobs,
+            on_fold=on_fold if pruning else None,
+        )
+        summary = result.summary()
+        trial.set_user_attr(METRICS_ATTR, summary)
+        return summary["cv_roc_auc_mean"]
+
+    return objective
+
+
+def tune(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int,
+    timeout_seconds: float | None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+) -> int:
+    """Run the trials still missing for the cap ``n_trials``; returns how many this call ran.
+
+    Several processes may call this on one study at once: the shared cap stops them all
+    once ``n_trials`` trials are finished in the storage.
+    """
+    remaining = remaining_trials(study, n_trials)
+    if remaining == 0:
+        return 0
+    ran = 0
+
+    def count(_study: optuna.Study, _trial: FrozenTrial) -> None:
+        nonlocal ran
+        ran += 1
+
+    study.optimize(
+        objective,
+        n_trials=remaining,
+        timeout=timeout_seconds,
+        callbacks=[
+            optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES),
+            count,
+            *callbacks,
+        ],
+        gc_after_trial=False,
+        show_progress_bar=False,
+    )
+    return ran
+
+
+def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
+    """The CV summary of a finished trial, with the short names the contract uses."""
+    metrics = dict(trial.user_attrs.get(METRICS_ATTR) or {})
+    if "cv_roc_auc_mean" in metrics:
+        metrics["cv_roc_auc"] = metrics["cv_roc_auc_mean"]
+        metrics["cv_expected_cost"] = metrics["cv_expected_cost_mean"]
+    elif trial.intermediate_values:
+        metrics["cv_roc_auc_partial"] = trial.intermediate_values[max(trial.intermediate_values)]
+    return {k: float(v) for k, v in metrics.items()}
+
+
+def rank_key(metrics: Mapping[str, float]) -> tuple[float, float]:
+    """Sort key, smallest best: highest CV ROC AUC, then lowest expected cost."""
+    return (-metrics["cv_roc_auc"], metrics["cv_expected_cost"])
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the best CV ROC AUC (ties: lower expected cost)."""
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if METRICS_ATTR in t.user_attrs
+    ]
+    if not complete:
+        return None
+    return min(complete, key=lambda t: (rank_key(trial_metrics(t)), t.number))

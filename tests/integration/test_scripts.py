@@ -1,0 +1,190 @@
+"""scripts/check_mlflow_status.py and scripts/launch_mlflow.sh, run as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
+from tests.conftest import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+STATUS_SCRIPT = PROJECT_ROOT / "scripts" / "check_mlflow_status.py"
+LAUNCH_SCRIPT = PROJECT_ROOT / "scripts" / "launch_mlflow.sh"
+
+
+def script_env(uri: str, artifacts) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_"))}
+    return {**env, TRACKING_URI_ENV: uri, ARTIFACT_ROOT_ENV: str(artifacts)}
+
+
+def run_status(uri: str, tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    output = tmp_path / "reports" / "mlflow_status_report.json"
+    done = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--output", str(output), *extra],
+        cwd=PROJECT_ROOT,
+        env=script_env(uri, tmp_path / "artifacts"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return done, json.loads(output.read_text())
+
+
+def populate(uri: str) -> None:
+    """One experiment with a finished and a failed run, and a model whose version 1 is champion."""
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("status-check")
+    finished = client.create_run(experiment_id)
+    client.set_terminated(finished.info.run_id, "FINISHED")
+    failed = client.create_run(experiment_id)
+    client.set_terminated(failed.info.run_id, "FAILED")
+    client.create_registered_model("loan-model")
+    client.create_model_version("loan-model", source="file:///nowhere/model", run_id=finished.info.run_id)
+    client.create_model_version("loan-model", source="file:///nowhere/model", run_id=finished.info.run_id)
+    client.set_registered_model_alias("loan-model", "champion", "1")
+
+
+def assert_populated(report: dict) -> None:
+    assert report["reachable"] is True
+    assert report["schema_revision"] == report["schema_expected"]
+    assert report["schema_up_to_date"] is True
+    experiments = {e["name"]: e for e in report["experiments"]}
+    assert experiments["status-check"]["runs_by_status"] == {"FAILED": 1, "FINISHED": 1}
+    assert report["runs_by_status"] == {"FAILED": 1, "FINISHED": 1}
+    assert report["registered_models"] == [
+        {"name": "loan-model", "versions": 2, "aliases": {"champion": "1"}, "champion": "1"}
+    ]
+
+
+def test_status_of_a_sqlite_store_lists_runs_and_the_champion(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    populate(uri)
+    done, report = run_status(uri, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_populated(report)
+    assert report["tracking_uri"] == uri
+    assert "experiment status-check" in done.stdout
+    assert "model loan-model: 2 version(s), champion 1" in done.stdout
+
+
+@pytest.mark.postgres
+def test_status_of_a_postgres_store_masks_the_password(postgres_url, tmp_path):
+    populate(postgres_url)
+    with_password = postgres_url.replace("://postgres@", "://postgres:not-needed-here@")
+    done, report = run_status(with_password, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_populated(report)
+    assert "not-needed-here" not in done.stdout
+    assert "not-needed-here" not in json.dumps(report)
+    assert report["tracking_uri"].startswith("postgresql+psycopg2://postgres:***@127.0.0.1")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_store_exits_1_with_one_redacted_line(tmp_path):
+    uri = f"postgresql+psycopg2://loan:s3cret-pw@127.0.0.1:{closed_port()}/mlflow"
+    done, report = run_status(uri, tmp_path, "--retries", "1", "--backoff", "0")
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith("tracking store unreachable: cannot reach")
+    assert "after 2 attempt(s)" in done.stderr
+    assert "loan:***@127.0.0.1" in done.stderr
+    assert "s3cret-pw" not in done.stderr + done.stdout + json.dumps(report)
+    assert report["reachable"] is False
+    assert "experiments" not in report
+
+
+def test_launch_rejects_a_port_that_is_not_a_number(tmp_path):
+    done = subprocess.run(
+        ["bash", str(LAUNCH_SCRIPT), "http"],
+        env=script_env(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "PORT must be a number" in done.stderr
+
+
+def fetch(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_launch_serves_the_ui_and_api_on_the_next_free_port(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("launched")
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    log = tmp_path / "launch.log"
+    with log.open("w") as stream:
+        server = subprocess.Popen(
+            ["bash", str(LAUNCH_SCRIPT), str(port)],
+            env=script_env(uri, tmp_path / "artifacts"),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: stopping it stops mlflow's workers too
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and server.poll() is None:
+            lines = [line for line in log.read_text().splitlines() if line.startswith("MLflow UI: ")]
+            if lines:
+                url = lines[0].removeprefix("MLflow UI: ")
+                try:
+                    status, page = fetch(url + "/")
+                    break
+                except OSError:
+                    pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"the UI did not answer:\n{log.read_text()[-3000:]}")
+        assert f"port {port} is busy" in log.read_text()
+        assert url.startswith("http://127.0.0.1:")
+        assert int(url.rsplit(":", 1)[1]) > port
+        assert status == 200
+        assert "<html" in page.lower()
+        status, body = fetch(url + "/api/2.0/mlflow/experiments/search?max_results=10")
+        assert status == 200
+        names = {e["name"] for e in json.loads(body)["experiments"]}
+        assert "launched" in names
+        assert f"store:     {uri}" in log.read_text()
+        assert f"artifacts: {(tmp_path / 'artifacts').as_uri()}" in log.read_text()
+    finally:
+        busy.close()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+
+
+def test_status_of_an_empty_database_reports_the_schema_mlflow_created(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done, report = run_status(uri, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert report["schema_created"] is True
+    assert report["schema_revision"] == report["schema_expected"]
+    assert report["runs_by_status"] == {}
+    assert report["registered_models"] == []

@@ -1,0 +1,211 @@
+"""Search spaces, study naming and storage, the CV objective, pruning and resume. No MLflow."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from optuna.trial import TrialState
+
+from pipeline import tuning
+from pipeline.config import CostConfig, SearchParam, config_from_mapping
+from pipeline.errors import ConfigError
+from pipeline.training import folds
+from tests.conftest import project_params
+
+COSTS = CostConfig()
+
+
+def space(**params) -> dict[str, SearchParam]:
+    return {name: SearchParam(**spec) for name, spec in params.items()}
+
+
+# --- Search spaces --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"type": "int", "low": 1, "high": 10, "step": 0}, "'step' must be positive"),
+        ({"type": "int", "low": 1.5, "high": 10}, "whole-number"),
+        ({"type": "float", "low": 0.1, "high": 1.0, "log": True, "step": 0.1}, "cannot be combined"),
+        ({"type": "float", "low": 1.0}, "needs 'low' and 'high'"),
+        ({"type": "categorical", "choices": [1, 2], "low": 0}, "takes no 'low'"),
+        ({"type": "uniform", "low": 0, "high": 1}, "type"),
+    ],
+)
+def test_bad_search_ranges_are_config_errors(spec, message):
+    raw = project_params()
+    raw["optimize"]["search_spaces"]["knn"]["n_neighbors"] = spec
+    with pytest.raises(ConfigError, match=message) as error:
+        config_from_mapping(raw)
+    assert "optimize.search_spaces.knn.n_neighbors" in str(error.value)
+
+
+def test_search_space_for_unknown_family_is_a_config_error():
+    raw = project_params()
+    raw["optimize"]["search_spaces"]["svm"] = {"C": {"type": "float", "low": 0.1, "high": 1}}
+    with pytest.raises(ConfigError, match=r"optimize\.search_spaces\.svm"):
+        config_from_mapping(raw)
+
+
+def test_shipped_spaces_name_real_parameters_and_unknown_ones_fail():
+    config = config_from_mapping(project_params())
+    tuning.validate_spaces(config.optimize.search_spaces, ["random_forest", "lightgbm"])
+    with pytest.raises(ConfigError, match=r"unknown parameter.*max_dept"):
+        tuning.validate_spaces({"random_forest": space(max_dept={"type": "int", "low": 2, "high": 5})}, [])
+    with pytest.raises(ConfigError, match="no search space for knn"):
+        tuning.validate_spaces({"random_forest": config.optimize.search_spaces["random_forest"]}, ["knn"])
+
+
+def test_suggest_respects_types_bounds_and_steps():
+    declared = space(
+        n={"type": "int", "low": 100, "high": 500, "step": 50},
+        rate={"type": "float", "low": 0.01, "high": 0.3, "log": True},
+        weight={"type": "categorical", "choices": [None, "balanced"]},
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        params = tuning.suggest(study.ask(), declared)
+        assert isinstance(params["n"], int) and 100 <= params["n"] <= 500 and params["n"] % 50 == 0
+        assert 0.01 <= params["rate"] <= 0.3
+        assert params["weight"] in (None, "balanced")
+
+
+def test_study_name_is_keyed_by_data_space_and_settings_not_budget():
+    base = space(C={"type": "float", "low": 0.01, "high": 10, "log": True})
+    name = tuning.study_name("abc", "logistic_regression", base, cv_folds=5, seed=42, costs=COSTS)
+    assert name.startswith("optimize-abc-logistic_regression-")
+    assert name == tuning.study_name("abc", "logistic_regression", dict(base), 5, 42, CostConfig())
+    wider = space(C={"type": "float", "low": 0.001, "high": 10, "log": True})
+    others = {
+        tuning.study_name("abd", "logistic_regression", base, 5, 42, COSTS),
+        tuning.study_name("abc", "logistic_regression", wider, 5, 42, COSTS),
+        tuning.study_name("abc", "logistic_regression", base, 3, 42, COSTS),
+        tuning.study_name("abc", "logistic_regression", base, 5, 7, COSTS),
+        tuning.study_name("abc", "logistic_regression", base, 5, 42, CostConfig(false_negative=10)),
+    }
+    assert name not in others and len(others) == 5
+
+
+# --- Storage --------------------------------------------------------------------------------------
+
+
+def test_storage_on_sqlite_is_a_sibling_file(monkeypatch, tmp_path):
+    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    location = tuning.storage_location(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
+    assert location.url == f"sqlite:///{tmp_path}/mlflow-optuna.db"
+    assert location.schema is None
+
+
+def test_storage_on_postgres_is_its_own_schema_and_url_is_redacted(monkeypatch):
+    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    url = "postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
+    location = tuning.storage_location(url, Path("."))
+    assert location.url == url and location.schema == "optuna"
+    assert location.engine_kwargs == {"connect_args": {"options": "-csearch_path=optuna"}}
+    assert "s3cret" not in location.safe_url
+
+
+def test_storage_for_a_tracking_server_and_overrides(monkeypatch, tmp_path):
+    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    assert tuning.storage_location("http://mlflow:5000", tmp_path).url == f"sqlite:///{tmp_path}/optuna.db"
+    with pytest.raises(ConfigError, match=tuning.OPTUNA_URL_ENV):
+        tuning.storage_location("mysql://u@h/db", tmp_path)
+    monkeypatch.setenv(tuning.OPTUNA_URL_ENV, f"sqlite:///{tmp_path}/elsewhere.db")
+    assert tuning.storage_location("mysql://u@h/db", tmp_path).url.endswith("elsewhere.db")
+
+
+# --- Objective, pruning, resume -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_part():
+    rng = np.random.default_rng(1)
+    n = 300
+    features = pd.DataFrame(
+        {"income": rng.normal(50, 10, n), "age": rng.integers(18, 70, n).astype(float)}
+    ).assign(purpose=rng.choice(["car", "home", "other"], n).astype(object))
+    logit = 0.08 * (50 - features["income"]) + (features["purpose"] == "other") - 0.5
+    target = pd.Series((rng.uniform(size=n) < 1 / (1 + np.exp(-logit))).astype(int), name="default")
+    # Labels that are not 0..n-1, as the stage passes the training rows with their dataset positions.
+    features.index = target.index = np.arange(n) * 3 + 1
+    return features, target, folds(target, 3, seed=0)
+
+
+def lr_objective(train_part, pruning=True):
+    features, target, splits = train_part
+    return tuning.make_objective(
+        "logistic_regression",
+        space(C={"type": "float", "low": 0.01, "high": 10, "log": True}),
+        features,
+        target,
+        splits,
+        ["purpose"],
+        ["income", "age"],
+        COSTS,
+        seed=0,
+        pruning=pruning,
+    )
+
+
+def test_objective_reports_each_fold_and_records_cv_metrics(train_part):
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "s", seed=0, pruning=True)
+    study.optimize(lr_objective(train_part), n_trials=2)
+    for trial in study.trials:
+        assert trial.state == TrialState.COMPLETE
+        assert sorted(trial.intermediate_values) == [0, 1, 2]
+        metrics = tuning.trial_metrics(trial)
+        assert metrics["cv_roc_auc"] == pytest.approx(trial.value)
+        assert math.isclose(metrics["cv_roc_auc"], metrics["cv_roc_auc_mean"])
+        assert 0 < metrics["cv_expected_cost"] == metrics["cv_expected_cost_mean"]
+        assert 0 <= metrics["cv_threshold"] <= 1.0 + 1e-9
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_pruned_trial_stops_after_first_fold(train_part):
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.optimize(lr_objective(train_part), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED
+    assert list(trial.intermediate_values) == [0]
+    assert set(tuning.trial_metrics(trial)) == {"cv_roc_auc_partial"}
+    assert tuning.best_trial(study) is None
+
+
+def test_interrupted_study_resumes_to_exactly_the_cap(train_part, tmp_path):
+    storage_url = f"sqlite:///{tmp_path}/studies.db"
+    objective = lr_objective(train_part)
+
+    first = tuning.open_study(optuna.storages.RDBStorage(storage_url), "resume", seed=3)
+    assert tuning.tune(first, objective, n_trials=2, timeout_seconds=None) == 2
+
+    # A new process: same name, storage reopened; raising the cap to 4 runs only the 2 missing.
+    again = tuning.open_study(optuna.storages.RDBStorage(storage_url), "resume", seed=3)
+    assert tuning.remaining_trials(again, 4) == 2
+    seen = []
+    assert tuning.tune(again, objective, 4, None, callbacks=[lambda s, t: seen.append(t.number)]) == 2
+    assert seen == [2, 3]
+    assert [t.number for t in again.trials] == [0, 1, 2, 3]
+    assert tuning.tune(again, objective, 4, None) == 0  # at the cap: nothing to do
+
+
+def test_best_trial_breaks_auc_ties_on_cost():
+    study = optuna.create_study(direction="maximize")
+    distributions = {"C": optuna.distributions.FloatDistribution(0.01, 10)}
+    for number, (auc, cost) in enumerate([(0.78, 0.60), (0.80, 0.58), (0.80, 0.55), (0.79, 0.40)]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=auc,
+                params={"C": 1.0 + number},
+                distributions=distributions,
+                user_attrs={tuning.METRICS_ATTR: {"cv_roc_auc_mean": auc, "cv_expected_cost_mean": cost}},
+            )
+        )
+    assert tuning.best_trial(study).params == {"C": 3.0}
