@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -123,15 +124,20 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def install_sigterm_handler() -> None:
-    """Turn SIGTERM into :class:`~pipeline.errors.Terminated`, so runs end KILLED, not RUNNING."""
+def install_sigterm_handler() -> Any:
+    """Turn SIGTERM into :class:`~pipeline.errors.Terminated`, so runs end KILLED, not RUNNING.
+
+    Returns the previous handler (None when not on the main thread, where signals cannot be set).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
 
     def terminate(signum, frame) -> None:
         # Once: a second SIGTERM must not interrupt the cleanup that marks the runs.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated("received SIGTERM")
 
-    signal.signal(signal.SIGTERM, terminate)
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _lost_store(error: Exception) -> PipelineError | None:
@@ -147,7 +153,15 @@ def _lost_store(error: Exception) -> PipelineError | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
-    install_sigterm_handler()
+    previous = install_sigterm_handler()
+    try:
+        return _run(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, profile=args.profile)
         result = args.handler(config, args)

@@ -2,30 +2,48 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
+T = TypeVar("T")
 
-def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
-    """Write ``data`` to a temporary file in the same directory, fsync it, then rename it into place."""
+
+def _default_mode() -> int:
+    # mkstemp creates 0600 files; published reports get the usual umask-derived mode instead.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_stream_atomic(path: Path | str, writer: Callable[[io.BufferedWriter], T]) -> T:
+    """Let ``writer(binary_stream)`` fill a temporary file in the target's folder, fsync it,
+    then rename it into place; returns what ``writer`` returned."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            outcome = writer(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, _default_mode())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return target
+    return outcome
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
+    write_stream_atomic(path, lambda stream: stream.write(data))
+    return Path(path)
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:
@@ -40,41 +58,20 @@ def write_csv_atomic(path: Path | str, frame: pd.DataFrame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))
 
 
-def write_csv_chunks_atomic(path: Path | str, chunks) -> int:
-    """Write an iterable of DataFrames as one CSV (header once), atomically; returns the row count.
+def write_csv_chunks_atomic(path: Path | str, chunks: Iterable[pd.DataFrame]) -> int:
+    """Write DataFrames as one CSV (header once), atomically; returns the row count.
 
     Memory stays at one chunk, so a table of millions of rows can be streamed to disk.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    rows = 0
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            for number, chunk in enumerate(chunks):
-                chunk.to_csv(stream, index=False, header=number == 0)
-                rows += len(chunk)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return rows
 
+    def write(stream: io.BufferedWriter) -> int:
+        rows = 0
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=True)
+        for number, chunk in enumerate(chunks):
+            chunk.to_csv(text, index=False, header=number == 0)
+            rows += len(chunk)
+        text.flush()
+        text.detach()  # leave the binary stream open for the fsync
+        return rows
 
-def write_stream_atomic(path: Path | str, writer):
-    """Let ``writer(binary_stream)`` fill a temporary file, then rename it into place; returns its result."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            outcome = writer(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return outcome
+    return write_stream_atomic(path, write)

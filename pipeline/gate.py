@@ -152,7 +152,10 @@ def row_costs(y_true: np.ndarray, scores: np.ndarray, threshold: float, costs: C
 
 def resample_weights(n_rows: int, samples: int, seed: int) -> np.ndarray:
     """How many times each row is drawn in each bootstrap resample: a (samples, n_rows) int matrix."""
-    rng = np.random.default_rng(seed)
+    return _draw_weights(np.random.default_rng(seed), n_rows, samples)
+
+
+def _draw_weights(rng: np.random.Generator, n_rows: int, samples: int) -> np.ndarray:
     drawn = rng.integers(0, n_rows, size=(samples, n_rows))
     offsets = drawn + (np.arange(samples)[:, None] * n_rows)
     return np.bincount(offsets.ravel(), minlength=samples * n_rows).reshape(samples, n_rows)
@@ -166,11 +169,18 @@ def weighted_roc_auc(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray
     """
     y_true = np.asarray(y_true).astype(bool)
     weights = np.atleast_2d(np.asarray(weights, dtype=float))
-    distinct, group = np.unique(np.asarray(scores, dtype=float), return_inverse=True)
-    membership = np.zeros((len(scores), len(distinct)))
-    membership[np.arange(len(scores)), group] = 1.0
-    positives = (weights * y_true) @ membership  # (samples, groups), ascending score
-    negatives = (weights * ~y_true) @ membership
+    scores = np.asarray(scores, dtype=float)
+    order = np.argsort(scores, kind="mergesort")
+    ranked = scores[order]
+    group_ends = np.r_[np.flatnonzero(ranked[1:] != ranked[:-1]), len(ranked) - 1]
+    sorted_weights, sorted_y = weights[:, order], y_true[order]
+
+    def per_group(values: np.ndarray) -> np.ndarray:  # (samples, groups), ascending score
+        totals = np.cumsum(values, axis=1)[:, group_ends]
+        return np.diff(totals, axis=1, prepend=0.0)
+
+    positives = per_group(sorted_weights * sorted_y)
+    negatives = per_group(sorted_weights * ~sorted_y)
     negatives_below = np.cumsum(negatives, axis=1) - negatives
     numerator = np.sum(positives * (negatives_below + 0.5 * negatives), axis=1)
     denominator = positives.sum(axis=1) * negatives.sum(axis=1)
@@ -193,11 +203,13 @@ def paired_bootstrap(
     n_rows = len(y_true)
     challenger_costs = row_costs(y_true, challenger_scores, challenger_threshold, costs)
     champion_costs = row_costs(y_true, champion_scores, champion_threshold, costs)
-    weights = resample_weights(n_rows, samples, seed)
+    # Drawn block by block from one seeded stream: the same resamples whatever the block size,
+    # and memory bounded by _CHUNK_CELLS however large the test part.
+    rng = np.random.default_rng(seed)
     parts = []
     chunk = max(1, _CHUNK_CELLS // max(n_rows, 1))
     for start in range(0, samples, chunk):
-        block = weights[start : start + chunk]
+        block = _draw_weights(rng, n_rows, min(chunk, samples - start))
         parts.append(
             pd.DataFrame(
                 {

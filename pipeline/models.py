@@ -62,6 +62,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.tree._tree.Tree",
     "sklearn.utils.validation.check_array",
 )

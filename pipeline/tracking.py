@@ -785,7 +785,8 @@ def load_artifact_frame(uri: str, run_id: str, path: str) -> pd.DataFrame | None
             )
             return pd.read_csv(local)
     except Exception as error:  # a missing artifact is a gap in the report, not a failure
-        logger.info("no artifact %s in run %s: %s", path, run_id, redact(str(error).splitlines()[0] if str(error) else ""))
+        reason = (str(error).splitlines() or [""])[0]
+        logger.info("no artifact %s in run %s: %s", path, run_id, redact(reason))
         return None
 
 

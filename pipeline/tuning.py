@@ -166,6 +166,8 @@ def open_study(
     storage: optuna.storages.BaseStorage, name: str, seed: int, pruning: bool = True
 ) -> optuna.Study:
     """Create the study or load it to resume; seeded TPE, median pruning on fold reports."""
+    # Optuna installs its own INFO handler on first use (a line per trial); the progress bar says it.
+    optuna.logging.set_verbosity(logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
         if pruning

@@ -22,7 +22,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from pipeline import plots, tracking, tuning
-from pipeline.calibration import calibrated, select_calibration
+from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
@@ -272,6 +272,51 @@ def tune_family(
     )
 
 
+# --- The final model ------------------------------------------------------------------------------
+
+
+def fit_final(
+    config: PipelineConfig,
+    dataset: Dataset,
+    family: str,
+    params: dict,
+    train_x: pd.DataFrame,
+    train_y: pd.Series,
+    splits: list,
+) -> tuple[object, CalibrationChoice]:
+    """Refit the winner on the whole training part, calibrated only if out-of-fold log loss improves.
+
+    The threshold (in the returned choice) is chosen on the final form's out-of-fold scores.
+    Pure: the training part in, a fitted model out; the test part is not an argument.
+    """
+    settings = config.optimize
+    estimator = build_estimator(
+        family,
+        params,
+        dataset.categorical,
+        dataset.numeric,
+        config.seed,
+        n_jobs=family_jobs(family, settings.n_jobs),
+    )
+    uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
+    choice = select_calibration(
+        estimator,
+        train_x,
+        train_y,
+        splits,
+        settings.calibration_methods,
+        config.costs,
+        uncalibrated=uncalibrated,
+    )
+    final = (
+        estimator
+        if choice.method == "none"
+        else calibrated(estimator, choice.method, settings.cv_folds, config.seed)
+    )
+    final.fit(train_x, train_y)
+    return final, choice
+
+
 # --- The stage ---------------------------------------------------------------------------------------
 
 
@@ -314,7 +359,11 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     tags = tracking.base_tags(config, STAGE, dataset, split)
     run_name = f"{STAGE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     stage_tags = {**tags, "optimize.research_run_id": research_id, "optimize.families": json.dumps(families)}
-    with tracking.stage_run(session, run_name, stage_tags) as run_id:
+    # OpenMP threads (HistGradientBoosting, LightGBM) capped at one for the whole stage: see OPENMP_FAMILIES.
+    with (
+        tracking.stage_run(session, run_name, stage_tags) as run_id,
+        threadpool_limits(limits=1, user_api="openmp"),
+    ):
         tracking.log_batch(
             session,
             run_id,
@@ -340,48 +389,23 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         )
 
         storage = tuning.open_storage(session.uri, config.root)
-        with threadpool_limits(limits=1, user_api="openmp"):
-            outcomes = [
-                tune_family(config, session, run_id, tags, storage, family, dataset, train_x, train_y, splits)
-                for family in families
-            ]
-            winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
-            logger.info(
-                "winner %s: cv ROC AUC %.4f, cost %.4f, params %s",
-                winner.family,
-                winner.metrics["cv_roc_auc"],
-                winner.metrics["cv_expected_cost"],
-                winner.best_params,
-            )
+        outcomes = [
+            tune_family(config, session, run_id, tags, storage, family, dataset, train_x, train_y, splits)
+            for family in families
+        ]
+        winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
+        logger.info(
+            "winner %s: cv ROC AUC %.4f, cost %.4f, params %s",
+            winner.family,
+            winner.metrics["cv_roc_auc"],
+            winner.metrics["cv_expected_cost"],
+            winner.best_params,
+        )
 
-            # Calibration and threshold: chosen on out-of-fold predictions of the training part.
-            estimator = build_estimator(
-                winner.family,
-                winner.best_params,
-                dataset.categorical,
-                dataset.numeric,
-                config.seed,
-                n_jobs=family_jobs(winner.family, settings.n_jobs),
-            )
-            uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
-            choice = select_calibration(
-                estimator,
-                train_x,
-                train_y,
-                splits,
-                settings.calibration_methods,
-                config.costs,
-                config.seed,
-                n_jobs=1,
-                uncalibrated=uncalibrated,
-            )
-            threshold = choice.threshold
-            final = (
-                estimator
-                if choice.method == "none"
-                else calibrated(estimator, choice.method, settings.cv_folds, config.seed)
-            )
-            final.fit(train_x, train_y)
+        final, choice = fit_final(
+            config, dataset, winner.family, winner.best_params, train_x, train_y, splits
+        )
+        threshold = choice.threshold
 
         # The one evaluation on the held-out test part.
         test_x = dataset.features.iloc[split.test_index]

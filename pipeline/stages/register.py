@@ -76,6 +76,7 @@ class Outcome:
     other_data: bool = False
     figures: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
+    earlier_decision: str | None = None  # for ALREADY_REGISTERED: what the gate decided then
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,7 @@ class RegisterResult:
 
     @property
     def exit_code(self) -> int:
-        rejected = self.outcome.decision == gate.REJECTED or (
-            self.outcome.decision == gate.ALREADY_REGISTERED and self.outcome.reason.startswith("rejected")
-        )
+        rejected = gate.REJECTED in (self.outcome.decision, self.outcome.earlier_decision)
         return 1 if self.fail_on_reject and rejected else 0
 
     def describe(self) -> str:
@@ -238,9 +237,9 @@ def evaluate_gate(
     comparison, draws, other_data = None, None, False
     if champion is not None:
         loaded = tracking.load_model(f"models:/{settings.model_name}/{champion.version}")
-        champion_threshold = _float(loaded.metadata.get("threshold")) or _float(
-            champion.tags.get(VTAG_THRESHOLD)
-        )
+        champion_threshold = _float(loaded.metadata.get("threshold"))
+        if champion_threshold is None:
+            champion_threshold = _float(champion.tags.get(VTAG_THRESHOLD))
         if champion_threshold is None:
             raise LookupFailedError(f"champion version {champion.version} records no decision threshold")
         champion_scores = _positive_scores(loaded.estimator, test_x)
@@ -349,6 +348,7 @@ def register_locked(
             decision=gate.ALREADY_REGISTERED,
             reason=f"{previous} earlier as version {version.version}: {version.tags.get(VTAG_REASON, '')}",
             figures=figures,
+            earlier_decision=previous,
         )
     pending = existing[0] if existing else None
     champion = tracking.alias_version(session, name, tracking.ALIAS_CHAMPION)

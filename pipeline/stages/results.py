@@ -187,6 +187,8 @@ def summary_markdown(
         parts.append("_No research run in this experiment yet._")
     else:
         top = board[_SUMMARY_LEADERBOARD_COLUMNS].head(SUMMARY_LEADERBOARD_ROWS)
+        # Research candidates have no test metrics: blank cells, not "nan".
+        top = top.astype(object).where(top.notna(), None)
         parts.append(top.to_markdown(index=False, floatfmt=".4f", missingval=""))
     parts += ["", "## Champion"]
     parts.append(champion_text(champion_of(views.champion_history)))

@@ -148,7 +148,9 @@ def test_database_lost_mid_stage_then_rerun_completes(pg_cluster, tmp_path):
     lost = next(r for r in runs if r.info.run_id == lost_run)
     assert lost.info.status == "FAILED"
     assert lost.data.tags[tracking.TAG_FAILURE_REASON].startswith("stale: process")
-    finished = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"]
+    finished = [
+        r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
+    ]
     assert len(finished) == 1
 
 
@@ -165,7 +167,9 @@ def test_database_comes_up_during_the_back_off(pg_cluster, tmp_path):
     finally:
         starter.join()
     assert completed.returncode == 0, completed.stderr
-    assert [r.info.status for r in all_runs(uri) if r.data.tags.get(tracking.TAG_ROLE) == "stage"] == ["FINISHED"]
+    assert [r.info.status for r in all_runs(uri) if r.data.tags.get(tracking.TAG_ROLE) == "stage"] == [
+        "FINISHED"
+    ]
 
 
 @pytest.mark.slow
@@ -243,12 +247,17 @@ def test_stale_sweep_fails_only_abandoned_runs(sqlite_store):
 
 def test_stage_run_tags_its_owner_and_closes_children_on_failure(sqlite_store, small_config):
     session = tracking.connect(small_config)
-    with pytest.raises(RuntimeError, match="boom"):  # noqa: PT012
+    ids: list[str] = []
+
+    def failing_stage() -> None:
         with tracking.stage_run(session, "owner", {tracking.TAG_STAGE: "probe"}) as run_id:
-            child = session.client.create_run(
-                session.experiment_id, tags={"mlflow.parentRunId": run_id}
-            ).info.run_id
+            tags = {"mlflow.parentRunId": run_id}
+            ids.extend([run_id, session.client.create_run(session.experiment_id, tags=tags).info.run_id])
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing_stage()
+    run_id, child = ids
     parent = session.client.get_run(run_id)
     assert parent.data.tags[tracking.TAG_HOST] == socket.gethostname()
     assert parent.data.tags[tracking.TAG_PID] == str(os.getpid())
@@ -333,3 +342,27 @@ def test_schema_from_a_newer_mlflow_is_refused(sqlite_store, small_config):
         connection.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     with pytest.raises(SchemaOutdatedError, match="revision f00dfeedbeef, unknown to this MLflow"):
         tracking.connect(small_config)
+
+
+def test_store_lost_outside_a_stage_run_is_one_line(monkeypatch, capsys):
+    """The command maps a lost connection anywhere (not only inside stage_run) to exit 2."""
+    import sqlalchemy
+
+    from pipeline import cli
+
+    def lost(config, args):
+        import mlflow  # noqa: F401  (the store was in use)
+
+        raise sqlalchemy.exc.OperationalError(
+            "SELECT 1", {}, Exception("server closed the connection unexpectedly\n\tThis probably means...")
+        )
+
+    monkeypatch.setenv(TRACKING_URI_ENV, "postgresql://loan:Secr3t@db:5432/mlflow")
+    monkeypatch.setattr(cli, "_research", lost)
+    code = cli.main(["research", "--config", str(PROJECT_ROOT / "params.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip().splitlines() == [
+        "tracking store unreachable: lost the tracking store postgresql://loan:***@db:5432/mlflow: "
+        "server closed the connection unexpectedly"
+    ]

@@ -106,7 +106,7 @@ def test_first_registration_promotes_then_reruns_and_equal_challengers_are_rejec
 
 
 def test_better_challenger_is_promoted_and_old_champion_archived(sqlite_store):
-    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    config = make_config(small_params(register={"min_test_roc_auc": 0.5, "mirror_stages": True}))
     weak, strong = weak_then_strong(config)
     first = register.run(config, optimize_run_id=weak)
     assert first.decision == "promoted"
@@ -123,8 +123,10 @@ def test_better_challenger_is_promoted_and_old_champion_archived(sqlite_store):
     assert second.outcome.other_data is True
     assert alias(sqlite_store, "champion") == "2"
     assert alias(sqlite_store, "previous") == "1"
-    old = versions(sqlite_store)[0].tags
-    assert old["archived"] == "true"
+    old, new = versions(sqlite_store)
+    assert old.tags["archived"] == "true"
+    # register.mirror_stages also moves the deprecated registry stages.
+    assert (old.current_stage, new.current_stage) == ("Archived", "Production")
     tags = MlflowClient(sqlite_store).get_run(second.run_id).data.tags
     assert tags["register.champion_compared_on_other_data"] == "true"
     assert "trained on another dataset digest" in second.describe()
@@ -286,3 +288,36 @@ def test_registers_the_real_optimize_stage_output(sqlite_store, small_config):
     assert float(version.tags["threshold"]) == pytest.approx(optimized.threshold)
     expected_alias = "champion" if result.decision == "promoted" else "challenger"
     assert alias(sqlite_store, expected_alias) == "1"
+
+
+@pytest.mark.postgres
+def test_postgres_registry_lock_is_exclusive(postgres_url):
+    import threading
+
+    from pipeline import report
+    from pipeline.errors import TrackingUnavailableError
+
+    held, release, outcome = threading.Event(), threading.Event(), {}
+
+    def holder():
+        with report.registry_lock(postgres_url, "model-a"):
+            held.set()
+            release.wait(timeout=60)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(timeout=60)
+        with (
+            pytest.raises(TrackingUnavailableError, match="could not lock the registry"),
+            report.registry_lock(postgres_url, "model-a", timeout_seconds=0.2),
+        ):
+            pass
+        with report.registry_lock(postgres_url, "model-b", timeout_seconds=5):  # other keys are free
+            outcome["other_key"] = True
+    finally:
+        release.set()
+        thread.join()
+    with report.registry_lock(postgres_url, "model-a", timeout_seconds=5):  # freed on exit
+        outcome["after_release"] = True
+    assert outcome == {"other_key": True, "after_release": True}

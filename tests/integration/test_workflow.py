@@ -222,6 +222,16 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
     assert stages[:3] == ["research", "optimize", "register"]
     assert all(run.data.tags.get("pipeline.profile") == "fast" for run in runs)
 
+    # The model is part of "the logged artifacts": its files must sit under the uploaded artifact root,
+    # in the pipeline's experiment (not MLflow's Default experiment's ./mlruns/0).
+    experiment = client.get_experiment_by_name("loan-default")
+    logged = client.search_logged_models([e.experiment_id for e in client.search_experiments()])
+    assert logged, "stage 2 logged no model"
+    for model in logged:
+        assert model.experiment_id == experiment.experiment_id, f"{model.model_id} in another experiment"
+        location = model.artifact_location.removeprefix("file://")
+        assert location.startswith(job_env["PIPELINE_ARTIFACT_ROOT"]), f"model files at {location}"
+
     assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
     assert (workspace / "reports" / "mlflow_status_report.json").is_file()
     # Every path given to upload-artifact exists (what runs on success).

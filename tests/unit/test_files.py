@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -73,7 +74,7 @@ def test_new_file_is_not_visible_until_complete(tmp_path, monkeypatch):
     real_replace = os.replace
 
     def spy(source, destination):
-        seen.append((os.path.exists(destination), open(source).read()))
+        seen.append((os.path.exists(destination), Path(source).read_text()))
         real_replace(source, destination)
 
     monkeypatch.setattr(os, "replace", spy)

@@ -51,7 +51,7 @@ def test_hostile_tag_value_matches_exactly(hostile_store, value):
 
 
 def test_sql_fragment_left_the_tables_intact(hostile_store):
-    session, run_ids = hostile_store
+    session, _ = hostile_store
     client = MlflowClient(session.uri)
     assert client.get_experiment_by_name(EXPERIMENT).experiment_id == session.experiment_id
     every = client.search_runs([session.experiment_id], max_results=1000)
@@ -66,7 +66,7 @@ def test_hostile_stage_name(hostile_store):
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("O'Brien \"x\"", "both quote characters"), ("a\\", "ends with a backslash"), ("x\\\\", "backslash")],
+    [('O\'Brien "x"', "both quote characters"), ("a\\", "ends with a backslash"), ("x\\\\", "backslash")],
 )
 def test_inexpressible_value_is_rejected_clearly(hostile_store, value, message):
     session, _ = hostile_store
