@@ -433,6 +433,8 @@ def log_model(
     example = input_example.head(5)
     signature = infer_signature(example, model.predict_proba(example)[:, 1])
     mlflow.set_tracking_uri(session.uri)
+    # The logged model is created in the active experiment, not the run's: point it at ours.
+    mlflow.set_experiment(experiment_id=session.experiment_id)
     return mlflow.sklearn.log_model(
         model,
         name=MODEL_NAME_IN_RUN,
