@@ -1078,3 +1078,22 @@ def quiet_artifact_downloads() -> Iterator[None]:
             os.environ.pop(progress_bar.name, None)
         else:
             os.environ[progress_bar.name] = before
+
+
+def finished_stage_run(session: TrackingSession, stage: str, run_id: str | None, what: str):
+    """Run ``run_id``, checked to be a FINISHED parent run of ``stage``; or the latest such run.
+
+    ``what`` names the stage in messages ("optimization"). Raises LookupFailedError.
+    """
+    if run_id is None:
+        runs = search_stage_runs(session, stage, max_results=1)
+        if not runs:
+            raise LookupFailedError(f"no finished {what} run in experiment '{session.experiment_name}'")
+        return runs[0]
+    run = get_run(session, run_id)
+    tags = run.data.tags
+    if tags.get(TAG_STAGE) != stage or tags.get(TAG_ROLE) != "stage":
+        raise LookupFailedError(f"run {run_id} is not a parent run of the {stage} stage")
+    if run.info.status != "FINISHED":
+        raise LookupFailedError(f"{what} run {run_id} is {run.info.status}, not FINISHED")
+    return run

@@ -149,7 +149,8 @@ def check_split(session: tracking.TrackingSession, research_run, split: Split) -
     """The research run's recorded test rows must be exactly the ones we hold out now."""
     run_id = research_run.info.run_id
     try:
-        recorded = json.loads(tracking.download_artifact_text(session, run_id, SPLIT_ARTIFACT))
+        with tracking.quiet_artifact_downloads():
+            recorded = json.loads(tracking.download_artifact_text(session, run_id, SPLIT_ARTIFACT))
     except Exception as error:
         raise LookupFailedError(f"research run {run_id} has no readable {SPLIT_ARTIFACT}: {error}") from None
     if sorted(recorded.get("test", [])) != sorted(split.test_index.tolist()):

@@ -142,20 +142,12 @@ def _float(value: Any) -> float | None:
 
 def find_optimize_run(session: tracking.TrackingSession, optimize_run_id: str | None):
     """The given optimization run, checked, or the latest finished one."""
-    if optimize_run_id is None:
-        runs = tracking.search_stage_runs(session, OPTIMIZE_STAGE, max_results=1)
-        if not runs:
-            raise LookupFailedError(
-                f"no finished optimization run in experiment '{session.experiment_name}'; run stage 2 first"
-            )
-        return runs[0]
-    run = tracking.get_run(session, optimize_run_id)
-    tags = run.data.tags
-    if tags.get(tracking.TAG_STAGE) != OPTIMIZE_STAGE or tags.get(tracking.TAG_ROLE) != "stage":
-        raise LookupFailedError(f"run {optimize_run_id} is not an optimization stage run")
-    if run.info.status != "FINISHED":
-        raise LookupFailedError(f"optimization run {optimize_run_id} is {run.info.status}, not FINISHED")
-    return run
+    try:
+        return tracking.finished_stage_run(session, OPTIMIZE_STAGE, optimize_run_id, "optimization")
+    except LookupFailedError as error:
+        if optimize_run_id is None:
+            raise LookupFailedError(f"{error}; run stage 2 first") from None
+        raise
 
 
 def challenger_from_run(run) -> Challenger:

@@ -366,3 +366,12 @@ def test_store_lost_outside_a_stage_run_is_one_line(monkeypatch, capsys):
         "tracking store unreachable: lost the tracking store postgresql://loan:***@db:5432/mlflow: "
         "server closed the connection unexpectedly"
     ]
+
+
+def test_db_upgrade_needs_a_database(monkeypatch, small_config):
+    from pipeline.errors import ConfigError
+    from pipeline.maintenance import upgrade_database
+
+    monkeypatch.setenv(TRACKING_URI_ENV, "http://mlflow.example:5000")
+    with pytest.raises(ConfigError, match="db-upgrade needs a database tracking URI"):
+        upgrade_database(small_config)

@@ -177,6 +177,9 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     assert [o.study_name for o in second.families] == [o.study_name for o in first.families]
     assert all(o.trials_done == 4 and o.trials_run_now == 2 for o in second.families)
     check_landed(sqlite_store, second, config)
+    summary = second.describe()
+    assert f"winner {second.best_family}" in summary and "expected cost / applicant" in summary
+    assert all(o.family in summary for o in second.families)
 
     # Studies live in a sibling file, not in MLflow's database.
     location = tuning.storage_location(sqlite_store, PROJECT_ROOT)

@@ -162,3 +162,26 @@ def test_prepare_input_rejects_infinite_numbers():
 def test_decision_is_reject_at_or_above_threshold():
     scored = predict.score(pd.DataFrame({"x": [1, 2, 3]}), np.array([0.2, 0.3, 0.4]), 0.3)
     assert scored["decision"].tolist() == ["accept", "reject", "reject"]
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
+def test_known_categories_found_inside_calibrated_models(family):
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from pipeline.models import build_estimator
+
+    frame = pd.read_csv(GERMAN).head(200)
+    target = frame.pop("default")
+    categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    numeric = [c for c in frame.columns if c not in categorical]
+    model = CalibratedClassifierCV(build_estimator(family, {}, categorical, numeric, 0), cv=2)
+    model.fit(frame, target)
+    known = predict.known_categories(model)
+    assert set(known) == set(categorical)
+    assert known["purpose"] == set(frame["purpose"])
+    changed = frame.astype({c: str for c in numeric}).copy()
+    changed.loc[:4, "purpose"] = "spaceship"
+    _, check = predict.prepare_input(
+        changed, [(c, "text" if c in categorical else "numeric") for c in frame], known
+    )
+    assert check.unseen_categories == {"purpose": 5}

@@ -186,7 +186,7 @@ def test_missing_or_wrong_optimize_run_is_a_lookup_error(sqlite_store, small_con
     with pytest.raises(LookupFailedError, match="no finished optimization run"):
         register.run(small_config)
     research_id = fake_research_run(small_config, {"dummy": 0.5})
-    with pytest.raises(LookupFailedError, match="not an optimization stage run"):
+    with pytest.raises(LookupFailedError, match="is not a parent run of the optimize stage"):
         register.run(small_config, optimize_run_id=research_id)
 
 
