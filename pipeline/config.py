@@ -62,6 +62,9 @@ class TrackingConfig(_Section):
     connect_backoff_seconds: float = Field(1.0, ge=0, le=60)
     # RUNNING runs older than this (from another host, or with no owner tags) count as stale.
     stale_after_hours: float = Field(12.0, gt=0, le=24 * 365)
+    # Connections per process to a PostgreSQL store (MLflow's pool); concurrent pipelines add up.
+    pool_size: int = Field(2, ge=1, le=100)
+    max_overflow: int = Field(2, ge=1, le=100)
 
     @field_validator("experiment")
     @classmethod

@@ -139,6 +139,10 @@ def connect(config: PipelineConfig) -> TrackingSession:
     wait_until_reachable(uri, config.tracking.connect_retries, config.tracking.connect_backoff_seconds)
     if _is_database(uri):
         check_schema_revision(uri)
+    if uri.startswith("postgresql"):
+        # MLflow sizes its engine from these; the config is the single source of the limit.
+        os.environ["MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"] = str(config.tracking.pool_size)
+        os.environ["MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"] = str(config.tracking.max_overflow)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     name = config.tracking.experiment
