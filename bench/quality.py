@@ -190,7 +190,9 @@ def run_split(args, config, dataset, label, train, test) -> list[Outcome]:
 
 def summarise(outcomes: list[Outcome]) -> str:
     frame = pd.DataFrame([o.__dict__ for o in outcomes])
-    per_split = frame.pivot(index="method", columns="split", values="roc_auc")
+    per_split = frame.pivot(index="method", columns="split", values="roc_auc")[
+        list(dict.fromkeys(frame["split"]))
+    ]
     summary = frame.groupby("method").agg(
         roc_auc_mean=("roc_auc", "mean"),
         roc_auc_std=("roc_auc", "std"),

@@ -656,7 +656,7 @@ def advisory_key(name: str) -> int:
 
 
 @contextmanager
-def registry_lock(uri: str, key: str, timeout_seconds: float = 120.0) -> Iterator[None]:
+def advisory_lock(uri: str, key: str, timeout_seconds: float = 120.0) -> Iterator[None]:
     """Hold a PostgreSQL transaction-level advisory lock on ``key`` for the ``with`` block.
 
     ``pg_advisory_xact_lock`` waits for the lock and frees it when the transaction ends:
@@ -677,7 +677,7 @@ def registry_lock(uri: str, key: str, timeout_seconds: float = 120.0) -> Iterato
             except sa.exc.OperationalError as error:
                 reason = (str(error.orig or error).strip().splitlines() or ["?"])[0]
                 raise TrackingUnavailableError(
-                    f"could not lock the registry for {key!r} within {timeout_seconds:g} s: {redact(reason)}"
+                    f"could not take the lock {key!r} within {timeout_seconds:g} s: {redact(reason)}"
                 ) from None
             yield
     finally:

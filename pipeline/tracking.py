@@ -14,7 +14,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,20 @@ def connect(config: PipelineConfig) -> TrackingSession:
     """Point MLflow at the configured store and make sure the experiment exists."""
     uri = tracking_uri(config.root)
     wait_until_reachable(uri, config.tracking.connect_retries, config.tracking.connect_backoff_seconds)
+    # Several pipelines starting on a new database would race to create MLflow's tables and the
+    # experiment: one process at a time sets the store up.
+    with cross_process_lock(uri, "mlflow-store-setup") if _is_database(uri) else nullcontext():
+        experiment_id = _set_up_store(config, uri)
+    name = config.tracking.experiment
+    client = MlflowClient(uri)
+    logger.info("tracking to %s, experiment '%s' (%s)", redact_uri(uri), name, experiment_id)
+    session = TrackingSession(uri=uri, experiment_id=experiment_id, experiment_name=name, client=client)
+    fail_stale_runs(session, config.tracking.stale_after_hours)
+    return session
+
+
+def _set_up_store(config: PipelineConfig, uri: str) -> str:
+    """Check the schema, let MLflow create its tables, and find or create the experiment; its id."""
     if _is_database(uri):
         check_schema_revision(uri)
     if uri.startswith("postgresql"):
@@ -166,10 +180,7 @@ def connect(config: PipelineConfig) -> TrackingSession:
         )
     else:
         experiment_id = experiment.experiment_id
-    logger.info("tracking to %s, experiment '%s' (%s)", redact_uri(uri), name, experiment_id)
-    session = TrackingSession(uri=uri, experiment_id=experiment_id, experiment_name=name, client=client)
-    fail_stale_runs(session, config.tracking.stale_after_hours)
-    return session
+    return experiment_id
 
 
 def git_commit(root: Path) -> str:
@@ -1038,34 +1049,45 @@ def mirror_stage(session: TrackingSession, name: str, version: str, stage: str) 
 
 
 @contextmanager
-def registry_lock(session: TrackingSession, name: str) -> Iterator[None]:
-    """One registration at a time per registered model, across processes.
+def cross_process_lock(uri: str, key: str) -> Iterator[bool]:
+    """Hold a lock named ``key`` shared by every process using the store at ``uri``.
 
-    PostgreSQL: a transaction-level advisory lock (:func:`pipeline.report.registry_lock`).
+    PostgreSQL: a transaction-level advisory lock (:func:`pipeline.report.advisory_lock`).
     SQLite: an exclusive ``flock`` on a file next to the database. A remote tracking server
-    offers no lock: registrations there rely on the idempotency tag and retries only.
+    offers no lock; yields False so the caller can say what it relies on instead.
     """
-    scheme = session.uri.split(":", 1)[0].split("+", 1)[0]
+    scheme = uri.split(":", 1)[0].split("+", 1)[0]
     if scheme in ("postgresql", "postgres"):
         from pipeline import report
 
-        with report.registry_lock(session.uri, f"mlflow-registry:{name}"):
-            yield
+        with report.advisory_lock(uri, key):
+            yield True
         return
-    if scheme == "sqlite" and session.uri.startswith("sqlite:///"):
+    if scheme == "sqlite" and uri.startswith("sqlite:///"):
         import fcntl
 
-        database = Path(session.uri.removeprefix("sqlite:///"))
-        lock_path = database.with_name(f"{database.name}.registry.lock")
+        database = Path(uri.removeprefix("sqlite:///"))
+        suffix = "registry" if key.startswith("mlflow-registry:") else "setup"
+        lock_path = database.with_name(f"{database.name}.{suffix}.lock")
         with lock_path.open("a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
         return
-    logger.warning("no cross-process registry lock for %s; relying on tags and retries", session.safe_uri)
-    yield
+    yield False
+
+
+@contextmanager
+def registry_lock(session: TrackingSession, name: str) -> Iterator[None]:
+    """One registration at a time per registered model, across processes."""
+    with cross_process_lock(session.uri, f"mlflow-registry:{name}") as locked:
+        if not locked:
+            logger.warning(
+                "no cross-process registry lock for %s; relying on tags and retries", session.safe_uri
+            )
+        yield
 
 
 @contextmanager

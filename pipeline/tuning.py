@@ -114,7 +114,12 @@ def storage_location(tracking_uri: str, root: Path) -> StorageLocation:
     if scheme == "postgresql":
         return StorageLocation(
             url=url,
-            engine_kwargs={"connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"}},
+            # One connection for trials and one for the heartbeat thread, per process.
+            engine_kwargs={
+                "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"},
+                "pool_size": 1,
+                "max_overflow": 1,
+            },
             schema=OPTUNA_SCHEMA,
         )
     if scheme == "sqlite":
@@ -147,11 +152,14 @@ def _create_schema(location: StorageLocation) -> None:
 
 def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage beside the tracking store; creates its schema or file on first use."""
+    from pipeline.tracking import cross_process_lock
+
     location = storage_location(tracking_uri, root)
-    if location.schema:
-        _create_schema(location)
     logger.info("optuna studies in %s", location.safe_url)
-    with warnings.catch_warnings():
+    # Workers starting together would race to create Optuna's tables: one at a time.
+    with cross_process_lock(location.url, "optuna-storage-setup"), warnings.catch_warnings():
+        if location.schema:
+            _create_schema(location)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
             location.url,

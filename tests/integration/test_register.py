@@ -300,7 +300,7 @@ def test_postgres_registry_lock_is_exclusive(postgres_url):
     held, release, outcome = threading.Event(), threading.Event(), {}
 
     def holder():
-        with report.registry_lock(postgres_url, "model-a"):
+        with report.advisory_lock(postgres_url, "model-a"):
             held.set()
             release.wait(timeout=60)
 
@@ -309,15 +309,15 @@ def test_postgres_registry_lock_is_exclusive(postgres_url):
     try:
         assert held.wait(timeout=60)
         with (
-            pytest.raises(TrackingUnavailableError, match="could not lock the registry"),
-            report.registry_lock(postgres_url, "model-a", timeout_seconds=0.2),
+            pytest.raises(TrackingUnavailableError, match="could not take the lock"),
+            report.advisory_lock(postgres_url, "model-a", timeout_seconds=0.2),
         ):
             pass
-        with report.registry_lock(postgres_url, "model-b", timeout_seconds=5):  # other keys are free
+        with report.advisory_lock(postgres_url, "model-b", timeout_seconds=5):  # other keys are free
             outcome["other_key"] = True
     finally:
         release.set()
         thread.join()
-    with report.registry_lock(postgres_url, "model-a", timeout_seconds=5):  # freed on exit
+    with report.advisory_lock(postgres_url, "model-a", timeout_seconds=5):  # freed on exit
         outcome["after_release"] = True
     assert outcome == {"other_key": True, "after_release": True}
