@@ -40,13 +40,13 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.data import Dataset, Split, load_dataset
 from pipeline.evaluation import expected_cost
 from pipeline.models import build_estimator
-from pipeline.stages.optimize import family_jobs, fit_final
+from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator, family_jobs, fit_final
 from pipeline.stages.research import evaluate_portfolio, leaderboard_frame, ranked_families
 from pipeline.training import cross_validate, folds, positive_scores
 
 ROOT = Path(__file__).resolve().parents[1]
 # Kept for the final refit, calibration check and test scoring, out of the tuning budget.
-FINAL_RESERVE_SECONDS = 8.0
+FINAL_RESERVE_SECONDS = 25.0
 
 
 @dataclass
@@ -72,7 +72,7 @@ def ours(
         train_x, train_y = dataset.features.iloc[train], dataset.target.iloc[train]
         splits = folds(train_y, config.optimize.cv_folds, config.seed)
         settings = config.optimize
-        best: tuple | None = None
+        outcomes: list[FamilyOutcome] = []
         for position, family in enumerate(families):
             left = budget - (time.perf_counter() - started) - FINAL_RESERVE_SECONDS
             share = max(1.0, left / (len(families) - position))
@@ -92,17 +92,17 @@ def ours(
                 n_jobs=family_jobs(family, settings.n_jobs),
                 pruning=settings.pruning,
             )
-            tuning.tune(study, objective, settings.n_trials, share)
+            ran = tuning.tune(study, objective, settings.n_trials, share)
             trial = tuning.best_trial(study)
             if trial is None:
                 continue
-            key = tuning.rank_key(tuning.trial_metrics(trial))
-            if best is None or key < best[0]:
-                best = (key, family, dict(trial.params))
-        _, family, params = best
-        final, choice = fit_final(config, dataset, family, params, train_x, train_y, splits)
+            metrics = tuning.trial_metrics(trial)
+            outcomes.append(FamilyOutcome(family, family, ran, ran, 0, dict(trial.params), metrics))
+        winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
+        candidate = choose_final_estimator(config, dataset, outcomes, winner, train_x, train_y, splits)
+        final, choice = fit_final(config, candidate.estimator, train_x, train_y, splits, candidate.cv)
         scores = positive_scores(final, dataset.features.iloc[test])
-    return scores, choice.threshold, f"{family}/{choice.method}"
+    return scores, choice.threshold, f"{candidate.name}/{choice.method}"
 
 
 def logistic(config: PipelineConfig, dataset: Dataset, train: np.ndarray, test: np.ndarray):

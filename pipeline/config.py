@@ -178,6 +178,10 @@ class OptimizeConfig(_Section):
     pruning: bool = True
     calibration_methods: list[Literal["sigmoid", "isotonic"]] = ["sigmoid", "isotonic"]
     permutation_repeats: int = Field(5, ge=1, le=100)
+    # Also try the soft vote of every tuned family's best model; kept only when its CV ROC AUC
+    # beats the best single family by more than ensemble_min_gain.
+    ensemble: bool = True
+    ensemble_min_gain: float = Field(0.001, ge=0, le=1)
     search_spaces: dict[Family, dict[str, SearchParam]] = {}
 
 

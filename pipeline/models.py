@@ -15,6 +15,7 @@ from sklearn.ensemble import (
     ExtraTreesClassifier,
     HistGradientBoostingClassifier,
     RandomForestClassifier,
+    VotingClassifier,
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -64,6 +65,7 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.model_selection._split.StratifiedKFold",
     "sklearn.tree._tree.Tree",
+    "sklearn.utils._bunch.Bunch",
     "sklearn.utils.validation.check_array",
 )
 
@@ -133,3 +135,10 @@ def validate_params(family: str, params: Mapping[str, Any], where: str) -> None:
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown parameter(s) for {family}: {', '.join(unknown)}")
+
+
+def build_ensemble(members: list[tuple[str, Any]]) -> VotingClassifier:
+    """Average the probabilities of several fitted-to-be pipelines (each keeps its own preprocessing)."""
+    if len(members) < 2:
+        raise ConfigError("an ensemble needs at least two members")
+    return VotingClassifier(estimators=members, voting="soft", n_jobs=1)

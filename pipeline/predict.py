@@ -92,7 +92,11 @@ def known_categories(estimator: Any) -> dict[str, set[str]]:
                     continue
                 for column, values in zip(columns, categories, strict=False):
                     known.setdefault(str(column), set()).update(str(v) for v in values if not pd.isna(v))
-        for child in getattr(node, "calibrated_classifiers_", []) or []:
+        # Calibration folds, and the members of a soft vote.
+        for child in [
+            *(getattr(node, "calibrated_classifiers_", None) or []),
+            *(getattr(node, "estimators_", None) or []),
+        ]:
             visit(child)
         inner = getattr(node, "estimator", None)
         if inner is not None and inner is not node:

@@ -459,8 +459,23 @@ def log_model(
         input_example=example,
         metadata=dict(metadata),
         pyfunc_predict_fn="predict_proba",
+        # Declared, not inferred: inference re-imports the model in a subprocess (~15 s).
+        pip_requirements=_model_requirements(),
         run_id=run_id,
     )
+
+
+def _model_requirements() -> list[str]:
+    """Exact pins of what a logged model needs to be loaded and scored."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("mlflow", "scikit-learn", "skops", "lightgbm", "pandas", "numpy", "scipy"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def load_model(uri: str, tracking_uri_value: str | None = None) -> LoadedModel:

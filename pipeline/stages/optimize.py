@@ -27,7 +27,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
 from pipeline.evaluation import all_metrics, cost_curve
-from pipeline.models import build_estimator
+from pipeline.models import build_ensemble, build_estimator
 from pipeline.training import cross_validate, folds, positive_scores
 
 logger = logging.getLogger(__name__)
@@ -276,30 +276,82 @@ def tune_family(
 # --- The final model ------------------------------------------------------------------------------
 
 
-def fit_final(
+@dataclass(frozen=True)
+class FinalCandidate:
+    """What stage 2 refits: the best family's best trial, or the soft vote of every family's best."""
+
+    name: str
+    estimator: object
+    cv_metrics: dict[str, float]
+    cv: object = None  # the CVResult when it was computed here (the ensemble), else None
+
+
+def choose_final_estimator(
     config: PipelineConfig,
     dataset: Dataset,
-    family: str,
-    params: dict,
+    outcomes: list[FamilyOutcome],
+    winner: FamilyOutcome,
     train_x: pd.DataFrame,
     train_y: pd.Series,
     splits: list,
+) -> FinalCandidate:
+    """The best single family, unless the soft vote of all tuned families cross-validates better.
+
+    Pure: judged on the same training folds as the trials, never on the test part.
+    """
+    settings = config.optimize
+
+    def estimator(outcome: FamilyOutcome):
+        return build_estimator(
+            outcome.family,
+            outcome.best_params,
+            dataset.categorical,
+            dataset.numeric,
+            config.seed,
+            n_jobs=family_jobs(outcome.family, settings.n_jobs),
+        )
+
+    single = FinalCandidate(winner.family, estimator(winner), dict(winner.metrics))
+    if not settings.ensemble or len(outcomes) < 2:
+        return single
+    members = [(o.family, estimator(o)) for o in outcomes]
+    vote = build_ensemble(members)
+    result = cross_validate(vote, train_x, train_y, splits, config.costs, n_jobs=1)
+    summary = result.summary()
+    metrics = {
+        **summary,
+        "cv_roc_auc": summary["cv_roc_auc_mean"],
+        "cv_expected_cost": summary["cv_expected_cost_mean"],
+    }
+    name = "soft_vote(" + "+".join(o.family for o in outcomes) + ")"
+    logger.info(
+        "%s: cv ROC AUC %.4f against %.4f for %s alone",
+        name,
+        metrics["cv_roc_auc"],
+        winner.metrics["cv_roc_auc"],
+        winner.family,
+    )
+    if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
+        return FinalCandidate(name, vote, metrics, cv=result)
+    return single
+
+
+def fit_final(
+    config: PipelineConfig,
+    estimator,
+    train_x: pd.DataFrame,
+    train_y: pd.Series,
+    splits: list,
+    uncalibrated=None,
 ) -> tuple[object, CalibrationChoice]:
-    """Refit the winner on the whole training part, calibrated only if out-of-fold log loss improves.
+    """Refit ``estimator`` on the whole training part, calibrated only if out-of-fold log loss improves.
 
     The threshold (in the returned choice) is chosen on the final form's out-of-fold scores.
     Pure: the training part in, a fitted model out; the test part is not an argument.
     """
     settings = config.optimize
-    estimator = build_estimator(
-        family,
-        params,
-        dataset.categorical,
-        dataset.numeric,
-        config.seed,
-        n_jobs=family_jobs(family, settings.n_jobs),
-    )
-    uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
+    if uncalibrated is None:
+        uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
     choice = select_calibration(
         estimator,
         train_x,
@@ -403,9 +455,8 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             winner.best_params,
         )
 
-        final, choice = fit_final(
-            config, dataset, winner.family, winner.best_params, train_x, train_y, splits
-        )
+        candidate = choose_final_estimator(config, dataset, outcomes, winner, train_x, train_y, splits)
+        final, choice = fit_final(config, candidate.estimator, train_x, train_y, splits, candidate.cv)
         threshold = choice.threshold
 
         # The one evaluation on the held-out test part.
@@ -425,7 +476,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "threshold": threshold,
                 "research_run_id": research_id,
                 "families": families,
-                "best_family": winner.family,
+                "best_family": candidate.name,
                 "calibration": choice.method,
                 "dataset_digest": dataset.digest,
             },
@@ -434,17 +485,17 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         tracking.log_batch(
             session,
             run_id,
-            params={f"best_{k}": v for k, v in winner.best_params.items()},
+            params={"final_model": candidate.name, **{f"best_{k}": v for k, v in winner.best_params.items()}},
             metrics={
                 "threshold": threshold,
-                "cv_roc_auc": winner.metrics["cv_roc_auc"],
-                "cv_expected_cost": winner.metrics["cv_expected_cost"],
+                "cv_roc_auc": candidate.cv_metrics["cv_roc_auc"],
+                "cv_expected_cost": candidate.cv_metrics["cv_expected_cost"],
                 "oof_expected_cost": oof_curve.best_cost,
                 **{f"oof_log_loss_{m}": v for m, v in choice.log_losses.items()},
                 **test_metrics,
             },
             tags={
-                "optimize.best_family": winner.family,
+                "optimize.best_family": candidate.name,
                 "optimize.calibration": choice.method,
                 "optimize.threshold": repr(float(threshold)),
                 "optimize.model_id": model_info.model_id,
@@ -474,7 +525,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         tracking.log_frame(session, run_id, importance, "evaluation/permutation_importance")
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
-            "plots/roc_curve.png": plots.roc_chart(test_y, test_scores, winner.family),
+            "plots/roc_curve.png": plots.roc_chart(test_y, test_scores, candidate.name),
             "plots/precision_recall.png": plots.precision_recall_chart(test_y, test_scores),
             "plots/calibration.png": plots.calibration_chart(test_y, test_scores),
             "plots/confusion_matrix.png": plots.confusion_chart(
@@ -500,7 +551,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     logger.info(
         "optimize run %s finished: %s (%s), test ROC AUC %.4f, cost %.4f",
         run_id,
-        winner.family,
+        candidate.name,
         choice.method,
         test_metrics["test_roc_auc"],
         test_metrics["test_expected_cost"],
@@ -510,7 +561,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         research_run_id=research_id,
         dataset_digest=dataset.digest,
         families=outcomes,
-        best_family=winner.family,
+        best_family=candidate.name,
         calibration=choice.method,
         threshold=float(threshold),
         test_metrics=test_metrics,

@@ -111,3 +111,37 @@ def test_cross_calibration_never_uses_a_folds_own_labels():
         np.testing.assert_array_equal(before[first_valid], after[first_valid])
         assert not np.array_equal(before, after)
         assert ((before >= 0) & (before <= 1)).all()
+
+
+def _ensemble_case(best_single_auc: float, min_gain: float):
+    from pipeline.data import load_dataset
+    from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator
+    from pipeline.training import folds
+    from tests.conftest import make_config, small_params
+
+    raw = small_params()
+    raw["optimize"]["ensemble_min_gain"] = min_gain
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    best = {"cv_roc_auc": best_single_auc, "cv_expected_cost": 0.6}
+    outcomes = [
+        FamilyOutcome("logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, best),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}),
+    ]
+    return choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+
+
+def test_soft_vote_is_kept_when_it_beats_the_best_family_by_the_margin():
+    kept = _ensemble_case(best_single_auc=0.55, min_gain=0.01)  # the vote scores about 0.75 here
+    assert kept.name == "soft_vote(logistic_regression+naive_bayes)"
+    assert kept.cv is not None
+    assert kept.cv_metrics["cv_roc_auc"] > 0.56
+
+
+def test_soft_vote_is_dropped_when_it_does_not_beat_the_margin():
+    dropped = _ensemble_case(best_single_auc=0.55, min_gain=0.99)
+    assert dropped.name == "logistic_regression"
+    assert dropped.cv is None
+    assert dropped.cv_metrics["cv_roc_auc"] == 0.55
