@@ -7,7 +7,7 @@ CONFIG ?= params.yaml
 PROFILE ?=
 STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help install run research optimize register results report lint test test-unit bench ui status clean
+.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-load actionlint ui status clean
 
 help:
 	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
@@ -52,6 +52,19 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/research.py
 
+bench-quality: $(STAMP)
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/quality.py
+
+bench-results: $(STAMP)
+	$(BIN)/python bench/results_scale.py
+
+bench-load: $(STAMP)
+	$(BIN)/python bench/load.py
+
+actionlint: $(STAMP)
+	$(BIN)/actionlint
+
 ui: $(STAMP)
 	bash scripts/launch_mlflow.sh
 
@@ -59,4 +72,4 @@ status: $(STAMP)
 	$(BIN)/python scripts/check_mlflow_status.py
 
 clean:
-	rm -rf mlflow.db mlartifacts reports backups
+	rm -rf mlflow.db mlflow-optuna.db mlflow.db.*.lock mlartifacts reports backups

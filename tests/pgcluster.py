@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 SERVER_USER = os.environ.get("PIPELINE_TEST_PG_USER", "postgres")
-_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/bin", "/usr/lib/postgresql/15/bin"])
+# Debian and Ubuntu (GitHub runners) keep the server binaries out of PATH, one folder per version.
+_SEARCH_PATH = os.pathsep.join(
+    [
+        os.environ.get("PATH", ""),
+        "/usr/local/bin",
+        *sorted((str(p) for p in Path("/usr/lib/postgresql").glob("*/bin")), reverse=True),
+    ]
+)
 
 
 class ClusterUnavailable(RuntimeError):

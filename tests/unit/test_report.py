@@ -189,3 +189,44 @@ def test_champion_of_and_summary_handle_empty_views():
     text = results.summary_markdown("sqlite:///x", "loan-default", counts, views, None)
     assert "No research run" in text and "No version holds" in text and "No register run" in text
     assert "| runs" in text and "1 other tables" in text
+
+
+HOSTILE = "O'Brien\\\"; DROP TABLE runs; -- %_*"
+
+
+def test_hostile_names_and_tag_values_are_bound_not_spliced(tmp_path):
+    path = tmp_path / "hostile.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT, artifact_location TEXT,
+                lifecycle_stage TEXT);
+            CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT, start_time INTEGER,
+                end_time INTEGER, lifecycle_stage TEXT, artifact_uri TEXT, experiment_id INTEGER);
+            CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
+            CREATE TABLE latest_metrics (key TEXT, value REAL, timestamp INTEGER, step INTEGER,
+                is_nan INTEGER, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
+            """
+        )
+        db.execute("INSERT INTO experiments VALUES (7, ?, '/tmp', 'active')", (HOSTILE,))
+        db.execute("INSERT INTO experiments VALUES (8, 'O''Brien', '/tmp', 'active')")  # a look-alike decoy
+        db.execute(
+            "INSERT INTO runs VALUES ('r1', ?, 'FINISHED', 1, 2, 'active', 'file:///a', 7)", (HOSTILE,)
+        )
+        db.executemany(
+            "INSERT INTO tags VALUES (?, ?, 'r1')",
+            [
+                ("pipeline.stage", "research"),
+                ("pipeline.role", "stage"),
+                ("research.best_candidate", HOSTILE),
+            ],
+        )
+    store = report.open_store(f"sqlite:///{path}")
+    try:
+        assert report.experiment_id(store, HOSTILE) == "7"
+        assert report.experiment_id(store, "O'Brien") == "8"
+        assert report.leaderboard(store, report.experiment_id(store, HOSTILE)).empty  # no candidates
+        counts = report.table_counts(store).set_index("table")["rows"].to_dict()
+        assert counts["runs"] == 1  # the table is still there
+    finally:
+        store.close()
