@@ -135,6 +135,7 @@ def install_sigterm_handler() -> Any:
     def terminate(signum, frame) -> None:
         # Once: a second SIGTERM must not interrupt the cleanup that marks the runs.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        Terminated.received = True
         raise Terminated("received SIGTERM")
 
     return signal.signal(signal.SIGTERM, terminate)
@@ -153,6 +154,7 @@ def _lost_store(error: Exception) -> PipelineError | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    Terminated.received = False
     previous = install_sigterm_handler()
     try:
         return _run(args)
@@ -168,13 +170,18 @@ def _run(args: argparse.Namespace) -> int:
     except PipelineError as error:
         print(f"{error.kind}: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
-    except Terminated:
-        print("terminated: received SIGTERM; runs in progress were marked KILLED", file=sys.stderr)
+    except Terminated as error:
+        notes = "; ".join(getattr(error, "__notes__", [])) or "runs in progress were marked KILLED"
+        print(f"terminated: received SIGTERM; {notes}", file=sys.stderr)
         return Terminated.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or a lost store: one line, traceback only with --verbose
+        if Terminated.received:  # SIGTERM surfaced as another error inside a library
+            notes = "; ".join(getattr(error, "__notes__", [])) or "runs in progress were marked KILLED"
+            print(f"terminated: received SIGTERM; {notes}", file=sys.stderr)
+            return Terminated.exit_code
         if args.verbose:
             logger.exception("unexpected failure")
         if (mapped := _lost_store(error)) is not None:

@@ -50,3 +50,6 @@ class Terminated(KeyboardInterrupt):
     """
 
     exit_code = 143
+    # Set by the handler: a signal landing inside a library's own cleanup can surface as some
+    # other exception, which must still end the run KILLED and the command with 143.
+    received = False

@@ -32,6 +32,7 @@ from pipeline.errors import (
     LookupFailedError,
     ModelSecurityError,
     SchemaOutdatedError,
+    Terminated,
     TrackingUnavailableError,
 )
 from pipeline.settings import artifact_root_override, redact, redact_uri, tracking_uri
@@ -276,17 +277,28 @@ def stage_run(
     try:
         yield run_id
     except BaseException as error:
-        status = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
+        status = "KILLED" if isinstance(error, KeyboardInterrupt) or Terminated.received else "FAILED"
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
-        marked = True
-        try:
-            session.client.set_tag(run_id, TAG_FAILURE_REASON, redact(reason)[:_MAX_TAG_LENGTH])
-            session.client.set_terminated(run_id, status)
-            end_running_children(session, run_id, status, f"parent run ended {status}: {redact(reason)}")
-        except Exception:  # the store may be the thing that failed; never hide the cause
-            marked = False
-            if not is_connection_lost(error):
-                logger.warning("could not mark run %s %s", run_id, status)
+        marked = False
+        # A signal can land mid-write and leave the store briefly busy: retry a little.
+        for attempt in range(3):
+            try:
+                session.client.set_tag(run_id, TAG_FAILURE_REASON, redact(reason)[:_MAX_TAG_LENGTH])
+                session.client.set_terminated(run_id, status)
+                end_running_children(session, run_id, status, f"parent run ended {status}: {redact(reason)}")
+                marked = True
+                break
+            except Exception as marking_error:  # the store may be the thing that failed
+                if is_connection_lost(error) or is_connection_lost(marking_error):
+                    break
+                logger.debug(
+                    "marking run %s %s failed (attempt %d): %s", run_id, status, attempt + 1, marking_error
+                )
+                time.sleep(0.5 * (attempt + 1))
+        if not marked:
+            # Never hide the cause; the next start sweeps the run (its process will be gone).
+            error.add_note(f"run {run_id} left RUNNING; the next start marks it FAILED")
+            logger.info("could not mark run %s %s; the next start marks it FAILED", run_id, status)
         if isinstance(error, Exception):
             raise_if_connection_lost(error, session, run_id=run_id, marked=marked)
         raise

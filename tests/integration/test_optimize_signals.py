@@ -52,18 +52,26 @@ def test_killed_study_resumes_without_lost_or_repeated_trials(signum, sqlite_sto
     storage_url = tuning.storage_location(sqlite_store, tmp_path).url
     command = [sys.executable, "-m", "pipeline", "optimize", "--quiet", "--config", str(config_path)]
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Output to files, not pipes: after SIGKILL, orphaned joblib workers would hold pipes open.
+    out, err = (tmp_path / "stdout.txt").open("w"), (tmp_path / "stderr.txt").open("w")
+    process = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while _finished(storage_url) < 2:
-            assert process.poll() is None, process.communicate()
+            assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.2)
-        process.send_signal(signum)
-        _, stderr = process.communicate(timeout=120)
+        if signum == signal.SIGKILL:
+            os.killpg(process.pid, signal.SIGKILL)  # as a cancelled job or the OOM killer would
+        else:
+            process.send_signal(signum)
+        process.wait(timeout=120)
     finally:
         if process.poll() is None:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+        out.close()
+        err.close()
+    stderr = (tmp_path / "stderr.txt").read_text()
     expected_code = 143 if signum == signal.SIGTERM else -signal.SIGKILL
     assert process.returncode == expected_code, stderr
     interrupted = _finished(storage_url)

@@ -105,7 +105,11 @@ def test_storage_on_postgres_is_its_own_schema_and_url_is_redacted(monkeypatch):
     url = "postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
     location = tuning.storage_location(url, Path("."))
     assert location.url == url and location.schema == "optuna"
-    assert location.engine_kwargs == {"connect_args": {"options": "-csearch_path=optuna"}}
+    assert location.engine_kwargs == {
+        "connect_args": {"options": "-csearch_path=optuna"},
+        "pool_size": 1,  # trials and the heartbeat: two connections per process at most
+        "max_overflow": 1,
+    }
     assert "s3cret" not in location.safe_url
 
 
