@@ -374,8 +374,8 @@ def fit_final(
 
 
 def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int):
-    # ROC AUC is unchanged by a monotone calibration, so one calibration fold's base model ranks
-    # the features as the whole calibrated model does, at a fraction of the scoring cost.
+    # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
+    # calibrated model does, without scoring through the calibrator.
     folds_fitted = getattr(model, "calibrated_classifiers_", None)
     if folds_fitted:
         model = folds_fitted[0].estimator
