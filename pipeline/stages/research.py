@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -142,18 +143,10 @@ def run(config: PipelineConfig) -> ResearchResult:
                 **{f"removed_{k}": v for k, v in dataset.removed_rows.items()},
             },
         )
-        tracking.log_datasets(session, run_id, dataset, split)
-        tracking.log_dict(
-            session,
-            run_id,
-            {"train": split.train_index.tolist(), "test": split.test_index.tolist()},
-            "split/indices.json",
-        )
-
         child_ids: dict[str, str] = {}
         progress = tqdm(total=len(config.research.portfolio), desc="research", unit="candidate")
 
-        def record(outcome: CandidateOutcome) -> None:
+        def log_candidate(outcome: CandidateOutcome) -> None:
             child_ids[outcome.name] = tracking.log_child_run(
                 session,
                 run_id,
@@ -167,6 +160,9 @@ def run(config: PipelineConfig) -> ResearchResult:
                 params={"family": outcome.family, **outcome.params},
                 metrics=outcome.metrics,
             )
+
+        def record(outcome: CandidateOutcome) -> None:
+            pending.append(writer.submit(log_candidate, outcome))
             logger.info(
                 "%-24s cv ROC AUC %.4f ± %.4f, cost %.4f",
                 outcome.name,
@@ -177,10 +173,25 @@ def run(config: PipelineConfig) -> ResearchResult:
             progress.set_postfix_str(outcome.name)
             progress.update()
 
-        try:
-            outcomes = evaluate_portfolio(config, dataset, split, on_candidate=record)
-        finally:
-            progress.close()
+        # One writer thread logs to MLflow while the next candidate trains: the store's round
+        # trips then overlap the cross-validation instead of adding to it. Order is kept.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-writer") as writer:
+            pending = [
+                writer.submit(tracking.log_datasets, session, run_id, dataset, split),
+                writer.submit(
+                    tracking.log_dict,
+                    session,
+                    run_id,
+                    {"train": split.train_index.tolist(), "test": split.test_index.tolist()},
+                    "split/indices.json",
+                ),
+            ]
+            try:
+                outcomes = evaluate_portfolio(config, dataset, split, on_candidate=record)
+            finally:
+                progress.close()
+            for future in pending:
+                future.result()  # surface any logging error here, inside the stage run
 
         leaderboard = leaderboard_frame(outcomes, child_ids)
         families = ranked_families(leaderboard)
