@@ -33,7 +33,7 @@ def data_url() -> str | None:
 
 
 def redact(text: str) -> str:
-    """Mask passwords in every URL inside ``text``: ``scheme://user:***@host``."""
+    """Mask the password of every URL inside ``text`` (shown as three asterisks after the user)."""
     return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", text)
 
 
