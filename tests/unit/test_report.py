@@ -11,14 +11,8 @@ from pipeline.stages import results
 
 MS = 1_700_000_000_000
 
-
-@pytest.fixture
-def store(tmp_path):
-    """A miniature MLflow-shaped database: two stage runs, one candidate, an odd extra table."""
-    path = tmp_path / "mini.db"
-    with sqlite3.connect(path) as db:
-        db.executescript(
-            """
+# The MLflow tables the views read, reduced to the columns they use.
+CORE_SCHEMA = """
             CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT, artifact_location TEXT,
                 lifecycle_stage TEXT);
             CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT, start_time INTEGER,
@@ -26,6 +20,17 @@ def store(tmp_path):
             CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
             CREATE TABLE latest_metrics (key TEXT, value REAL, timestamp INTEGER, step INTEGER,
                 is_nan INTEGER, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
+"""
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A miniature MLflow-shaped database: two stage runs, one candidate, an odd extra table."""
+    path = tmp_path / "mini.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            CORE_SCHEMA
+            + """
             CREATE TABLE metrics (key TEXT, value REAL, timestamp INTEGER, run_uuid TEXT, step INTEGER,
                 is_nan INTEGER);
             CREATE TABLE params (key TEXT, value TEXT, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
@@ -197,17 +202,7 @@ HOSTILE = "O'Brien\\\"; DROP TABLE runs; -- %_*"
 def test_hostile_names_and_tag_values_are_bound_not_spliced(tmp_path):
     path = tmp_path / "hostile.db"
     with sqlite3.connect(path) as db:
-        db.executescript(
-            """
-            CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY, name TEXT, artifact_location TEXT,
-                lifecycle_stage TEXT);
-            CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, name TEXT, status TEXT, start_time INTEGER,
-                end_time INTEGER, lifecycle_stage TEXT, artifact_uri TEXT, experiment_id INTEGER);
-            CREATE TABLE tags (key TEXT, value TEXT, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
-            CREATE TABLE latest_metrics (key TEXT, value REAL, timestamp INTEGER, step INTEGER,
-                is_nan INTEGER, run_uuid TEXT, PRIMARY KEY (key, run_uuid));
-            """
-        )
+        db.executescript(CORE_SCHEMA)
         db.execute("INSERT INTO experiments VALUES (7, ?, '/tmp', 'active')", (HOSTILE,))
         db.execute("INSERT INTO experiments VALUES (8, 'O''Brien', '/tmp', 'active')")  # a look-alike decoy
         db.execute(
