@@ -40,7 +40,7 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.data import Dataset, Split, load_dataset
 from pipeline.evaluation import expected_cost
 from pipeline.models import build_estimator
-from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator, family_jobs, fit_final
+from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator, family_objective, fit_final
 from pipeline.stages.research import evaluate_portfolio, leaderboard_frame, ranked_families
 from pipeline.training import cross_validate, folds, positive_scores
 
@@ -79,19 +79,7 @@ def ours(
             study = tuning.open_study(
                 optuna.storages.InMemoryStorage(), family, config.seed, settings.pruning
             )
-            objective = tuning.make_objective(
-                family,
-                settings.search_spaces[family],
-                train_x,
-                train_y,
-                splits,
-                dataset.categorical,
-                dataset.numeric,
-                config.costs,
-                config.seed,
-                n_jobs=family_jobs(family, settings.n_jobs),
-                pruning=settings.pruning,
-            )
+            objective = family_objective(config, dataset, family, train_x, train_y, splits)
             ran = tuning.tune(study, objective, settings.n_trials, share)
             trial = tuning.best_trial(study)
             if trial is None:

@@ -207,6 +207,31 @@ def family_jobs(family: str, n_jobs: int) -> int:
     return 1 if family in OPENMP_FAMILIES else n_jobs
 
 
+def family_objective(
+    config: PipelineConfig,
+    dataset: Dataset,
+    family: str,
+    features: pd.DataFrame,
+    target: pd.Series,
+    splits: list,
+):
+    """The Optuna objective for one family, from its search space and the stage's settings."""
+    settings = config.optimize
+    return tuning.make_objective(
+        family,
+        settings.search_spaces[family],
+        features,
+        target,
+        splits,
+        dataset.categorical,
+        dataset.numeric,
+        config.costs,
+        config.seed,
+        n_jobs=family_jobs(family, settings.n_jobs),
+        pruning=settings.pruning,
+    )
+
+
 def tune_family(
     config: PipelineConfig,
     session: tracking.TrackingSession,
@@ -240,19 +265,7 @@ def tune_family(
             progress.set_postfix_str(f"best AUC {best.value:.4f}")
         progress.update()
 
-    objective = tuning.make_objective(
-        family,
-        space,
-        features,
-        target,
-        splits,
-        dataset.categorical,
-        dataset.numeric,
-        config.costs,
-        config.seed,
-        n_jobs=family_jobs(family, settings.n_jobs),
-        pruning=settings.pruning,
-    )
+    objective = family_objective(config, dataset, family, features, target, splits)
     try:
         ran = tuning.tune(study, objective, settings.n_trials, settings.timeout_seconds, callbacks=[record])
     finally:
