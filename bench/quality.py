@@ -6,7 +6,7 @@ budget, calibration, the out-of-fold threshold and one refit.
 
     .venv/bin/python bench/quality.py                      # 5 splits, B = 120 s (about 25 min)
     .venv/bin/python bench/quality.py --budget 60 --splits 3
-    .venv/bin/python bench/quality.py --protocol cv10 --budget 30 --no-flaml
+    .venv/bin/python bench/quality.py --protocol cv10 --budget 60 --no-flaml   # about 7 min
 
 Protocols:
   holdout  train_test_split(test_size=0.25, stratify=y, random_state=s) for s = 1..splits;

@@ -1,5 +1,9 @@
 """Probability calibration, kept only when out-of-fold log loss says it helps. Pure: no I/O.
 
+A method that lowers the log loss is still refused when it costs ranking quality: isotonic
+regression is a step function, its ties lowered held-out ROC AUC by about 0.004 on the default
+data, while a sigmoid (monotone) leaves every fold's ranking as it was.
+
 Each method is judged out of fold, on the same folds as the model: for every fold, a calibrator
 is fitted on the out-of-fold scores of the *other* folds and applied to this fold's scores. That
 mirrors the final ``CalibratedClassifierCV(cv=folds)``, whose calibrators are fitted on held-out
@@ -16,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.calibration import CalibratedClassifierCV, _SigmoidCalibration
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import log_loss
+from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline.config import CostConfig
@@ -26,12 +30,15 @@ from pipeline.training import CVResult, cross_validate
 NONE = "none"
 # Smallest log-loss gain that counts as an improvement, not noise in the last digits.
 MIN_GAIN = 1e-4
+# Default for how much out-of-fold ROC AUC a calibration may cost (config: calibration_max_auc_loss).
+MAX_AUC_LOSS = 0.001
 
 
 @dataclass(frozen=True)
 class CalibrationChoice:
     method: str  # "none", "sigmoid" or "isotonic"
     log_losses: dict[str, float]  # out-of-fold log loss of each option tried
+    roc_aucs: dict[str, float]  # mean per-fold ROC AUC of each option tried
     oof_scores: np.ndarray  # out-of-fold scores of the chosen option
     threshold: float  # the cost-minimising threshold on those scores
 
@@ -40,10 +47,29 @@ def oof_log_loss(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(log_loss(y_true, np.clip(scores, 1e-15, 1 - 1e-15), labels=[0, 1]))
 
 
-def choose_method(log_losses: Mapping[str, float], min_gain: float = MIN_GAIN) -> str:
-    """``"none"`` unless a calibration method lowers the out-of-fold log loss by ``min_gain``."""
+def fold_roc_auc(
+    y_true: np.ndarray, scores: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+) -> float:
+    """Mean ROC AUC over the validation folds: unchanged by any calibrator that is monotone per fold."""
+    return float(np.mean([roc_auc_score(y_true[valid], scores[valid]) for _, valid in splits]))
+
+
+def choose_method(
+    log_losses: Mapping[str, float],
+    roc_aucs: Mapping[str, float] | None = None,
+    max_auc_loss: float = MAX_AUC_LOSS,
+    min_gain: float = MIN_GAIN,
+) -> str:
+    """The method with the lowest out-of-fold log loss, if it beats ``"none"`` by ``min_gain``.
+
+    With ``roc_aucs``, a method whose ROC AUC is more than ``max_auc_loss`` below ``"none"``'s
+    is not eligible.
+    """
     baseline = log_losses[NONE]
-    best = min(log_losses, key=lambda m: (log_losses[m], m != NONE))
+    eligible = [
+        m for m in log_losses if roc_aucs is None or m == NONE or roc_aucs[m] >= roc_aucs[NONE] - max_auc_loss
+    ]
+    best = min(eligible, key=lambda m: (log_losses[m], m != NONE))
     return best if best != NONE and log_losses[best] <= baseline - min_gain else NONE
 
 
@@ -92,8 +118,10 @@ def select_calibration(
     seed: int = 0,
     n_jobs: int = 1,
     uncalibrated: CVResult | None = None,
+    max_auc_loss: float = MAX_AUC_LOSS,
 ) -> CalibrationChoice:
-    """Compare out-of-fold log loss without and with each method; keep the best that helps.
+    """Compare out-of-fold log loss without and with each method; keep the best that helps
+    without lowering the per-fold ROC AUC by more than ``max_auc_loss``.
 
     The choice carries the chosen option's out-of-fold scores and the cost-minimising threshold on them.
     """
@@ -103,8 +131,13 @@ def select_calibration(
     for method in methods:
         options[method] = cross_calibrate(y, base.oof_scores, splits, method)
     losses = {name: oof_log_loss(y, scores) for name, scores in options.items()}
-    method = choose_method(losses)
+    aucs = {name: fold_roc_auc(y, scores, splits) for name, scores in options.items()}
+    method = choose_method(losses, aucs, max_auc_loss)
     threshold = base.threshold if method == NONE else best_threshold(y, options[method], costs)[0]
     return CalibrationChoice(
-        method=method, log_losses=losses, oof_scores=options[method], threshold=threshold
+        method=method,
+        log_losses=losses,
+        roc_aucs=aucs,
+        oof_scores=options[method],
+        threshold=threshold,
     )

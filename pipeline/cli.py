@@ -163,6 +163,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _terminated(error: BaseException) -> int:
+    notes = "; ".join(getattr(error, "__notes__", [])) or "runs in progress were marked KILLED"
+    print(f"terminated: received SIGTERM; {notes}", file=sys.stderr)
+    return Terminated.exit_code
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config, profile=args.profile)
@@ -171,17 +177,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{error.kind}: {redact(str(error))}", file=sys.stderr)
         return error.exit_code
     except Terminated as error:
-        notes = "; ".join(getattr(error, "__notes__", [])) or "runs in progress were marked KILLED"
-        print(f"terminated: received SIGTERM; {notes}", file=sys.stderr)
-        return Terminated.exit_code
+        return _terminated(error)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or a lost store: one line, traceback only with --verbose
         if Terminated.received:  # SIGTERM surfaced as another error inside a library
-            notes = "; ".join(getattr(error, "__notes__", [])) or "runs in progress were marked KILLED"
-            print(f"terminated: received SIGTERM; {notes}", file=sys.stderr)
-            return Terminated.exit_code
+            return _terminated(error)
         if args.verbose:
             logger.exception("unexpected failure")
         if (mapped := _lost_store(error)) is not None:

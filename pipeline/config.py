@@ -177,9 +177,11 @@ class OptimizeConfig(_Section):
     n_jobs: int = Field(2, ge=1, le=64)
     pruning: bool = True
     calibration_methods: list[Literal["sigmoid", "isotonic"]] = ["sigmoid", "isotonic"]
+    # A calibration that lowers the out-of-fold ROC AUC by more than this is not used.
+    calibration_max_auc_loss: float = Field(0.001, ge=0, le=1)
     permutation_repeats: int = Field(5, ge=1, le=100)
-    # Also try the soft vote of every tuned family's best model; kept only when its CV ROC AUC
-    # beats the best single family by more than ensemble_min_gain.
+    # Also try soft votes of the tuned families' best models (all of them unless a smaller vote is
+    # better by ensemble_min_gain); kept only when it beats the best single family by that margin.
     ensemble: bool = True
     ensemble_min_gain: float = Field(0.001, ge=0, le=1)
     search_spaces: dict[Family, dict[str, SearchParam]] = {}

@@ -1,4 +1,4 @@
-"""Settings that come only from the environment: the tracking URI and data credentials."""
+"""Settings that come only from the environment: the tracking URI, data credentials, Optuna's store."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DATA_URL_ENV = "PIPELINE_DATA_URL"
 ARTIFACT_ROOT_ENV = "PIPELINE_ARTIFACT_ROOT"
 REQUIRE_POSTGRES_ENV = "PIPELINE_REQUIRE_POSTGRES"
+OPTUNA_URL_ENV = "PIPELINE_OPTUNA_URL"
 
 DEFAULT_SQLITE_NAME = "mlflow.db"
 
@@ -30,6 +31,11 @@ def artifact_root_override() -> str | None:
 
 def data_url() -> str | None:
     return os.environ.get(DATA_URL_ENV, "").strip() or None
+
+
+def optuna_url() -> str | None:
+    """Where Optuna keeps its studies when not beside the tracking store."""
+    return os.environ.get(OPTUNA_URL_ENV, "").strip() or None
 
 
 def redact(text: str) -> str:

@@ -263,7 +263,7 @@ def stage_run(
 ) -> Iterator[str]:
     """A parent run for one stage; yields its id.
 
-    It ends FINISHED on success, and FAILED (KILLED on Ctrl-C) with the reason
+    It ends FINISHED on success, and FAILED (KILLED on Ctrl-C or SIGTERM) with the reason
     in a tag on any error, so no failed work is left RUNNING or FINISHED.
     """
     try:
@@ -276,6 +276,9 @@ def stage_run(
     run_id = run.info.run_id
     try:
         yield run_id
+        if Terminated.received:
+            # A library caught the signal's exception and carried on: SIGTERM still ends the run.
+            raise Terminated("received SIGTERM")
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) or Terminated.received else "FAILED"
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
@@ -1052,6 +1055,13 @@ def set_alias(session: TrackingSession, name: str, alias: str, version: str) -> 
     _with_registry_retries(
         lambda: session.client.set_registered_model_alias(name, alias, str(version)),
         f"moving alias {alias!r} of {name!r}",
+    )
+
+
+def delete_alias(session: TrackingSession, name: str, alias: str) -> None:
+    _with_registry_retries(
+        lambda: session.client.delete_registered_model_alias(name, alias),
+        f"removing alias {alias!r} of {name!r}",
     )
 
 

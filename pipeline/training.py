@@ -108,18 +108,37 @@ def cross_validate(
     oof = np.full(len(y), np.nan)
     for outcome in outcomes:
         oof[outcome.validation_index] = outcome.scores
-    threshold, _ = best_threshold(y, oof, costs)
-    per_fold = [
-        {
-            **probability_metrics(y[o.validation_index], o.scores),
-            **decision_metrics(y[o.validation_index], o.scores, threshold, costs),
-        }
-        for o in outcomes
-    ]
-    return CVResult(
-        oof_scores=oof,
-        threshold=threshold,
-        per_fold=per_fold,
+    return result_from_scores(
+        y,
+        oof,
+        splits,
+        costs,
         fit_seconds=float(sum(o.fit_seconds for o in outcomes)),
         predict_seconds=float(sum(o.predict_seconds for o in outcomes)),
+    )
+
+
+def result_from_scores(
+    y: np.ndarray,
+    oof_scores: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    costs: CostConfig,
+    fit_seconds: float = 0.0,
+    predict_seconds: float = 0.0,
+) -> CVResult:
+    """Threshold and per-fold metrics from out-of-fold scores, e.g. the average of several models'."""
+    threshold, _ = best_threshold(y, oof_scores, costs)
+    per_fold = [
+        {
+            **probability_metrics(y[valid], oof_scores[valid]),
+            **decision_metrics(y[valid], oof_scores[valid], threshold, costs),
+        }
+        for _, valid in splits
+    ]
+    return CVResult(
+        oof_scores=oof_scores,
+        threshold=threshold,
+        per_fold=per_fold,
+        fit_seconds=fit_seconds,
+        predict_seconds=predict_seconds,
     )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,13 +28,12 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.config import CostConfig, SearchParam
 from pipeline.errors import ConfigError
 from pipeline.models import build_estimator, validate_params
-from pipeline.settings import redact_uri
+from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
 from pipeline.training import cross_validate
 
 logger = logging.getLogger(__name__)
 
 OPTUNA_SCHEMA = "optuna"
-OPTUNA_URL_ENV = "PIPELINE_OPTUNA_URL"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attribute holding the CV summary (cv_<metric>_mean/_std, cv_threshold, seconds).
 METRICS_ATTR = "metrics"
@@ -109,7 +107,7 @@ def study_name(
 
 def storage_location(tracking_uri: str, root: Path) -> StorageLocation:
     """Where the Optuna studies live, derived from the tracking store (or PIPELINE_OPTUNA_URL)."""
-    url = os.environ.get(OPTUNA_URL_ENV, "").strip() or tracking_uri
+    url = optuna_url() or tracking_uri
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme == "postgresql":
         return StorageLocation(

@@ -8,6 +8,7 @@ on the training part.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from pipeline.data import Dataset, Split, check_folds, load_dataset, split_datas
 from pipeline.errors import LookupFailedError
 from pipeline.evaluation import all_metrics, cost_curve
 from pipeline.models import build_ensemble, build_estimator
-from pipeline.training import cross_validate, folds, positive_scores
+from pipeline.training import CVResult, cross_validate, folds, positive_scores, result_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -291,12 +292,16 @@ def tune_family(
 
 @dataclass(frozen=True)
 class FinalCandidate:
-    """What stage 2 refits: the best family's best trial, or the soft vote of every family's best."""
+    """What stage 2 refits: the best family's best trial, or a soft vote of several families' best."""
 
     name: str
     estimator: object
     cv_metrics: dict[str, float]
-    cv: object = None  # the CVResult when it was computed here (the ensemble), else None
+    cv: CVResult | None = None  # computed here for a vote; a single family's comes from its trial
+
+
+def vote_name(families: tuple[str, ...] | list[str]) -> str:
+    return "soft_vote(" + "+".join(families) + ")"
 
 
 def choose_final_estimator(
@@ -308,45 +313,79 @@ def choose_final_estimator(
     train_y: pd.Series,
     splits: list,
 ) -> FinalCandidate:
-    """The best single family, unless the soft vote of all tuned families cross-validates better.
+    """The best single family, unless a soft vote of two or more tuned families cross-validates better.
 
-    Pure: judged on the same training folds as the trials, never on the test part.
+    Each family's best model is cross-validated once on the trials' folds. A soft vote's
+    out-of-fold scores are then the mean of its members' (what ``VotingClassifier`` computes),
+    so every subset is judged without another fit. The vote of all of them is the default; a
+    smaller one replaces it only when its CV ROC AUC is higher by more than ``ensemble_min_gain``
+    (a member that clearly hurts is dropped; noise is not chased). The vote is kept only when it
+    beats the best single family by that margin too, as one model is cheaper to keep and score.
+    Pure: training folds only, never the test part.
     """
     settings = config.optimize
-
-    def estimator(outcome: FamilyOutcome):
-        return build_estimator(
-            outcome.family,
-            outcome.best_params,
-            dataset.categorical,
-            dataset.numeric,
-            config.seed,
-            n_jobs=family_jobs(outcome.family, settings.n_jobs),
-        )
-
-    single = FinalCandidate(winner.family, estimator(winner), dict(winner.metrics))
     if not settings.ensemble or len(outcomes) < 2:
-        return single
-    members = [(o.family, estimator(o)) for o in outcomes]
-    vote = build_ensemble(members)
-    result = cross_validate(vote, train_x, train_y, splits, config.costs, n_jobs=1)
-    summary = result.summary()
-    metrics = {
-        **summary,
-        "cv_roc_auc": summary["cv_roc_auc_mean"],
-        "cv_expected_cost": summary["cv_expected_cost_mean"],
+        return FinalCandidate(winner.family, estimator_for(config, dataset, winner), dict(winner.metrics))
+
+    y = train_y.to_numpy()
+    members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
+    member_cv = {
+        family: cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
+        for family, model in members.items()
     }
-    name = "soft_vote(" + "+".join(o.family for o in outcomes) + ")"
+    best: tuple[tuple[str, ...], CVResult, dict[str, float]] | None = None
+    for size in range(len(members), 1, -1):
+        for combo in itertools.combinations(members, size):
+            scores = np.mean([member_cv[f].oof_scores for f in combo], axis=0)
+            result = result_from_scores(
+                y,
+                scores,
+                splits,
+                config.costs,
+                fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
+                predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
+            )
+            metrics = _candidate_metrics(result)
+            logger.info("%s: cv ROC AUC %.4f", vote_name(combo), metrics["cv_roc_auc"])
+            # Fewer members must beat more by the margin: on a few hundred rows the CV cannot tell
+            # small differences apart, and averaging more models reduces variance.
+            margin = settings.ensemble_min_gain if best is not None and size < len(best[0]) else 0.0
+            if best is None or metrics["cv_roc_auc"] > best[2]["cv_roc_auc"] + margin:
+                best = (combo, result, metrics)
+
+    combo, result, metrics = best
     logger.info(
-        "%s: cv ROC AUC %.4f against %.4f for %s alone",
-        name,
+        "best vote %s: cv ROC AUC %.4f against %.4f for %s alone",
+        vote_name(combo),
         metrics["cv_roc_auc"],
         winner.metrics["cv_roc_auc"],
         winner.family,
     )
     if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
-        return FinalCandidate(name, vote, metrics, cv=result)
-    return single
+        vote = build_ensemble([(f, members[f]) for f in combo])
+        return FinalCandidate(vote_name(combo), vote, metrics, cv=result)
+    return FinalCandidate(winner.family, members[winner.family], dict(winner.metrics))
+
+
+def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):
+    """An unfitted estimator with a family's best parameters."""
+    return build_estimator(
+        outcome.family,
+        outcome.best_params,
+        dataset.categorical,
+        dataset.numeric,
+        config.seed,
+        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
+    )
+
+
+def _candidate_metrics(result: CVResult) -> dict[str, float]:
+    summary = result.summary()
+    return {
+        **summary,
+        "cv_roc_auc": summary["cv_roc_auc_mean"],
+        "cv_expected_cost": summary["cv_expected_cost_mean"],
+    }
 
 
 def fit_final(
@@ -355,7 +394,7 @@ def fit_final(
     train_x: pd.DataFrame,
     train_y: pd.Series,
     splits: list,
-    uncalibrated=None,
+    uncalibrated: CVResult | None = None,
 ) -> tuple[object, CalibrationChoice]:
     """Refit ``estimator`` on the whole training part, calibrated only if out-of-fold log loss improves.
 
@@ -373,6 +412,7 @@ def fit_final(
         settings.calibration_methods,
         config.costs,
         uncalibrated=uncalibrated,
+        max_auc_loss=settings.calibration_max_auc_loss,
     )
     final = (
         estimator
@@ -446,6 +486,9 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "timeout_seconds": settings.timeout_seconds,
                 "pruning": settings.pruning,
                 "calibration_methods": ",".join(settings.calibration_methods),
+                "calibration_max_auc_loss": settings.calibration_max_auc_loss,
+                "ensemble": settings.ensemble,
+                "ensemble_min_gain": settings.ensemble_min_gain,
                 "cost_false_negative": config.costs.false_negative,
                 "cost_false_positive": config.costs.false_positive,
                 "families": ",".join(families),
@@ -510,6 +553,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "cv_expected_cost": candidate.cv_metrics["cv_expected_cost"],
                 "oof_expected_cost": oof_curve.best_cost,
                 **{f"oof_log_loss_{m}": v for m, v in choice.log_losses.items()},
+                **{f"oof_roc_auc_{m}": v for m, v in choice.roc_aucs.items()},
                 **test_metrics,
             },
             tags={

@@ -307,6 +307,10 @@ def _move_aliases(
     tracking.set_alias(session, name, tracking.ALIAS_CHAMPION, version)
     if mirror:
         tracking.mirror_stage(session, name, version, "Production")
+    # A rerun that promotes what an interrupted run had left as challenger (e.g. after the floors changed).
+    challenger = tracking.alias_version(session, name, tracking.ALIAS_CHALLENGER)
+    if challenger is not None and str(challenger.version) == str(version):
+        tracking.delete_alias(session, name, tracking.ALIAS_CHALLENGER)
 
 
 def register_locked(

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline import tracking
+from pipeline.errors import Terminated
 from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
 from tests.conftest import PROJECT_ROOT, make_config, small_params
 
@@ -105,6 +107,18 @@ def running_stage_run_pg(cluster, database: str) -> str | None:
     return row[0] if row else None
 
 
+def trial_run_count_pg(cluster, database: str) -> int:
+    import psycopg2
+
+    connection = psycopg2.connect(host="127.0.0.1", port=cluster.port, user="postgres", dbname=database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM tags WHERE key = 'pipeline.role' AND value = 'trial'")
+            return cursor.fetchone()[0]
+    finally:
+        connection.close()
+
+
 def running_stage_run_sqlite(path: Path) -> str | None:
     with sqlite3.connect(path, timeout=1) as connection:
         row = connection.execute(
@@ -152,6 +166,50 @@ def test_database_lost_mid_stage_then_rerun_completes(pg_cluster, tmp_path):
         r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
     ]
     assert len(finished) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_path):
+    """Stage 2 loses both stores at once (MLflow's tables and Optuna's schema) between trials."""
+    uri = pg_cluster.create_database("mlflow_lost_om")
+    params = write_params(
+        tmp_path,
+        tracking={"connect_retries": 1, "connect_backoff_seconds": 0.1},
+        optimize={"n_trials": 6, "timeout_seconds": 120, "pruning": False},
+    )
+    env = cli_env(uri, tmp_path)
+    assert run_cli(params, env, "research").returncode == 0
+
+    process = start_cli(params, env, "optimize")
+    try:
+        wait_for(lambda: trial_run_count_pg(pg_cluster, "mlflow_lost_om") >= 1)
+        lost_run = running_stage_run_pg(pg_cluster, "mlflow_lost_om")
+        pg_cluster.stop("immediate")
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert lost_run is not None
+    assert process.returncode == 2, stderr
+    assert_one_line(stderr, "tracking store unreachable", lost_run)
+
+    pg_cluster.start()
+    rerun = run_cli(params, env, "optimize")
+    assert rerun.returncode == 0, rerun.stderr
+    runs = all_runs(uri)
+    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    assert next(r for r in runs if r.info.run_id == lost_run).info.status == "FAILED"
+    finished = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "optimize"]
+    finished = [
+        r for r in finished if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
+    ]
+    assert len(finished) == 1
+    # The resumed studies hold each family's cap of finished trials, none twice.
+    trials = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial" and r.info.status != "FAILED"]
+    keys = [(r.data.tags[tracking.TAG_OPTUNA_STUDY], r.data.tags[tracking.TAG_OPTUNA_TRIAL]) for r in trials]
+    assert len(keys) == len(set(keys))
+    assert sorted(Counter(study for study, _ in keys).values()) == [6, 6]
 
 
 @pytest.mark.postgres
@@ -265,6 +323,22 @@ def test_stage_run_tags_its_owner_and_closes_children_on_failure(sqlite_store, s
     closed = session.client.get_run(child)
     assert closed.info.status == "FAILED"
     assert closed.data.tags[tracking.TAG_FAILURE_REASON] == "parent run ended FAILED: RuntimeError: boom"
+
+
+def test_sigterm_swallowed_inside_a_library_still_ends_the_run_killed(sqlite_store, small_config):
+    """A SIGTERM whose exception some library caught (seen once in 12 runs) must not end FINISHED."""
+    session = tracking.connect(small_config)
+    try:
+        with (
+            pytest.raises(Terminated),
+            tracking.stage_run(session, "swallowed", {tracking.TAG_STAGE: "probe"}) as run_id,
+        ):
+            Terminated.received = True  # what the handler sets before its exception was lost
+    finally:
+        Terminated.received = False
+    run = session.client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[tracking.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
 
 
 def downgrade_one_revision(uri: str) -> tuple[str, str]:

@@ -145,18 +145,23 @@ def test_floor_failure_rejects_without_a_champion(sqlite_store):
     assert result.exit_code == 0  # a decision either way exits 0 without --fail-on-reject
 
 
-def test_crash_between_register_and_alias_is_finished_on_rerun(sqlite_store, monkeypatch):
-    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
-    research_id = fake_research_run(config, {"dummy": 0.5})
-    optimize_id = fake_optimize_run(config, research_id)
+def register_until_crash(config, monkeypatch, step: str) -> str:
+    """Register a fresh optimize run with ``tracking.<step>`` failing; returns the optimize run id."""
+    optimize_id = fake_optimize_run(config, fake_research_run(config, {"dummy": 0.5}))
 
     def crash(*args, **kwargs):
-        raise RuntimeError("simulated crash before the alias moved")
+        raise RuntimeError(f"simulated crash in {step}")
 
     with monkeypatch.context() as patch:
-        patch.setattr(tracking, "set_alias", crash)
+        patch.setattr(tracking, step, crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             register.run(config, optimize_run_id=optimize_id)
+    return optimize_id
+
+
+def test_crash_between_register_and_alias_is_finished_on_rerun(sqlite_store, monkeypatch):
+    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    optimize_id = register_until_crash(config, monkeypatch, "set_alias")
     [left] = versions(sqlite_store)
     assert left.tags["gate.status"] == "pending"
     assert alias(sqlite_store, "champion") is None
@@ -170,6 +175,26 @@ def test_crash_between_register_and_alias_is_finished_on_rerun(sqlite_store, mon
     assert str(finished.version) == str(left.version)
     assert finished.tags["gate.status"] == "done"
     assert alias(sqlite_store, "champion") == str(left.version)
+
+
+def test_rejected_then_interrupted_version_promoted_on_rerun_is_no_longer_challenger(
+    sqlite_store, monkeypatch
+):
+    strict = make_config(small_params(register={"min_test_roc_auc": 0.999}))
+    # Rejected: the challenger alias moves, then the crash comes before the gate tags.
+    optimize_id = register_until_crash(strict, monkeypatch, "set_version_tags")
+    [left] = versions(sqlite_store)
+    assert left.tags["gate.status"] == "pending"
+    assert alias(sqlite_store, "challenger") == str(left.version)
+
+    # The floor is lowered before the rerun: the same version is now promoted.
+    relaxed = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    result = register.run(relaxed, optimize_run_id=optimize_id)
+    assert result.decision == "promoted" and result.outcome.resumed is True
+    assert alias(sqlite_store, "champion") == str(left.version)
+    assert alias(sqlite_store, "challenger") is None
+    [finished] = versions(sqlite_store)
+    assert finished.tags["gate.status"] == "done"
 
 
 def test_optimize_run_on_other_test_data_is_refused(sqlite_store):

@@ -37,6 +37,10 @@ def test_fast_profile_trims_portfolio_and_overrides_params():
         (lambda raw: raw["dataset"].update(surprise=1), "dataset.surprise: unknown key"),
         (lambda raw: raw["split"].update(test_size=1.5), "split.test_size"),
         (lambda raw: raw["costs"].update(false_negative=-1), "costs.false_negative"),
+        (
+            lambda raw: raw["optimize"].update(calibration_max_auc_loss=-0.1),
+            "optimize.calibration_max_auc_loss",
+        ),
         (lambda raw: raw["dataset"].update(query="select 1"), "exactly one of 'path' or 'query'"),
         (lambda raw: raw["research"].update(use=["nope"]), "unknown candidates: nope"),
         (lambda raw: raw["research"].update(use=["logistic_regression"]), "'dummy' baseline"),

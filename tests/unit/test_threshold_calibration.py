@@ -1,4 +1,7 @@
-"""Threshold choice on a hand-computed case; calibration kept only when out-of-fold log loss improves."""
+"""Threshold choice on a hand-computed case; calibration kept only when out-of-fold log loss improves
+without costing ranking; the soft vote judged from its members' out-of-fold scores."""
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -12,6 +15,7 @@ from pipeline.calibration import (
     calibrated,
     choose_method,
     cross_calibrate,
+    fold_roc_auc,
     oof_log_loss,
     select_calibration,
 )
@@ -52,6 +56,30 @@ def test_calibration_chosen_only_when_it_lowers_log_loss(losses, expected):
     assert choose_method(losses) == expected
 
 
+@pytest.mark.parametrize(
+    ("aucs", "max_loss", "expected"),
+    [
+        ({NONE: 0.80, "sigmoid": 0.80, "isotonic": 0.79}, 0.001, "sigmoid"),  # isotonic ranks worse
+        ({NONE: 0.80, "sigmoid": 0.80, "isotonic": 0.7995}, 0.001, "isotonic"),  # within the allowance
+        ({NONE: 0.80, "sigmoid": 0.80, "isotonic": 0.79}, 0.02, "isotonic"),
+        ({NONE: 0.80, "sigmoid": 0.70, "isotonic": 0.70}, 0.001, NONE),  # both cost ranking
+    ],
+)
+def test_calibration_that_costs_roc_auc_is_not_chosen(aucs, max_loss, expected):
+    losses = {NONE: 0.50, "sigmoid": 0.49, "isotonic": 0.47}
+    assert choose_method(losses, aucs, max_loss) == expected
+
+
+def test_sigmoid_keeps_every_folds_ranking_and_isotonic_ties_lower_it():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400)
+    scores = 1 / (1 + np.exp(-(1.5 * y + rng.normal(0, 1.2, 400))))
+    splits = folds(pd.Series(y), 4, seed=0)
+    before = fold_roc_auc(y, scores, splits)
+    assert fold_roc_auc(y, cross_calibrate(y, scores, splits, "sigmoid"), splits) == pytest.approx(before)
+    assert fold_roc_auc(y, cross_calibrate(y, scores, splits, "isotonic"), splits) < before
+
+
 @pytest.fixture(scope="module")
 def redundant_data():
     """Three informative features, each copied twice: naive Bayes double-counts and is overconfident."""
@@ -72,6 +100,7 @@ def test_overconfident_model_gets_calibrated(redundant_data):
     )
     assert choice.method in {"sigmoid", "isotonic"}
     assert choice.log_losses[choice.method] < choice.log_losses[NONE] - 0.05
+    assert choice.roc_aucs[choice.method] >= choice.roc_aucs[NONE] - 0.001
     # The chosen option's out-of-fold scores are the ones its log loss was measured on.
     assert oof_log_loss(target.to_numpy(), choice.oof_scores) == pytest.approx(
         choice.log_losses[choice.method]
@@ -145,3 +174,38 @@ def test_soft_vote_is_dropped_when_it_does_not_beat_the_margin():
     assert dropped.name == "logistic_regression"
     assert dropped.cv is None
     assert dropped.cv_metrics["cv_roc_auc"] == 0.55
+
+
+def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
+    """The chosen subset's CV equals cross-validating the VotingClassifier itself on the same folds."""
+    from pipeline.data import load_dataset
+    from pipeline.models import build_ensemble
+    from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator, estimator_for
+    from pipeline.training import cross_validate
+    from tests.conftest import make_config, small_params
+
+    config = make_config(small_params())
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    weak = {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}
+    outcomes = [
+        FamilyOutcome("logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, weak),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, weak),
+        FamilyOutcome("decision_tree", "s3", 1, 1, 0, {"max_depth": 3}, weak),
+    ]
+    chosen = choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+    assert chosen.name.startswith("soft_vote(")
+    refit = cross_validate(chosen.estimator, x, y, splits, config.costs)
+    np.testing.assert_allclose(chosen.cv.oof_scores, refit.oof_scores, rtol=1e-9, atol=1e-12)
+    assert chosen.cv_metrics["cv_roc_auc"] == pytest.approx(refit.summary()["cv_roc_auc_mean"])
+    assert chosen.cv.threshold == pytest.approx(refit.threshold)
+    # No other vote, each refit for real, beats it: a larger one not at all, a smaller one not by
+    # more than the margin it would need.
+    chosen_size, margin = len(chosen.estimator.estimators), config.optimize.ensemble_min_gain
+    for size in (2, 3):
+        for combo in itertools.combinations(outcomes, size):
+            vote = build_ensemble([(o.family, estimator_for(config, dataset, o)) for o in combo])
+            auc = cross_validate(vote, x, y, splits, config.costs).summary()["cv_roc_auc_mean"]
+            allowed = margin if size < chosen_size else 0.0
+            assert auc <= chosen.cv_metrics["cv_roc_auc"] + allowed + 1e-12

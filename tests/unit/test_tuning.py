@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from pipeline import tuning
 from pipeline.config import CostConfig, SearchParam, config_from_mapping
 from pipeline.errors import ConfigError
+from pipeline.settings import OPTUNA_URL_ENV
 from pipeline.training import folds
 from tests.conftest import project_params
 
@@ -94,14 +95,14 @@ def test_study_name_is_keyed_by_data_space_and_settings_not_budget():
 
 
 def test_storage_on_sqlite_is_a_sibling_file(monkeypatch, tmp_path):
-    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    monkeypatch.delenv(OPTUNA_URL_ENV, raising=False)
     location = tuning.storage_location(f"sqlite:///{tmp_path}/mlflow.db", tmp_path)
     assert location.url == f"sqlite:///{tmp_path}/mlflow-optuna.db"
     assert location.schema is None
 
 
 def test_storage_on_postgres_is_its_own_schema_and_url_is_redacted(monkeypatch):
-    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    monkeypatch.delenv(OPTUNA_URL_ENV, raising=False)
     url = "postgresql+psycopg2://mlflow:s3cret@db:5432/mlflow"
     location = tuning.storage_location(url, Path("."))
     assert location.url == url and location.schema == "optuna"
@@ -114,11 +115,11 @@ def test_storage_on_postgres_is_its_own_schema_and_url_is_redacted(monkeypatch):
 
 
 def test_storage_for_a_tracking_server_and_overrides(monkeypatch, tmp_path):
-    monkeypatch.delenv(tuning.OPTUNA_URL_ENV, raising=False)
+    monkeypatch.delenv(OPTUNA_URL_ENV, raising=False)
     assert tuning.storage_location("http://mlflow:5000", tmp_path).url == f"sqlite:///{tmp_path}/optuna.db"
-    with pytest.raises(ConfigError, match=tuning.OPTUNA_URL_ENV):
+    with pytest.raises(ConfigError, match=OPTUNA_URL_ENV):
         tuning.storage_location("mysql://u@h/db", tmp_path)
-    monkeypatch.setenv(tuning.OPTUNA_URL_ENV, f"sqlite:///{tmp_path}/elsewhere.db")
+    monkeypatch.setenv(OPTUNA_URL_ENV, f"sqlite:///{tmp_path}/elsewhere.db")
     assert tuning.storage_location("mysql://u@h/db", tmp_path).url.endswith("elsewhere.db")
 
 
