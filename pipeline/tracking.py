@@ -555,7 +555,10 @@ TAG_OPTUNA_TRIAL = "optuna.trial_number"
 
 
 def logged_trial_numbers(session: TrackingSession, study_name: str) -> set[int]:
-    """Trial numbers of ``study_name`` that already have a run, under any parent (resume, workers)."""
+    """Trial numbers of ``study_name`` that already have a run, under any parent (resume, workers).
+
+    A FAILED trial run is a record the store lost mid-write (created, never closed): it does not count.
+    """
     numbers: set[int] = set()
     token = None
     while True:
@@ -565,7 +568,7 @@ def logged_trial_numbers(session: TrackingSession, study_name: str) -> set[int]:
             max_results=1000,
             page_token=token,
         )
-        numbers.update(int(run.data.tags[TAG_OPTUNA_TRIAL]) for run in page)
+        numbers.update(int(run.data.tags[TAG_OPTUNA_TRIAL]) for run in page if run.info.status != "FAILED")
         token = page.token
         if not token:
             return numbers

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import sqlalchemy
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
 from pipeline import cli, tracking, tuning
@@ -194,16 +195,25 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     assert loaded["threshold"] == second.threshold
 
 
-def test_crash_after_a_trial_resumes_without_lost_or_duplicate_runs(sqlite_store, small_config, monkeypatch):
+@pytest.mark.parametrize("half_written", [False, True], ids=["run-never-created", "run-created-not-closed"])
+def test_crash_after_a_trial_resumes_without_lost_or_duplicate_runs(
+    sqlite_store, small_config, monkeypatch, half_written
+):
     research.run(small_config)
     calls = {"n": 0}
     original = tracking.log_child_run
 
-    def flaky(*args, **kwargs):
+    def flaky(session, parent_run_id, run_name, tags, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the second trial finished in Optuna, but its run never lands
+            if half_written:  # the store went away after the run's first round trip
+                session.client.create_run(
+                    session.experiment_id,
+                    run_name=run_name,
+                    tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id},
+                )
             raise RuntimeError("store went away")
-        return original(*args, **kwargs)
+        return original(session, parent_run_id, run_name, tags, **kwargs)
 
     monkeypatch.setattr(tracking, "log_child_run", flaky)
     with pytest.raises(RuntimeError, match="store went away"):
@@ -216,12 +226,14 @@ def test_crash_after_a_trial_resumes_without_lost_or_duplicate_runs(sqlite_store
 
     result = optimize.run(small_config)
     experiment_id = client.get_run(result.run_id).info.experiment_id
+    half_written_runs = []
     for outcome in result.families:
-        numbers = [
-            int(r.data.tags[tracking.TAG_OPTUNA_TRIAL])
-            for r in trial_runs(client, experiment_id, outcome.study_name)
-        ]
+        runs = trial_runs(client, experiment_id, outcome.study_name)
+        numbers = [int(r.data.tags[tracking.TAG_OPTUNA_TRIAL]) for r in runs if r.info.status != "FAILED"]
         assert sorted(numbers) == list(range(small_config.optimize.n_trials))
+        half_written_runs += [r for r in runs if r.info.status == "FAILED"]
+    # The half-written run was ended FAILED with its stage, and its trial was recorded again.
+    assert len(half_written_runs) == int(half_written)
 
 
 def write_config(tmp_path, **replacements) -> str:
