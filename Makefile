@@ -72,4 +72,4 @@ status: $(STAMP)
 	$(BIN)/python scripts/check_mlflow_status.py
 
 clean:
-	rm -rf mlflow.db mlflow-optuna.db mlflow.db.*.lock mlartifacts reports backups
+	rm -rf mlflow.db mlflow-optuna.db *.db.*.lock mlartifacts reports backups

@@ -35,6 +35,7 @@ from pipeline.errors import (
     Terminated,
     TrackingUnavailableError,
 )
+from pipeline.locks import cross_process_lock
 from pipeline.settings import artifact_root_override, redact, redact_uri, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -1086,37 +1087,6 @@ def mirror_stage(session: TrackingSession, name: str, version: str, stage: str) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         session.client.transition_model_version_stage(name, str(version), stage)
-
-
-@contextmanager
-def cross_process_lock(uri: str, key: str) -> Iterator[bool]:
-    """Hold a lock named ``key`` shared by every process using the store at ``uri``.
-
-    PostgreSQL: a transaction-level advisory lock (:func:`pipeline.report.advisory_lock`).
-    SQLite: an exclusive ``flock`` on a file next to the database. A remote tracking server
-    offers no lock; yields False so the caller can say what it relies on instead.
-    """
-    scheme = uri.split(":", 1)[0].split("+", 1)[0]
-    if scheme in ("postgresql", "postgres"):
-        from pipeline import report
-
-        with report.advisory_lock(uri, key):
-            yield True
-        return
-    if scheme == "sqlite" and uri.startswith("sqlite:///"):
-        import fcntl
-
-        database = Path(uri.removeprefix("sqlite:///"))
-        suffix = "registry" if key.startswith("mlflow-registry:") else "setup"
-        lock_path = database.with_name(f"{database.name}.{suffix}.lock")
-        with lock_path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-        return
-    yield False
 
 
 @contextmanager

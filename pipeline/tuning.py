@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import CostConfig, SearchParam
 from pipeline.errors import ConfigError
+from pipeline.locks import cross_process_lock
 from pipeline.models import build_estimator, validate_params
 from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
 from pipeline.training import cross_validate
@@ -150,8 +151,6 @@ def _create_schema(location: StorageLocation) -> None:
 
 def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage beside the tracking store; creates its schema or file on first use."""
-    from pipeline.tracking import cross_process_lock
-
     location = storage_location(tracking_uri, root)
     logger.info("optuna studies in %s", location.safe_url)
     # Workers starting together would race to create Optuna's tables: one at a time.
