@@ -115,7 +115,7 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
     # Library chatter (schema migrations, tracing) is noise at our INFO level.
-    for name in ("alembic", "mlflow", "urllib3", "optuna", "matplotlib", "papermill", "traitlets"):
+    for name in ("alembic", "mlflow", "urllib3", "matplotlib", "papermill", "traitlets"):
         logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -151,14 +151,42 @@ def _lost_store(error: Exception) -> PipelineError | None:
     return tracking.connection_lost_error(error, os.environ.get(TRACKING_URI_ENV, ""))
 
 
+def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
+    """A background thread's uncaught error (e.g. Optuna's heartbeat): one log line, not a traceback.
+
+    A lost store is only logged at debug level: the main thread hits it too and reports it once.
+    """
+    error = failure.exc_value
+    if error is None or isinstance(error, SystemExit):
+        return
+    name = failure.thread.name if failure.thread is not None else "?"
+    if isinstance(error, Exception) and _lost_store(error) is not None:
+        logger.debug("thread %s lost the tracking store: %s", name, redact(str(error)))
+        return
+    verbose = logger.isEnabledFor(logging.DEBUG)
+    logger.error(
+        "background thread %s failed: %s: %s",
+        name,
+        type(error).__name__,
+        redact(_first_line(error)),
+        exc_info=(failure.exc_type, error, failure.exc_traceback) if verbose else None,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     Terminated.received = False
     previous = install_sigterm_handler()
+    previous_thread_hook, threading.excepthook = threading.excepthook, report_thread_failure
     try:
         return _run(args)
     finally:
+        threading.excepthook = previous_thread_hook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -189,11 +217,13 @@ def _run(args: argparse.Namespace) -> int:
         if (mapped := _lost_store(error)) is not None:
             print(f"{mapped.kind}: {redact(str(mapped))}", file=sys.stderr)
             return mapped.exit_code
-        first_line = (str(error).strip().splitlines() or [""])[0]
         print(
-            f"failed: {type(error).__name__}: {redact(first_line)} (run with -v for details)", file=sys.stderr
+            f"failed: {type(error).__name__}: {redact(_first_line(error))} (run with -v for details)",
+            file=sys.stderr,
         )
         return EXIT_FAILURE
+    if Terminated.received:  # a library caught the signal's exception and the command carried on
+        return _terminated(Terminated("received SIGTERM"))
     describe = getattr(result, "describe", None)
     if callable(describe):
         print(describe())
@@ -212,3 +242,4 @@ research_command = _console("research")
 optimize_command = _console("optimize")
 register_command = _console("register")
 results_command = _console("results")
+predict_command = _console("predict")

@@ -171,8 +171,12 @@ def open_study(
     storage: optuna.storages.BaseStorage, name: str, seed: int, pruning: bool = True
 ) -> optuna.Study:
     """Create the study or load it to resume; seeded TPE, median pruning on fold reports."""
-    # Optuna installs its own INFO handler on first use (a line per trial); the progress bar says it.
-    optuna.logging.set_verbosity(logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    # Optuna's records join ours (one format) instead of its own handler's line per trial, which the
+    # progress bar says. Its warnings repeat what the stage reports itself (a trial's error, a lost
+    # database, in several lines), so only its errors show unless debugging.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    optuna.logging.set_verbosity(logging.INFO if logger.isEnabledFor(logging.DEBUG) else logging.ERROR)
     pruner = (
         optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
         if pruning

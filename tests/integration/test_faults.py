@@ -341,6 +341,54 @@ def test_sigterm_swallowed_inside_a_library_still_ends_the_run_killed(sqlite_sto
     assert run.data.tags[tracking.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
 
 
+def test_sigterm_swallowed_outside_a_stage_run_still_exits_143(tmp_path, monkeypatch, capsys):
+    """A command that runs no stage (scoring) honours a SIGTERM whose exception a library caught."""
+    from pipeline import cli, predict
+
+    def swallowing_run(config, **_):
+        Terminated.received = True  # what the handler sets before its exception was lost
+        return None
+
+    monkeypatch.setattr(predict, "run", swallowing_run)
+    params = write_params(tmp_path)
+    argv = ["predict", "--config", str(params), "--model", "m", "--input", "in.csv", "--output", "out.csv"]
+    try:
+        assert cli.main(argv) == Terminated.exit_code == 143
+    finally:
+        Terminated.received = False
+    assert capsys.readouterr().err.startswith("terminated: received SIGTERM")
+
+
+def test_a_background_thread_failure_is_one_log_line_and_a_lost_store_none(tmp_path, monkeypatch, capsys):
+    """Optuna's heartbeat thread can hit a lost database first: no traceback from it on stderr."""
+    import sqlalchemy
+
+    from pipeline import cli, predict
+
+    failures = [
+        sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly")),
+        ValueError("bad heartbeat\nsecond line"),
+    ]
+
+    def fail(error: Exception) -> None:
+        raise error
+
+    def run_with_failing_threads(config, **_):
+        for error in failures:
+            thread = threading.Thread(target=fail, args=(error,), name="beat")
+            thread.start()
+            thread.join()
+
+    monkeypatch.setattr(predict, "run", run_with_failing_threads)
+    params = write_params(tmp_path)
+    argv = ["predict", "--config", str(params), "--model", "m", "--input", "in.csv", "--output", "out.csv"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    assert lines[0].endswith("ERROR   pipeline: background thread beat failed: ValueError: bad heartbeat")
+    assert threading.excepthook is not cli.report_thread_failure  # restored after the command
+
+
 def downgrade_one_revision(uri: str) -> tuple[str, str]:
     from alembic import command
     from mlflow.store.db.utils import _get_alembic_config

@@ -1,5 +1,6 @@
 """Search spaces, study naming and storage, the CV objective, pruning and resume. No MLflow."""
 
+import logging
 import math
 from pathlib import Path
 
@@ -214,3 +215,19 @@ def test_best_trial_breaks_auc_ties_on_cost():
             )
         )
     assert tuning.best_trial(study).params == {"C": 3.0}
+
+
+@pytest.mark.parametrize(
+    ("our_level", "optuna_shows"),
+    [(logging.INFO, ["error"]), (logging.DEBUG, ["warning", "error"])],
+)
+def test_optuna_logs_through_ours_only_errors_unless_debugging(caplog, capfd, our_level, optuna_shows):
+    caplog.set_level(our_level, logger="pipeline")
+    tuning.open_study(optuna.storages.InMemoryStorage(), "quiet", seed=1)
+    caplog.clear()
+    capfd.readouterr()
+    optuna_logger = logging.getLogger("optuna.storages")
+    optuna_logger.warning("warning")
+    optuna_logger.error("error")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("optuna")] == optuna_shows
+    assert capfd.readouterr().err == ""  # not printed a second time by Optuna's own handler
