@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG_PATH, load_config
-from pipeline.errors import PipelineError, Terminated
+from pipeline.errors import PipelineError, Terminated, first_line
 from pipeline.settings import redact
 
 logger = logging.getLogger("pipeline")
@@ -168,13 +168,9 @@ def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
         "background thread %s failed: %s: %s",
         name,
         type(error).__name__,
-        redact(_first_line(error)),
+        redact(first_line(error, default="")),
         exc_info=(failure.exc_type, error, failure.exc_traceback) if verbose else None,
     )
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [""])[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,10 +213,8 @@ def _run(args: argparse.Namespace) -> int:
         if (mapped := _lost_store(error)) is not None:
             print(f"{mapped.kind}: {redact(str(mapped))}", file=sys.stderr)
             return mapped.exit_code
-        print(
-            f"failed: {type(error).__name__}: {redact(_first_line(error))} (run with -v for details)",
-            file=sys.stderr,
-        )
+        reason = redact(first_line(error, default=""))
+        print(f"failed: {type(error).__name__}: {reason} (run with -v for details)", file=sys.stderr)
         return EXIT_FAILURE
     if Terminated.received:  # a library caught the signal's exception and the command carried on
         return _terminated(Terminated("received SIGTERM"))

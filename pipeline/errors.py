@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException, default: str = "?") -> str:
+    """The first line of an error's message; the driver's own message when SQLAlchemy wraps one."""
+    return (str(getattr(error, "orig", None) or error).strip().splitlines() or [default])[0]
+
+
 class PipelineError(Exception):
     """A problem the user can fix; the command prints it on one line and exits."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from pipeline.config import PipelineConfig
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.settings import redact, redact_uri, tracking_uri
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def upgrade_database(config: PipelineConfig, backup_dir: Path | None = None) -> 
     try:
         migrate(uri)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        first = first_line(error, default=type(error).__name__)
         raise MaintenanceError(f"migration failed (backup kept at {backup}): {redact(first)}") from None
     after, _ = schema_revisions(uri)
     return UpgradeResult(redact_uri(uri), current, after or head, backup)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.config import PipelineConfig
-from pipeline.errors import DataError
+from pipeline.errors import DataError, first_line
 from pipeline.files import write_csv_atomic
 
 logger = logging.getLogger(__name__)
@@ -158,8 +158,7 @@ def read_applicants(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise DataError(f"input file {path.name} is empty") from None
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:
-        first_line = (str(error).splitlines() or [""])[0]
-        raise DataError(f"cannot read input file {path.name}: {first_line}") from None
+        raise DataError(f"cannot read input file {path.name}: {first_line(error, default='')}") from None
 
 
 def score(frame: pd.DataFrame, scores: np.ndarray, threshold: float) -> pd.DataFrame:

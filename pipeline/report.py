@@ -19,7 +19,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from pipeline.errors import TrackingUnavailableError
+from pipeline.errors import TrackingUnavailableError, first_line
 from pipeline.settings import redact, redact_uri
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,8 @@ def open_store(uri: str) -> Store:
         names = sorted(sa.inspect(engine).get_table_names())
     except Exception as error:
         engine.dispose()
-        reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or ["?"])[0]
-        raise TrackingUnavailableError(f"cannot read {redact_uri(uri)}: {redact(reason)}") from None
+        reason = redact(first_line(error))
+        raise TrackingUnavailableError(f"cannot read {redact_uri(uri)}: {reason}") from None
     if "runs" not in names or "experiments" not in names:
         engine.dispose()
         raise TrackingUnavailableError(f"{redact_uri(uri)} holds no MLflow tracking schema")
@@ -675,9 +675,9 @@ def advisory_lock(uri: str, key: str, timeout_seconds: float = 120.0) -> Iterato
             try:
                 connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": advisory_key(key)})
             except sa.exc.OperationalError as error:
-                reason = (str(error.orig or error).strip().splitlines() or ["?"])[0]
+                reason = redact(first_line(error))
                 raise TrackingUnavailableError(
-                    f"could not take the lock {key!r} within {timeout_seconds:g} s: {redact(reason)}"
+                    f"could not take the lock {key!r} within {timeout_seconds:g} s: {reason}"
                 ) from None
             yield
     finally:

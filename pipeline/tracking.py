@@ -34,6 +34,7 @@ from pipeline.errors import (
     SchemaOutdatedError,
     Terminated,
     TrackingUnavailableError,
+    first_line,
 )
 from pipeline.locks import cross_process_lock
 from pipeline.settings import artifact_root_override, redact, redact_uri, tracking_uri
@@ -118,7 +119,7 @@ def wait_until_reachable(uri: str, retries: int, backoff_seconds: float) -> None
             probe(uri)
             return
         except Exception as error:  # any driver's connection error
-            reason = (str(getattr(error, "orig", None) or error).strip().splitlines() or ["?"])[0]
+            reason = first_line(error)
             if attempt == retries:
                 raise TrackingUnavailableError(
                     f"cannot reach {redact_uri(uri)} after {retries + 1} attempt(s): {redact(reason)}"
@@ -836,8 +837,7 @@ def load_artifact_frame(uri: str, run_id: str, path: str) -> pd.DataFrame | None
             )
             return pd.read_csv(local)
     except Exception as error:  # a missing artifact is a gap in the report, not a failure
-        reason = (str(error).splitlines() or [""])[0]
-        logger.info("no artifact %s in run %s: %s", path, run_id, redact(reason))
+        logger.info("no artifact %s in run %s: %s", path, run_id, redact(first_line(error, default="")))
         return None
 
 

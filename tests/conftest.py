@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -14,6 +15,18 @@ from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(autouse=True)
+def drop_command_log_handlers():
+    """Commands run in-process point the root logger at that test's captured stderr: undo it after."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:  # basicConfig's, not pytest's
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def project_params() -> dict:

@@ -224,10 +224,17 @@ def test_best_trial_breaks_auc_ties_on_cost():
 def test_optuna_logs_through_ours_only_errors_unless_debugging(caplog, capfd, our_level, optuna_shows):
     caplog.set_level(our_level, logger="pipeline")
     tuning.open_study(optuna.storages.InMemoryStorage(), "quiet", seed=1)
-    caplog.clear()
     capfd.readouterr()
-    optuna_logger = logging.getLogger("optuna.storages")
-    optuna_logger.warning("warning")
-    optuna_logger.error("error")
-    assert [r.getMessage() for r in caplog.records if r.name.startswith("optuna")] == optuna_shows
+    # Our own handler on the root logger (pytest's also sit on loggers that did not propagate).
+    received: list[str] = []
+    ours = logging.Handler()
+    ours.emit = lambda record: received.append(record.getMessage())
+    logging.getLogger().addHandler(ours)
+    try:
+        optuna_logger = logging.getLogger("optuna.storages")
+        optuna_logger.warning("warning")
+        optuna_logger.error("error")
+    finally:
+        logging.getLogger().removeHandler(ours)
+    assert received == optuna_shows
     assert capfd.readouterr().err == ""  # not printed a second time by Optuna's own handler
