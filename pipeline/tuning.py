@@ -284,12 +284,20 @@ def tune(
     return ran
 
 
+def with_short_names(summary: Mapping[str, float]) -> dict[str, float]:
+    """A CV summary plus the short names the contract ranks by (``cv_roc_auc``, ``cv_expected_cost``)."""
+    return {
+        **summary,
+        "cv_roc_auc": summary["cv_roc_auc_mean"],
+        "cv_expected_cost": summary["cv_expected_cost_mean"],
+    }
+
+
 def trial_metrics(trial: FrozenTrial) -> dict[str, float]:
     """The CV summary of a finished trial, with the short names the contract uses."""
     metrics = dict(trial.user_attrs.get(METRICS_ATTR) or {})
     if "cv_roc_auc_mean" in metrics:
-        metrics["cv_roc_auc"] = metrics["cv_roc_auc_mean"]
-        metrics["cv_expected_cost"] = metrics["cv_expected_cost_mean"]
+        metrics = with_short_names(metrics)
     elif trial.intermediate_values:
         metrics["cv_roc_auc_partial"] = trial.intermediate_values[max(trial.intermediate_values)]
     return {k: float(v) for k, v in metrics.items()}

@@ -345,7 +345,7 @@ def choose_final_estimator(
                 fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
                 predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
             )
-            metrics = _candidate_metrics(result)
+            metrics = tuning.with_short_names(result.summary())
             logger.info("%s: cv ROC AUC %.4f", vote_name(combo), metrics["cv_roc_auc"])
             # Fewer members must beat more by the margin: on a few hundred rows the CV cannot tell
             # small differences apart, and averaging more models reduces variance.
@@ -377,15 +377,6 @@ def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutco
         config.seed,
         n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
     )
-
-
-def _candidate_metrics(result: CVResult) -> dict[str, float]:
-    summary = result.summary()
-    return {
-        **summary,
-        "cv_roc_auc": summary["cv_roc_auc_mean"],
-        "cv_expected_cost": summary["cv_expected_cost_mean"],
-    }
 
 
 def fit_final(
