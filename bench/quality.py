@@ -40,8 +40,15 @@ from pipeline.config import PipelineConfig, load_config
 from pipeline.data import Dataset, Split, load_dataset
 from pipeline.evaluation import expected_cost
 from pipeline.models import build_estimator
-from pipeline.stages.optimize import FamilyOutcome, choose_final_estimator, family_objective, fit_final
-from pipeline.stages.research import evaluate_portfolio, leaderboard_frame, ranked_families
+from pipeline.selection import (
+    FamilyOutcome,
+    choose_final_estimator,
+    evaluate_portfolio,
+    family_objective,
+    fit_final,
+    leaderboard_frame,
+    ranked_families,
+)
 from pipeline.training import cross_validate, folds, positive_scores
 
 ROOT = Path(__file__).resolve().parents[1]

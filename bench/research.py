@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import tracking
 from pipeline.config import load_config
 from pipeline.data import load_dataset, split_dataset
-from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
+from pipeline.selection import evaluate_portfolio
+from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV, temporary_environment
 from pipeline.stages import research
+from pipeline.tracking import runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,16 +36,18 @@ def main() -> None:
     config = load_config(args.config, profile=args.profile)
 
     stage_times, plain_times = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-research-") as folder:
-        os.environ[TRACKING_URI_ENV] = f"sqlite:///{folder}/mlflow.db"
-        os.environ[ARTIFACT_ROOT_ENV] = f"{folder}/artifacts"
-        # Warm-up: creates the SQLite schema and imports, which a real store already has.
-        tracking.connect(config)
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-research-") as folder,
+        temporary_environment(
+            **{TRACKING_URI_ENV: f"sqlite:///{folder}/mlflow.db", ARTIFACT_ROOT_ENV: f"{folder}/artifacts"}
+        ),
+    ):  # Warm-up: creates the SQLite schema and imports, which a real store already has.
+        runs.connect(config)
         for _ in range(args.repeats):
             started = time.perf_counter()
             dataset = load_dataset(config)
             split = split_dataset(dataset, config.split.test_size, config.seed)
-            research.evaluate_portfolio(config, dataset, split)
+            evaluate_portfolio(config, dataset, split)
             plain_times.append(time.perf_counter() - started)
 
             started = time.perf_counter()

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import psycopg2
 
+from pipeline.tracking import keys
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "loan-default"
 MODEL = "loan-default-classifier"
@@ -141,29 +143,29 @@ def fill(dsn: str, experiment_id: int, artifact_root: str) -> dict[str, int]:
 
         def tag_rows():
             for rid, name, stage, role, parent, family, _ in runs:
-                yield ("pipeline.stage", stage, rid)
-                yield ("pipeline.role", role, rid)
-                yield ("mlflow.runName", name, rid)
+                yield (keys.TAG_STAGE, stage, rid)
+                yield (keys.TAG_ROLE, role, rid)
+                yield (keys.TAG_RUN_NAME, name, rid)
                 if family:
-                    key = "optimize.best_family" if role == "stage" else "model.family"
+                    key = keys.TAG_BEST_FAMILY if role == "stage" else keys.TAG_FAMILY
                     yield (key, family, rid)
                 if role == "candidate":
-                    yield ("model.candidate", name, rid)
+                    yield (keys.TAG_CANDIDATE, name, rid)
                 if parent and role != "stage":
-                    yield ("mlflow.parentRunId", parent, rid)
+                    yield (keys.TAG_PARENT_RUN, parent, rid)
                 if stage == "optimize" and role == "stage":
-                    yield ("optimize.research_run_id", parent, rid)
-                    yield ("optimize.calibration", "sigmoid", rid)
-                    yield ("optimize.threshold", "0.21", rid)
+                    yield (keys.TAG_RESEARCH_RUN, parent, rid)
+                    yield (keys.TAG_CALIBRATION, "sigmoid", rid)
+                    yield (keys.TAG_THRESHOLD, "0.21", rid)
                 if stage == "research" and role == "stage":
-                    yield ("dataset.digest", "07c9c60b19bb2811", rid)
-                    yield ("research.best_candidate", "candidate-0", rid)
+                    yield (keys.TAG_DATASET_DIGEST, "07c9c60b19bb2811", rid)
+                    yield (keys.TAG_BEST_CANDIDATE, "candidate-0", rid)
             for v, rid in enumerate(plan["register_ids"], start=1):
-                yield ("register.optimize_run_id", plan["optimize_ids"][(v - 1) // 2], rid)
-                yield ("register.model_name", MODEL, rid)
-                yield ("register.version", str(v), rid)
-                yield ("register.decision", "promoted" if v % 3 else "rejected", rid)
-                yield ("register.reason", "benchmark", rid)
+                yield (keys.TAG_REGISTER_OPTIMIZE_RUN, plan["optimize_ids"][(v - 1) // 2], rid)
+                yield (keys.TAG_REGISTER_MODEL_NAME, MODEL, rid)
+                yield (keys.TAG_REGISTER_VERSION, str(v), rid)
+                yield (keys.TAG_REGISTER_DECISION, "promoted" if v % 3 else "rejected", rid)
+                yield (keys.TAG_REGISTER_REASON, "benchmark", rid)
 
         counts["tags"] = copy_rows(cursor, "tags", ("key", "value", "run_uuid"), tag_rows())
 
@@ -247,9 +249,9 @@ def fill(dsn: str, experiment_id: int, artifact_root: str) -> dict[str, int]:
             for v in range(1, N_VERSIONS + 1):
                 for key, value in (
                     ("optimize_run_id", plan["optimize_ids"][(v - 1) // 2]),
-                    ("gate.decision", "promoted" if v % 3 else "rejected"),
-                    ("gate.reason", "benchmark"),
-                    ("gate.status", "done"),
+                    (keys.VTAG_DECISION, "promoted" if v % 3 else "rejected"),
+                    (keys.VTAG_REASON, "benchmark"),
+                    (keys.VTAG_STATUS, "done"),
                     ("test_roc_auc", f"{0.7 + v / 2000:.4f}"),
                     ("test_expected_cost", f"{0.6 - v / 4000:.4f}"),
                     ("threshold", "0.21"),

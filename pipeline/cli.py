@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import threading
 import warnings
@@ -19,8 +18,10 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import DEFAULT_CONFIG_PATH, load_config
-from pipeline.errors import PipelineError, Terminated, first_line
-from pipeline.settings import redact
+from pipeline.errors import PipelineError, first_line
+from pipeline.settings import TRACKING_URI_ENV, redact
+from pipeline.termination import Terminated, handling_sigterm
+from pipeline.termination import received as sigterm_received
 
 logger = logging.getLogger("pipeline")
 
@@ -47,7 +48,7 @@ def _register(config, args) -> Any:
 
 
 def _predict(config, args) -> Any:
-    from pipeline import predict
+    from pipeline.stages import predict
 
     return predict.run(config, model_uri=args.model, input_path=args.input, output_path=args.output)
 
@@ -59,15 +60,15 @@ def _results(config, args) -> Any:
 
 
 def _report(config, args) -> Any:
-    from pipeline import notebook
+    from pipeline.stages import report
 
-    return notebook.run(config, output_dir=args.output_dir)
+    return report.run(config, output_dir=args.output_dir)
 
 
 def _db_upgrade(config, args) -> Any:
-    from pipeline import maintenance
+    from pipeline.stages import db_upgrade
 
-    return maintenance.upgrade_database(config, backup_dir=args.backup_dir)
+    return db_upgrade.run(config, backup_dir=args.backup_dir)
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -124,31 +125,13 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def install_sigterm_handler() -> Any:
-    """Turn SIGTERM into :class:`~pipeline.errors.Terminated`, so runs end KILLED, not RUNNING.
-
-    Returns the previous handler (None when not on the main thread, where signals cannot be set).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return None
-
-    def terminate(signum, frame) -> None:
-        # Once: a second SIGTERM must not interrupt the cleanup that marks the runs.
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        Terminated.received = True
-        raise Terminated("received SIGTERM")
-
-    return signal.signal(signal.SIGTERM, terminate)
-
-
 def _lost_store(error: Exception) -> PipelineError | None:
     """The one-line error for a tracking store lost outside a stage run, if that is what happened."""
     if "mlflow" not in sys.modules:  # nothing reached the store yet
         return None
-    from pipeline import tracking
-    from pipeline.settings import TRACKING_URI_ENV
+    from pipeline.tracking import store
 
-    return tracking.connection_lost_error(error, os.environ.get(TRACKING_URI_ENV, ""))
+    return store.connection_lost_error(error, os.environ.get(TRACKING_URI_ENV, ""))
 
 
 def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
@@ -176,15 +159,12 @@ def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
-    Terminated.received = False
-    previous = install_sigterm_handler()
     previous_thread_hook, threading.excepthook = threading.excepthook, report_thread_failure
     try:
-        return _run(args)
+        with handling_sigterm():
+            return _run(args)
     finally:
         threading.excepthook = previous_thread_hook
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _terminated(error: BaseException) -> int:
@@ -206,7 +186,7 @@ def _run(args: argparse.Namespace) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # a bug or a lost store: one line, traceback only with --verbose
-        if Terminated.received:  # SIGTERM surfaced as another error inside a library
+        if sigterm_received():  # SIGTERM surfaced as another error inside a library
             return _terminated(error)
         if args.verbose:
             logger.exception("unexpected failure")
@@ -216,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
         reason = redact(first_line(error, default=""))
         print(f"failed: {type(error).__name__}: {reason} (run with -v for details)", file=sys.stderr)
         return EXIT_FAILURE
-    if Terminated.received:  # a library caught the signal's exception and the command carried on
+    if sigterm_received():  # a library caught the signal's exception and the command carried on
         return _terminated(Terminated("received SIGTERM"))
     describe = getattr(result, "describe", None)
     if callable(describe):

@@ -19,21 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.models import FAMILIES
 
 DEFAULT_CONFIG_PATH = Path("params.yaml")
 PROFILE_ENV = "PIPELINE_PROFILE"
 
-Family = Literal[
-    "dummy",
-    "logistic_regression",
-    "decision_tree",
-    "random_forest",
-    "extra_trees",
-    "hist_gradient_boosting",
-    "knn",
-    "naive_bayes",
-    "lightgbm",
-]
+Family = Literal[FAMILIES]  # the names defined in pipeline.models
 
 
 def _check_name(value: str, what: str) -> str:
@@ -172,14 +163,14 @@ class SearchParam(_Section):
 class OptimizeConfig(_Section):
     top_k: int = Field(3, ge=1, le=9)
     cv_folds: int = Field(5, ge=2, le=20)
-    n_trials: int = Field(30, ge=1, le=10_000, description="trial cap per family")
-    timeout_seconds: float = Field(30.0, gt=0, description="wall-clock budget per family")
+    n_trials: int = Field(40, ge=1, le=10_000, description="trial cap per family")
+    timeout_seconds: float = Field(25.0, gt=0, description="wall-clock budget per family")
     n_jobs: int = Field(2, ge=1, le=64)
     pruning: bool = True
     calibration_methods: list[Literal["sigmoid", "isotonic"]] = ["sigmoid", "isotonic"]
     # A calibration that lowers the out-of-fold ROC AUC by more than this is not used.
     calibration_max_auc_loss: float = Field(0.001, ge=0, le=1)
-    permutation_repeats: int = Field(5, ge=1, le=100)
+    permutation_repeats: int = Field(3, ge=1, le=100)
     # Also try soft votes of the tuned families' best models (all of them unless a smaller vote is
     # better by ensemble_min_gain); kept only when it beats the best single family by that margin.
     ensemble: bool = True

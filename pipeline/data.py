@@ -17,8 +17,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline.config import DatasetConfig, PipelineConfig
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.settings import DATA_URL_ENV, data_url, redact
+from pipeline.tracking import store
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,16 @@ def _read_query(query: str) -> pd.DataFrame:
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(url)
-        with engine.connect() as connection:
+        source = store.engine(url)
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as error:
+        raise DataError(f"dataset query failed: {redact(first_line(error))}") from None
+    try:
+        with source.connect() as connection:
             return pd.read_sql_query(sqlalchemy.text(query), connection)
     except sqlalchemy.exc.SQLAlchemyError as error:
-        first_line = str(error).splitlines()[0]
-        raise DataError(f"dataset query failed: {redact(first_line)}") from None
+        raise DataError(f"dataset query failed: {redact(first_line(error))}") from None
+    finally:
+        source.dispose()
 
 
 def _binary_target(values: pd.Series, config: DatasetConfig) -> pd.Series:

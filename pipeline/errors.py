@@ -45,16 +45,3 @@ class SchemaOutdatedError(PipelineError):
     """The tracking database was created by an older MLflow and needs a migration."""
 
     kind = "tracking schema outdated"
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised by the command's SIGTERM handler.
-
-    A KeyboardInterrupt, so every ``except KeyboardInterrupt`` cleanup (stage runs
-    marked KILLED, Optuna trials marked failed) runs as it does for Ctrl-C.
-    """
-
-    exit_code = 143
-    # Set by the handler: a signal landing inside a library's own cleanup can surface as some
-    # other exception, which must still end the run KILLED and the command with 143.
-    received = False

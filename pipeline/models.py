@@ -5,49 +5,33 @@ Pure: builds unfitted estimators from config values; no I/O, no tracking.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
-from typing import Any
-
-from sklearn.base import ClassifierMixin
-from sklearn.compose import ColumnTransformer
-from sklearn.dummy import DummyClassifier
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-    VotingClassifier,
-)
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
-from sklearn.naive_bayes import GaussianNB
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
-from sklearn.tree import DecisionTreeClassifier
+from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import VotingClassifier
+    from sklearn.pipeline import Pipeline
 
 # Families that are baselines rather than contenders for stage 2.
 BASELINE_FAMILIES = frozenset({"dummy"})
 
-
-def _lightgbm(**params: Any) -> ClassifierMixin:
-    from lightgbm import LGBMClassifier  # imported lazily: slow, and optional at import time
-
-    return LGBMClassifier(verbose=-1, **params)
-
-
-# family -> (estimator factory, preprocessing kind, whether it takes random_state / n_jobs)
-_FAMILIES: dict[str, tuple[Any, str, bool, bool]] = {
-    "dummy": (DummyClassifier, "onehot", True, False),
-    "logistic_regression": (LogisticRegression, "onehot", True, False),
-    "decision_tree": (DecisionTreeClassifier, "ordinal", True, False),
-    "random_forest": (RandomForestClassifier, "ordinal", True, True),
-    "extra_trees": (ExtraTreesClassifier, "ordinal", True, True),
-    "hist_gradient_boosting": (HistGradientBoostingClassifier, "native", True, False),
-    "knn": (KNeighborsClassifier, "onehot", False, True),
-    "naive_bayes": (GaussianNB, "onehot", False, False),
-    "lightgbm": (_lightgbm, "ordinal", True, True),
+# The one list of model families. family -> (estimator class as "module:Name", preprocessing kind,
+# whether it takes random_state, whether it takes n_jobs). Classes are imported when first built,
+# so the config can validate family names without importing scikit-learn or LightGBM.
+_FAMILIES: dict[str, tuple[str, str, bool, bool]] = {
+    "dummy": ("sklearn.dummy:DummyClassifier", "onehot", True, False),
+    "logistic_regression": ("sklearn.linear_model:LogisticRegression", "onehot", True, False),
+    "decision_tree": ("sklearn.tree:DecisionTreeClassifier", "ordinal", True, False),
+    "random_forest": ("sklearn.ensemble:RandomForestClassifier", "ordinal", True, True),
+    "extra_trees": ("sklearn.ensemble:ExtraTreesClassifier", "ordinal", True, True),
+    "hist_gradient_boosting": ("sklearn.ensemble:HistGradientBoostingClassifier", "native", True, False),
+    "knn": ("sklearn.neighbors:KNeighborsClassifier", "onehot", False, True),
+    "naive_bayes": ("sklearn.naive_bayes:GaussianNB", "onehot", False, False),
+    "lightgbm": ("lightgbm:LGBMClassifier", "ordinal", True, True),
 }
 
 FAMILIES = tuple(_FAMILIES)
@@ -73,10 +57,21 @@ TRUSTED_TYPES: tuple[str, ...] = (
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "dummy": {"strategy": "prior"},
     "logistic_regression": {"max_iter": 2000},
+    "lightgbm": {"verbose": -1},
 }
 
 
+def _estimator_class(family: str) -> Any:
+    module, name = _FAMILIES[family][0].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> ColumnTransformer:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+
     if kind == "onehot":
         numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         categorical_steps = Pipeline(
@@ -111,7 +106,10 @@ def build_estimator(
     """An unfitted ``Pipeline(preprocess, model)`` for one family and its settings."""
     if family not in _FAMILIES:
         raise ConfigError(f"unknown model family '{family}' (known: {', '.join(FAMILIES)})")
-    factory, kind, seeded, parallel = _FAMILIES[family]
+    from sklearn.pipeline import Pipeline
+
+    _, kind, seeded, parallel = _FAMILIES[family]
+    factory = _estimator_class(family)
     settings: dict[str, Any] = {**_DEFAULTS.get(family, {})}
     if seeded:
         settings["random_state"] = seed
@@ -139,6 +137,8 @@ def validate_params(family: str, params: Mapping[str, Any], where: str) -> None:
 
 def build_ensemble(members: list[tuple[str, Any]]) -> VotingClassifier:
     """Average the probabilities of several fitted-to-be pipelines (each keeps its own preprocessing)."""
+    from sklearn.ensemble import VotingClassifier
+
     if len(members) < 2:
         raise ConfigError("an ensemble needs at least two members")
     return VotingClassifier(estimators=members, voting="soft", n_jobs=1)

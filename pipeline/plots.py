@@ -1,20 +1,25 @@
-"""Figures for MLflow artifacts and the report. Pure: data in, matplotlib figures out."""
+"""Figures for MLflow artifacts and the report. Pure: data in, matplotlib figures out.
+
+Figures are built with matplotlib's object API, never pyplot: no backend to choose, no global
+figure registry, so importing this module changes nothing and figures are freed with their owner.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # no display on CI machines
-
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+
+
+def subplots(rows: int = 1, columns: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
+    """A figure and its axes, like ``pyplot.subplots`` but outside pyplot's state."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(rows, columns, squeeze=squeeze)
 
 
 def leaderboard_chart(leaderboard: pd.DataFrame, metric: str = "cv_roc_auc") -> Figure:
     """Horizontal bars of a CV metric's mean with one-std error bars, best on top."""
     ordered = leaderboard.sort_values(f"{metric}_mean")
-    figure, axis = plt.subplots(figsize=(7, 0.45 * len(ordered) + 1.2))
+    figure, axis = subplots(figsize=(7, 0.45 * len(ordered) + 1.2))
     axis.barh(
         ordered["candidate"],
         ordered[f"{metric}_mean"],
@@ -33,7 +38,7 @@ def leaderboard_chart(leaderboard: pd.DataFrame, metric: str = "cv_roc_auc") -> 
 
 
 def close(figure: Figure) -> None:
-    plt.close(figure)
+    figure.clear()
 
 
 # --- Stage 2: the final model on the held-out test part ---------------------------------------------
@@ -43,7 +48,7 @@ def roc_chart(y_true, scores, label: str = "model") -> Figure:
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fpr, tpr, _ = roc_curve(y_true, scores)
-    figure, axis = plt.subplots(figsize=(5, 5))
+    figure, axis = subplots(figsize=(5, 5))
     axis.plot(fpr, tpr, color="#4c72b0", label=f"{label} (AUC {roc_auc_score(y_true, scores):.3f})")
     axis.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="chance")
     axis.set_xlabel("false positive rate (good payers rejected)")
@@ -59,7 +64,7 @@ def precision_recall_chart(y_true, scores) -> Figure:
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
     precision, recall, _ = precision_recall_curve(y_true, scores)
-    figure, axis = plt.subplots(figsize=(5, 5))
+    figure, axis = subplots(figsize=(5, 5))
     axis.step(recall, precision, where="post", color="#4c72b0")
     axis.axhline(float(np.mean(y_true)), color="#999999", linestyle="--", label="prevalence")
     axis.set_xlabel("recall")
@@ -74,7 +79,7 @@ def calibration_chart(y_true, scores, bins: int = 10) -> Figure:
     from sklearn.calibration import calibration_curve
 
     observed, predicted = calibration_curve(y_true, scores, n_bins=bins, strategy="quantile")
-    figure, axis = plt.subplots(figsize=(5, 5))
+    figure, axis = subplots(figsize=(5, 5))
     axis.plot([0, 1], [0, 1], color="#999999", linestyle="--", label="perfect")
     axis.plot(predicted, observed, marker="o", color="#4c72b0", label="model")
     axis.set_xlabel("mean predicted probability of default")
@@ -89,7 +94,7 @@ def confusion_chart(tn: float, fp: float, fn: float, tp: float, threshold: float
     import numpy as np
 
     matrix = np.array([[tn, fp], [fn, tp]])
-    figure, axis = plt.subplots(figsize=(4.5, 4))
+    figure, axis = subplots(figsize=(4.5, 4))
     axis.imshow(matrix, cmap="Blues")
     for (row, column), value in np.ndenumerate(matrix):
         colour = "white" if value > matrix.max() / 2 else "black"
@@ -105,7 +110,7 @@ def confusion_chart(tn: float, fp: float, fn: float, tp: float, threshold: float
 
 def cost_chart(thresholds, costs, chosen: float, test_curve=None) -> Figure:
     """Expected cost per applicant against threshold (out-of-fold, and the test part if given)."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = subplots(figsize=(6, 4))
     axis.plot(thresholds, costs, color="#4c72b0", label="out-of-fold (train)")
     if test_curve is not None:
         axis.plot(test_curve[0], test_curve[1], color="#dd8452", alpha=0.8, label="test part")
@@ -123,7 +128,7 @@ def score_distribution_chart(y_true, scores, threshold: float) -> Figure:
     import numpy as np
 
     y_true, scores = np.asarray(y_true), np.asarray(scores)
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = subplots(figsize=(6, 4))
     bins = np.linspace(0, 1, 26)
     axis.hist(scores[y_true == 0], bins=bins, alpha=0.6, color="#4c72b0", label="repaid", density=True)
     axis.hist(scores[y_true == 1], bins=bins, alpha=0.6, color="#c44e52", label="defaulted", density=True)
@@ -139,7 +144,7 @@ def score_distribution_chart(y_true, scores, threshold: float) -> Figure:
 def importance_chart(importance: pd.DataFrame, top: int = 20) -> Figure:
     """Bars of permutation importance (``feature``, ``importance_mean``, ``importance_std``)."""
     shown = importance.sort_values("importance_mean").tail(top)
-    figure, axis = plt.subplots(figsize=(6, 0.3 * len(shown) + 1.2))
+    figure, axis = subplots(figsize=(6, 0.3 * len(shown) + 1.2))
     axis.barh(
         shown["feature"],
         shown["importance_mean"],
@@ -161,7 +166,7 @@ def importance_chart(importance: pd.DataFrame, top: int = 20) -> Figure:
 def results_leaderboard_chart(board: pd.DataFrame, top: int = 15) -> Figure:
     """Horizontal bars of CV ROC AUC for research candidates and tuned models, best on top."""
     shown = board.dropna(subset=["cv_roc_auc"]).head(top).iloc[::-1]
-    figure, axis = plt.subplots(figsize=(7, 0.4 * max(len(shown), 1) + 1.4))
+    figure, axis = subplots(figsize=(7, 0.4 * max(len(shown), 1) + 1.4))
     if shown.empty:
         axis.text(0.5, 0.5, "no runs yet", ha="center", va="center")
         axis.set_axis_off()
@@ -181,7 +186,7 @@ def roc_comparison_chart(curves: dict[str, tuple]) -> Figure:
     """ROC curves of several models on the same test part: ``{label: (y_true, scores)}``."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    figure, axis = plt.subplots(figsize=(5.5, 5))
+    figure, axis = subplots(figsize=(5.5, 5))
     for label, (y_true, scores) in curves.items():
         fpr, tpr, _ = roc_curve(y_true, scores)
         axis.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y_true, scores):.3f})")
@@ -202,7 +207,7 @@ def hyperparameter_chart(trials: pd.DataFrame, score: str = "cv_roc_auc") -> Fig
     panels = sorted(values.groupby(["family", "param"]).groups)
     columns = min(3, max(len(panels), 1))
     rows = max(1, -(-len(panels) // columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     for axis in axes.flat[len(panels) :]:
         axis.set_axis_off()
     if not panels:
@@ -222,7 +227,7 @@ def hyperparameter_chart(trials: pd.DataFrame, score: str = "cv_roc_auc") -> Fig
 def bootstrap_chart(differences: pd.DataFrame, margins: dict[str, float] | None = None) -> Figure:
     """Histograms of the paired bootstrap gains over the champion (right of the line = better)."""
     columns = [c for c in ("cost_saving", "roc_auc_gain") if c in differences.columns]
-    figure, axes = plt.subplots(1, len(columns), figsize=(5 * len(columns), 3.4), squeeze=False)
+    figure, axes = subplots(1, len(columns), figsize=(5 * len(columns), 3.4), squeeze=False)
     for axis, column in zip(axes[0], columns, strict=True):
         values = differences[column].dropna()
         axis.hist(values, bins=40, color="#4c72b0", alpha=0.85)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
@@ -36,6 +38,21 @@ def data_url() -> str | None:
 def optuna_url() -> str | None:
     """Where Optuna keeps its studies when not beside the tracking store."""
     return os.environ.get(OPTUNA_URL_ENV, "").strip() or None
+
+
+@contextmanager
+def temporary_environment(**values: str) -> Iterator[None]:
+    """Set environment variables for the ``with`` block (child processes inherit them), then restore."""
+    before = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def redact(text: str) -> str:

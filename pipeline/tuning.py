@@ -27,9 +27,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.config import CostConfig, SearchParam
 from pipeline.errors import ConfigError
-from pipeline.locks import cross_process_lock
 from pipeline.models import build_estimator, validate_params
 from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
+from pipeline.tracking import store
 from pipeline.training import cross_validate
 
 logger = logging.getLogger(__name__)
@@ -109,27 +109,21 @@ def study_name(
 def storage_location(tracking_uri: str, root: Path) -> StorageLocation:
     """Where the Optuna studies live, derived from the tracking store (or PIPELINE_OPTUNA_URL)."""
     url = optuna_url() or tracking_uri
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme == "postgresql":
-        return StorageLocation(
-            url=url,
-            # One connection for trials and one for the heartbeat thread, per process.
-            engine_kwargs={
-                "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"},
-                "pool_size": 1,
-                "max_overflow": 1,
-            },
-            schema=OPTUNA_SCHEMA,
+    if store.is_postgres(url):
+        # One connection for trials and one for the heartbeat thread, per process.
+        options = store.engine_options(
+            url, connect_args={"options": f"-csearch_path={OPTUNA_SCHEMA}"}, pool_size=1, max_overflow=1
         )
-    if scheme == "sqlite":
-        if url == tracking_uri and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-            path = Path(url.removeprefix("sqlite:///"))
-            sibling = path.with_name(f"{path.stem}-optuna{path.suffix or '.db'}")
+        return StorageLocation(url=store.sqlalchemy_url(url), engine_kwargs=options, schema=OPTUNA_SCHEMA)
+    database = store.sqlite_file(url)
+    if database is not None:
+        if url == tracking_uri:
+            sibling = database.with_name(f"{database.stem}-optuna{database.suffix or '.db'}")
             url = f"sqlite:///{sibling}"
         return StorageLocation(url=url, engine_kwargs={})
-    if scheme in {"mysql", "mssql"}:
+    if store.is_database(url) and store.scheme(url) != "sqlite":
         raise ConfigError(
-            f"cannot share a {scheme} tracking database with Optuna safely; set {OPTUNA_URL_ENV}"
+            f"cannot share a {store.scheme(url)} tracking database with Optuna safely; set {OPTUNA_URL_ENV}"
         )
     # A tracking server (http) or file store: keep studies in a local SQLite file.
     return StorageLocation(url=f"sqlite:///{(root / 'optuna.db').resolve()}", engine_kwargs={})
@@ -139,14 +133,14 @@ def _create_schema(location: StorageLocation) -> None:
     import sqlalchemy
     from sqlalchemy.schema import CreateSchema
 
-    engine = sqlalchemy.create_engine(location.url)
+    creator = store.engine(location.url)
     try:
-        with engine.begin() as connection:
+        with creator.begin() as connection:
             connection.execute(CreateSchema(location.schema, if_not_exists=True))
     except sqlalchemy.exc.IntegrityError:
         pass  # another worker created it at the same moment
     finally:
-        engine.dispose()
+        creator.dispose()
 
 
 def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
@@ -154,7 +148,7 @@ def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
     location = storage_location(tracking_uri, root)
     logger.info("optuna studies in %s", location.safe_url)
     # Workers starting together would race to create Optuna's tables: one at a time.
-    with cross_process_lock(location.url, "optuna-storage-setup"), warnings.catch_warnings():
+    with store.cross_process_lock(location.url, "optuna-storage-setup"), warnings.catch_warnings():
         if location.schema:
             _create_schema(location)
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import mlflow
 
-from pipeline import tracking
 from pipeline.config import DEFAULT_CONFIG_PATH, load_config
 from pipeline.errors import PipelineError, TrackingUnavailableError
 from pipeline.files import write_json_atomic
 from pipeline.settings import redact, redact_uri, tracking_uri
+from pipeline.tracking import status, store
 
 REPORT_NAME = "mlflow_status_report.json"
 
@@ -47,12 +47,12 @@ def collect(uri: str, retries: int, backoff: float) -> dict:
         "reachable": False,
     }
     try:
-        tracking.wait_until_reachable(uri, retries, backoff)
+        store.wait_until_reachable(uri, retries, backoff)
     except TrackingUnavailableError as error:
         report["error"] = str(error)
         return report
     report["reachable"] = True
-    current, expected = tracking.schema_revisions(uri)
+    current, expected = store.schema_revisions(uri)
     report["schema_revision"] = current
     report["schema_expected"] = expected
     report["schema_up_to_date"] = None if current is None else current == expected
@@ -60,8 +60,8 @@ def collect(uri: str, retries: int, backoff: float) -> dict:
         # MLflow refuses to open an out-of-date store; reading it would fail, so say what to do.
         report["error"] = "schema out of date: back up and run `python -m pipeline db-upgrade`"
         return report
-    report.update(tracking.store_overview(uri))
-    if current is None and tracking.schema_revisions(uri)[0] == expected:
+    report.update(status.store_overview(uri))
+    if current is None and store.schema_revisions(uri)[0] == expected:
         # An empty database: MLflow created its tables on first contact.
         report["schema_revision"] = expected
         report["schema_up_to_date"] = True

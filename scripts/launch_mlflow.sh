@@ -34,7 +34,7 @@ from pathlib import Path
 
 from pipeline.config import load_config
 from pipeline.settings import redact_uri, tracking_uri
-from pipeline.tracking import artifact_root
+from pipeline.tracking.session import artifact_location
 
 config_path, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 config = load_config(Path(config_path))
@@ -55,7 +55,7 @@ if chosen is None:
     sys.exit(f"no free port from {port} to {port + 49} on {host}")
 print(uri)
 print(redact_uri(uri))
-print(artifact_root(config))
+print(artifact_location(config))
 print(chosen)
 PY
 )

@@ -7,6 +7,8 @@ import os
 import uuid
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -48,6 +50,18 @@ def small_params(**overrides) -> dict:
         else:
             raw[section] = values
     return raw
+
+
+def german_like(n_rows: int, target: str = "default") -> pd.DataFrame:
+    """A small seeded loan-like table: one numeric and one categorical column and a 1-in-3 target."""
+    rng = np.random.default_rng(0)
+    return pd.DataFrame(
+        {
+            "amount": rng.normal(3000, 500, n_rows),
+            "purpose": rng.choice(["car", "tv", "repairs"], n_rows),
+            target: (np.arange(n_rows) % 3 == 0).astype(int),
+        }
+    )
 
 
 def make_config(raw: dict, root: Path = PROJECT_ROOT) -> PipelineConfig:

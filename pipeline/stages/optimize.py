@@ -8,7 +8,6 @@ on the training part.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,36 +21,17 @@ from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from pipeline import plots, tracking, tuning
-from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
+from pipeline import plots, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
 from pipeline.evaluation import all_metrics, cost_curve
-from pipeline.models import build_ensemble, build_estimator
-from pipeline.training import CVResult, cross_validate, folds, positive_scores, result_from_scores
+from pipeline.selection import FamilyOutcome, choose_final_estimator, family_objective, fit_final
+from pipeline.tracking import keys, lookups, model_io, runs
+from pipeline.tracking.session import TrackingSession
+from pipeline.training import folds, positive_scores
 
 logger = logging.getLogger(__name__)
-
-STAGE = "optimize"
-RESEARCH_STAGE = "research"
-TAG_RANKED_FAMILIES = "research.ranked_families"  # written by stage 1
-SPLIT_ARTIFACT = "split/indices.json"
-# Families whose threads are OpenMP: on a shared 2-core machine, OpenMP's busy-waiting made one
-# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread.
-OPENMP_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
-TEST_SCORES_ARTIFACT = "evaluation/test_scores.csv"
-
-
-@dataclass(frozen=True)
-class FamilyOutcome:
-    family: str
-    study_name: str
-    trials_done: int
-    trials_run_now: int
-    pruned: int
-    best_params: dict
-    metrics: dict[str, float]  # CV summary of the family's best trial
 
 
 @dataclass(frozen=True)
@@ -118,26 +98,16 @@ class OptimizeResult:
 # --- Hand-over from stage 1 --------------------------------------------------------------------------
 
 
-def find_research_run(session: tracking.TrackingSession, dataset: Dataset, research_run_id: str | None):
+def find_research_run(session: TrackingSession, dataset: Dataset, research_run_id: str | None):
     """The given research run, or the latest finished one for this dataset; checked either way."""
-    if research_run_id:
-        run = tracking.get_run(session, research_run_id)
-        tags = run.data.tags
-        if tags.get(tracking.TAG_STAGE) != RESEARCH_STAGE or tags.get(tracking.TAG_ROLE) != "stage":
-            raise LookupFailedError(f"run {research_run_id} is not a research stage run")
-        if run.info.status != "FINISHED":
-            raise LookupFailedError(f"research run {research_run_id} is {run.info.status}, not FINISHED")
-    else:
-        runs = tracking.search_stage_runs(
-            session, RESEARCH_STAGE, {tracking.TAG_DATASET_DIGEST: dataset.digest}, max_results=1
-        )
-        if not runs:
-            raise LookupFailedError(
-                f"no finished research run for dataset digest {dataset.digest} in "
-                f"{session.safe_uri}; run `python -m pipeline research` first"
-            )
-        run = runs[0]
-    recorded = run.data.tags.get(tracking.TAG_DATASET_DIGEST)
+    run = lookups.finished_stage_run(
+        session,
+        keys.STAGE_RESEARCH,
+        research_run_id,
+        conditions={keys.TAG_DATASET_DIGEST: dataset.digest},
+        missing_hint="; run `python -m pipeline research` first",
+    )
+    recorded = run.data.tags.get(keys.TAG_DATASET_DIGEST)
     if recorded != dataset.digest:
         raise LookupFailedError(
             f"research run {run.info.run_id} used dataset {recorded}, but the data now has digest "
@@ -146,14 +116,16 @@ def find_research_run(session: tracking.TrackingSession, dataset: Dataset, resea
     return run
 
 
-def check_split(session: tracking.TrackingSession, research_run, split: Split) -> None:
+def check_split(session: TrackingSession, research_run, split: Split) -> None:
     """The research run's recorded test rows must be exactly the ones we hold out now."""
     run_id = research_run.info.run_id
     try:
-        with tracking.quiet_artifact_downloads():
-            recorded = json.loads(tracking.download_artifact_text(session, run_id, SPLIT_ARTIFACT))
+        with runs.quiet_artifact_downloads():
+            recorded = json.loads(runs.download_artifact_text(session, run_id, keys.ARTIFACT_SPLIT))
     except Exception as error:
-        raise LookupFailedError(f"research run {run_id} has no readable {SPLIT_ARTIFACT}: {error}") from None
+        raise LookupFailedError(
+            f"research run {run_id} has no readable {keys.ARTIFACT_SPLIT}: {error}"
+        ) from None
     if sorted(recorded.get("test", [])) != sorted(split.test_index.tolist()):
         raise LookupFailedError(
             f"research run {run_id} held out other test rows than this split (seed or test_size changed?)"
@@ -163,12 +135,12 @@ def check_split(session: tracking.TrackingSession, research_run, split: Split) -
 
 
 def top_families(research_run, k: int) -> list[str]:
-    raw = research_run.data.tags.get(TAG_RANKED_FAMILIES)
+    raw = research_run.data.tags.get(keys.TAG_RANKED_FAMILIES)
     try:
         ranked = json.loads(raw)
     except (TypeError, ValueError):
         raise LookupFailedError(
-            f"research run {research_run.info.run_id} has no valid {TAG_RANKED_FAMILIES} tag"
+            f"research run {research_run.info.run_id} has no valid {keys.TAG_RANKED_FAMILIES} tag"
         ) from None
     if not ranked:
         raise LookupFailedError(f"research run {research_run.info.run_id} ranked no families")
@@ -181,18 +153,18 @@ def top_families(research_run, k: int) -> list[str]:
 def _trial_tags(base: dict[str, str], family: str, name: str, trial: optuna.trial.FrozenTrial) -> dict:
     return {
         **base,
-        tracking.TAG_ROLE: "trial",
-        tracking.TAG_FAMILY: family,
-        tracking.TAG_OPTUNA_STUDY: name,
-        tracking.TAG_OPTUNA_TRIAL: str(trial.number),
-        "optuna.state": trial.state.name,
+        keys.TAG_ROLE: keys.ROLE_TRIAL,
+        keys.TAG_FAMILY: family,
+        keys.TAG_OPTUNA_STUDY: name,
+        keys.TAG_OPTUNA_TRIAL: str(trial.number),
+        keys.TAG_OPTUNA_STATE: trial.state.name,
     }
 
 
 def _record_trial(session, parent_run_id, base_tags, family, name, trial, logged: set[int]) -> None:
     if trial.number in logged or trial.state not in tuning.DONE_STATES:
         return
-    tracking.log_child_run(
+    runs.log_child_run(
         session,
         parent_run_id,
         f"{family}-trial-{trial.number:03d}",
@@ -204,38 +176,9 @@ def _record_trial(session, parent_run_id, base_tags, family, name, trial, logged
     logged.add(trial.number)
 
 
-def family_jobs(family: str, n_jobs: int) -> int:
-    return 1 if family in OPENMP_FAMILIES else n_jobs
-
-
-def family_objective(
-    config: PipelineConfig,
-    dataset: Dataset,
-    family: str,
-    features: pd.DataFrame,
-    target: pd.Series,
-    splits: list,
-):
-    """The Optuna objective for one family, from its search space and the stage's settings."""
-    settings = config.optimize
-    return tuning.make_objective(
-        family,
-        settings.search_spaces[family],
-        features,
-        target,
-        splits,
-        dataset.categorical,
-        dataset.numeric,
-        config.costs,
-        config.seed,
-        n_jobs=family_jobs(family, settings.n_jobs),
-        pruning=settings.pruning,
-    )
-
-
 def tune_family(
     config: PipelineConfig,
-    session: tracking.TrackingSession,
+    session: TrackingSession,
     parent_run_id: str,
     base_tags: dict[str, str],
     storage,
@@ -248,11 +191,11 @@ def tune_family(
     settings = config.optimize
     space = settings.search_spaces[family]
     name = tuning.study_name(dataset.digest, family, space, settings.cv_folds, config.seed, config.costs)
-    tracking.log_batch(session, parent_run_id, tags={f"optimize.study.{family}": name})
+    runs.log_batch(session, parent_run_id, tags={f"{keys.TAG_STUDY_PREFIX}{family}": name})
     study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
 
     # Trials finished by an earlier, interrupted run (or another worker) whose run never landed.
-    logged = tracking.logged_trial_numbers(session, name)
+    logged = lookups.logged_trial_numbers(session, name)
     for trial in tuning.done_trials(study):
         _record_trial(session, parent_run_id, base_tags, family, name, trial, logged)
 
@@ -287,133 +230,6 @@ def tune_family(
     )
 
 
-# --- The final model ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FinalCandidate:
-    """What stage 2 refits: the best family's best trial, or a soft vote of several families' best."""
-
-    name: str
-    estimator: object
-    cv_metrics: dict[str, float]
-    cv: CVResult | None = None  # computed here for a vote; a single family's comes from its trial
-
-
-def vote_name(families: tuple[str, ...] | list[str]) -> str:
-    return "soft_vote(" + "+".join(families) + ")"
-
-
-def choose_final_estimator(
-    config: PipelineConfig,
-    dataset: Dataset,
-    outcomes: list[FamilyOutcome],
-    winner: FamilyOutcome,
-    train_x: pd.DataFrame,
-    train_y: pd.Series,
-    splits: list,
-) -> FinalCandidate:
-    """The best single family, unless a soft vote of two or more tuned families cross-validates better.
-
-    Each family's best model is cross-validated once on the trials' folds. A soft vote's
-    out-of-fold scores are then the mean of its members' (what ``VotingClassifier`` computes),
-    so every subset is judged without another fit. The vote of all of them is the default; a
-    smaller one replaces it only when its CV ROC AUC is higher by more than ``ensemble_min_gain``
-    (a member that clearly hurts is dropped; noise is not chased). The vote is kept only when it
-    beats the best single family by that margin too, as one model is cheaper to keep and score.
-    Pure: training folds only, never the test part.
-    """
-    settings = config.optimize
-    if not settings.ensemble or len(outcomes) < 2:
-        return FinalCandidate(winner.family, estimator_for(config, dataset, winner), dict(winner.metrics))
-
-    y = train_y.to_numpy()
-    members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
-    member_cv = {
-        family: cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
-        for family, model in members.items()
-    }
-    best: tuple[tuple[str, ...], CVResult, dict[str, float]] | None = None
-    for size in range(len(members), 1, -1):
-        for combo in itertools.combinations(members, size):
-            scores = np.mean([member_cv[f].oof_scores for f in combo], axis=0)
-            result = result_from_scores(
-                y,
-                scores,
-                splits,
-                config.costs,
-                fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
-                predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
-            )
-            metrics = tuning.with_short_names(result.summary())
-            logger.info("%s: cv ROC AUC %.4f", vote_name(combo), metrics["cv_roc_auc"])
-            # Fewer members must beat more by the margin: on a few hundred rows the CV cannot tell
-            # small differences apart, and averaging more models reduces variance.
-            margin = settings.ensemble_min_gain if best is not None and size < len(best[0]) else 0.0
-            if best is None or metrics["cv_roc_auc"] > best[2]["cv_roc_auc"] + margin:
-                best = (combo, result, metrics)
-
-    combo, result, metrics = best
-    logger.info(
-        "best vote %s: cv ROC AUC %.4f against %.4f for %s alone",
-        vote_name(combo),
-        metrics["cv_roc_auc"],
-        winner.metrics["cv_roc_auc"],
-        winner.family,
-    )
-    if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
-        vote = build_ensemble([(f, members[f]) for f in combo])
-        return FinalCandidate(vote_name(combo), vote, metrics, cv=result)
-    return FinalCandidate(winner.family, members[winner.family], dict(winner.metrics))
-
-
-def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):
-    """An unfitted estimator with a family's best parameters."""
-    return build_estimator(
-        outcome.family,
-        outcome.best_params,
-        dataset.categorical,
-        dataset.numeric,
-        config.seed,
-        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
-    )
-
-
-def fit_final(
-    config: PipelineConfig,
-    estimator,
-    train_x: pd.DataFrame,
-    train_y: pd.Series,
-    splits: list,
-    uncalibrated: CVResult | None = None,
-) -> tuple[object, CalibrationChoice]:
-    """Refit ``estimator`` on the whole training part, calibrated only if out-of-fold log loss improves.
-
-    The threshold (in the returned choice) is chosen on the final form's out-of-fold scores.
-    Pure: the training part in, a fitted model out; the test part is not an argument.
-    """
-    settings = config.optimize
-    if uncalibrated is None:
-        uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
-    choice = select_calibration(
-        estimator,
-        train_x,
-        train_y,
-        splits,
-        settings.calibration_methods,
-        config.costs,
-        uncalibrated=uncalibrated,
-        max_auc_loss=settings.calibration_max_auc_loss,
-    )
-    final = (
-        estimator
-        if choice.method == "none"
-        else calibrated(estimator, choice.method, settings.cv_folds, config.seed)
-    )
-    final.fit(train_x, train_y)
-    return final, choice
-
-
 # --- The stage ---------------------------------------------------------------------------------------
 
 
@@ -446,7 +262,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     split = split_dataset(dataset, config.split.test_size, config.seed)
     settings = config.optimize
     check_folds(dataset.target.iloc[split.train_index], settings.cv_folds, "optimize.cv_folds")
-    session = tracking.connect(config)
+    session = runs.connect(config)
     research_run = find_research_run(session, dataset, research_run_id)
     check_split(session, research_run, split)
     families = top_families(research_run, settings.top_k)
@@ -458,15 +274,15 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     splits = folds(train_y, settings.cv_folds, config.seed)
 
     research_id = research_run.info.run_id
-    tags = tracking.base_tags(config, STAGE, dataset, split)
-    run_name = f"{STAGE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    stage_tags = {**tags, "optimize.research_run_id": research_id, "optimize.families": json.dumps(families)}
+    tags = runs.base_tags(config, keys.STAGE_OPTIMIZE, dataset, split)
+    run_name = f"{keys.STAGE_OPTIMIZE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    stage_tags = {**tags, keys.TAG_RESEARCH_RUN: research_id, keys.TAG_TUNED_FAMILIES: json.dumps(families)}
     # OpenMP threads (HistGradientBoosting, LightGBM) capped at one for the whole stage: see OPENMP_FAMILIES.
     with (
-        tracking.stage_run(session, run_name, stage_tags) as run_id,
+        runs.stage_run(session, run_name, stage_tags) as run_id,
         threadpool_limits(limits=1, user_api="openmp"),
     ):
-        tracking.log_batch(
+        runs.log_batch(
             session,
             run_id,
             params={
@@ -485,13 +301,8 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "families": ",".join(families),
             },
         )
-        tracking.log_datasets(session, run_id, dataset, split)
-        tracking.log_dict(
-            session,
-            run_id,
-            {"train": split.train_index.tolist(), "test": split.test_index.tolist()},
-            SPLIT_ARTIFACT,
-        )
+        runs.log_datasets(session, run_id, dataset, split)
+        runs.log_split(session, run_id, split)
 
         storage = tuning.open_storage(session.uri, config.root)
         outcomes = [
@@ -519,22 +330,22 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
         oof_curve = cost_curve(train_y.to_numpy(), choice.oof_scores, config.costs)
-        model_info = tracking.log_model(
+        model_info = model_io.log_model(
             session,
             run_id,
             final,
             input_example=train_x.head(5),
             metadata={
-                "threshold": threshold,
-                "research_run_id": research_id,
-                "families": families,
-                "best_family": candidate.name,
-                "calibration": choice.method,
-                "dataset_digest": dataset.digest,
+                keys.META_THRESHOLD: threshold,
+                keys.META_RESEARCH_RUN: research_id,
+                keys.META_FAMILIES: families,
+                keys.META_BEST_FAMILY: candidate.name,
+                keys.META_CALIBRATION: choice.method,
+                keys.META_DATASET_DIGEST: dataset.digest,
             },
         )
         model_uri = f"models:/{model_info.model_id}"
-        tracking.log_batch(
+        runs.log_batch(
             session,
             run_id,
             params={"final_model": candidate.name, **{f"best_{k}": v for k, v in winner.best_params.items()}},
@@ -548,15 +359,15 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 **test_metrics,
             },
             tags={
-                "optimize.best_family": candidate.name,
-                "optimize.calibration": choice.method,
-                "optimize.threshold": repr(float(threshold)),
-                "optimize.model_id": model_info.model_id,
-                "optimize.model_uri": model_uri,
+                keys.TAG_BEST_FAMILY: candidate.name,
+                keys.TAG_CALIBRATION: choice.method,
+                keys.TAG_THRESHOLD: repr(float(threshold)),
+                keys.TAG_MODEL_ID: model_info.model_id,
+                keys.TAG_MODEL_URI: model_uri,
             },
         )
         scores_frame = pd.DataFrame({"row_index": split.test_index, "y_true": test_y, "score": test_scores})
-        tracking.log_text(session, run_id, scores_frame.to_csv(index=False), TEST_SCORES_ARTIFACT)
+        runs.log_text(session, run_id, scores_frame.to_csv(index=False), keys.ARTIFACT_TEST_SCORES)
         summary = pd.DataFrame(
             [
                 {
@@ -571,34 +382,34 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 for o in outcomes
             ]
         )
-        tracking.log_frame(session, run_id, summary, "families")
+        runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
         # Reporting only, after the evaluation: nothing below feeds a choice.
         importance = _importance(final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed)
-        tracking.log_frame(session, run_id, importance, "evaluation/permutation_importance")
+        runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
-            "plots/roc_curve.png": plots.roc_chart(test_y, test_scores, candidate.name),
-            "plots/precision_recall.png": plots.precision_recall_chart(test_y, test_scores),
-            "plots/calibration.png": plots.calibration_chart(test_y, test_scores),
-            "plots/confusion_matrix.png": plots.confusion_chart(
+            keys.PLOT_ROC: plots.roc_chart(test_y, test_scores, candidate.name),
+            keys.PLOT_PRECISION_RECALL: plots.precision_recall_chart(test_y, test_scores),
+            keys.PLOT_CALIBRATION: plots.calibration_chart(test_y, test_scores),
+            keys.PLOT_CONFUSION: plots.confusion_chart(
                 test_metrics["test_tn"],
                 test_metrics["test_fp"],
                 test_metrics["test_fn"],
                 test_metrics["test_tp"],
                 threshold,
             ),
-            "plots/cost_vs_threshold.png": plots.cost_chart(
+            keys.PLOT_COST: plots.cost_chart(
                 np.clip(oof_curve.thresholds, 0, 1),
                 oof_curve.costs,
                 threshold,
                 test_curve=(np.clip(test_curve.thresholds, 0, 1), test_curve.costs),
             ),
-            "plots/score_distribution.png": plots.score_distribution_chart(test_y, test_scores, threshold),
-            "plots/permutation_importance.png": plots.importance_chart(importance),
+            keys.PLOT_SCORES: plots.score_distribution_chart(test_y, test_scores, threshold),
+            keys.PLOT_IMPORTANCE: plots.importance_chart(importance),
         }
         for path, figure in figures.items():
-            tracking.log_figure(session, run_id, figure, path)
+            runs.log_figure(session, run_id, figure, path)
             plots.close(figure)
 
     logger.info(

@@ -4,7 +4,7 @@ Reads the optimization run through MLflow, re-scores challenger and champion on 
 current held-out test part, applies :mod:`pipeline.gate`, and moves the aliases.
 
 Safe to rerun and to race: the whole check-register-alias sequence runs under a
-per-model lock (:func:`pipeline.tracking.registry_lock`), each version carries the
+per-model lock (:func:`pipeline.tracking.registry.registry_lock`), each version carries the
 optimization run id it came from, and its ``gate.status`` tag is ``pending`` from
 creation until the aliases have moved, when it becomes ``done`` (written last). A rerun
 finds a ``done`` version and registers nothing; a ``pending`` one (a crash in between)
@@ -22,27 +22,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import gate, plots, tracking
+from pipeline import gate, plots
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
 from pipeline.evaluation import all_metrics
+from pipeline.tracking import keys, lookups, model_io, registry, runs
+from pipeline.tracking.keys import (
+    STATUS_DONE,
+    STATUS_PENDING,
+    VTAG_ARCHIVED,
+    VTAG_DECISION,
+    VTAG_OPTIMIZE_RUN,
+    VTAG_REASON,
+    VTAG_RESEARCH_RUN,
+    VTAG_STATUS,
+    VTAG_THRESHOLD,
+)
+from pipeline.tracking.session import TrackingSession
 
 logger = logging.getLogger(__name__)
-
-STAGE = "register"
-OPTIMIZE_STAGE = "optimize"
-
-# Model version tags.
-VTAG_OPTIMIZE_RUN = "optimize_run_id"
-VTAG_RESEARCH_RUN = "research_run_id"
-VTAG_THRESHOLD = "threshold"
-VTAG_STATUS = "gate.status"
-VTAG_DECISION = "gate.decision"
-VTAG_REASON = "gate.reason"
-VTAG_ARCHIVED = "archived"
-STATUS_PENDING = "pending"
-STATUS_DONE = "done"
 
 # Recorded and re-computed test ROC AUC may differ by float noise only.
 _SCORE_TOLERANCE = 1e-6
@@ -140,10 +139,10 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def find_optimize_run(session: tracking.TrackingSession, optimize_run_id: str | None):
+def find_optimize_run(session: TrackingSession, optimize_run_id: str | None):
     """The given optimization run, checked, or the latest finished one."""
     try:
-        return tracking.finished_stage_run(session, OPTIMIZE_STAGE, optimize_run_id, "optimization")
+        return lookups.finished_stage_run(session, keys.STAGE_OPTIMIZE, optimize_run_id, "optimization")
     except LookupFailedError as error:
         if optimize_run_id is None:
             raise LookupFailedError(f"{error}; run stage 2 first") from None
@@ -152,37 +151,35 @@ def find_optimize_run(session: tracking.TrackingSession, optimize_run_id: str | 
 
 def challenger_from_run(run) -> Challenger:
     tags, metrics = run.data.tags, run.data.metrics
-    missing = [key for key in ("optimize.model_uri", "optimize.threshold") if not tags.get(key)]
+    missing = [key for key in (keys.TAG_MODEL_URI, keys.TAG_THRESHOLD) if not tags.get(key)]
     if missing:
         raise LookupFailedError(f"optimization run {run.info.run_id} has no {', '.join(missing)} tag")
-    threshold = _float(tags["optimize.threshold"])
+    threshold = _float(tags[keys.TAG_THRESHOLD])
     if threshold is None:
         raise LookupFailedError(f"optimization run {run.info.run_id} records a non-numeric threshold")
     return Challenger(
         run_id=run.info.run_id,
-        model_uri=tags["optimize.model_uri"],
-        model_id=tags.get("optimize.model_id"),
+        model_uri=tags[keys.TAG_MODEL_URI],
+        model_id=tags.get(keys.TAG_MODEL_ID),
         threshold=threshold,
-        research_run_id=tags.get("optimize.research_run_id"),
-        family=tags.get("optimize.best_family"),
-        dataset_digest=tags.get(tracking.TAG_DATASET_DIGEST),
-        test_digest=tags.get(tracking.TAG_TEST_DIGEST),
-        git_commit=tags.get(tracking.TAG_GIT_COMMIT),
-        test_roc_auc=metrics.get("test_roc_auc"),
-        test_expected_cost=metrics.get("test_expected_cost"),
+        research_run_id=tags.get(keys.TAG_RESEARCH_RUN),
+        family=tags.get(keys.TAG_BEST_FAMILY),
+        dataset_digest=tags.get(keys.TAG_DATASET_DIGEST),
+        test_digest=tags.get(keys.TAG_TEST_DIGEST),
+        git_commit=tags.get(keys.TAG_GIT_COMMIT),
+        test_roc_auc=metrics.get(keys.METRIC_TEST_ROC_AUC),
+        test_expected_cost=metrics.get(keys.METRIC_TEST_EXPECTED_COST),
     )
 
 
-def baseline_scores(
-    session: tracking.TrackingSession, research_run_id: str | None
-) -> dict[str, float | None]:
+def baseline_scores(session: TrackingSession, research_run_id: str | None) -> dict[str, float | None]:
     """Best ``cv_roc_auc_mean`` of each baseline family among the research run's candidates."""
     scores: dict[str, float | None] = dict.fromkeys(gate.BASELINE_FLOOR_FAMILIES)
     if not research_run_id:
         return scores
-    for child in tracking.child_runs(session, research_run_id):
-        family = child.data.tags.get(tracking.TAG_FAMILY)
-        value = child.data.metrics.get("cv_roc_auc_mean")
+    for child in lookups.child_runs(session, research_run_id):
+        family = child.data.tags.get(keys.TAG_FAMILY)
+        value = child.data.metrics.get(keys.METRIC_CV_ROC_AUC_MEAN)
         if family in scores and value is not None:
             scores[family] = max(value, scores[family] or -np.inf)
     return scores
@@ -197,7 +194,7 @@ def _positive_scores(estimator, features: pd.DataFrame) -> np.ndarray:
 
 def evaluate_gate(
     config: PipelineConfig,
-    session: tracking.TrackingSession,
+    session: TrackingSession,
     challenger: Challenger,
     dataset: Dataset,
     split: Split,
@@ -207,7 +204,7 @@ def evaluate_gate(
     settings = config.registration
     test_x = dataset.features.iloc[split.test_index]
     test_y = dataset.target.iloc[split.test_index].to_numpy()
-    challenger_scores = _positive_scores(tracking.load_model(challenger.model_uri).estimator, test_x)
+    challenger_scores = _positive_scores(model_io.load_model(challenger.model_uri).estimator, test_x)
     measured = all_metrics(test_y, challenger_scores, challenger.threshold, config.costs)
     notes: list[str] = []
     if (
@@ -228,18 +225,18 @@ def evaluate_gate(
     floors = gate.check_floors(measured["roc_auc"], settings.min_test_roc_auc, baselines)
     comparison, draws, other_data = None, None, False
     if champion is not None:
-        loaded = tracking.load_model(f"models:/{settings.model_name}/{champion.version}")
+        loaded = model_io.load_model(f"models:/{settings.model_name}/{champion.version}")
         champion_threshold = _float(loaded.metadata.get("threshold"))
         if champion_threshold is None:
             champion_threshold = _float(champion.tags.get(VTAG_THRESHOLD))
         if champion_threshold is None:
             raise LookupFailedError(f"champion version {champion.version} records no decision threshold")
         champion_scores = _positive_scores(loaded.estimator, test_x)
-        other_data = champion.tags.get(tracking.TAG_DATASET_DIGEST) != dataset.digest
+        other_data = champion.tags.get(keys.TAG_DATASET_DIGEST) != dataset.digest
         if other_data:
             notes.append(
                 f"champion v{champion.version} was trained on dataset "
-                f"{champion.tags.get(tracking.TAG_DATASET_DIGEST, 'unknown')}; "
+                f"{champion.tags.get(keys.TAG_DATASET_DIGEST, 'unknown')}; "
                 f"compared on the current test part of {dataset.digest}"
             )
         comparison, draws = gate.compare(
@@ -274,56 +271,56 @@ def evaluate_gate(
 
 def _version_tags(challenger: Challenger, figures: dict[str, float]) -> dict[str, str]:
     tags = {
-        tracking.TAG_GIT_COMMIT: challenger.git_commit or "unknown",
-        tracking.TAG_DATASET_DIGEST: challenger.dataset_digest or "unknown",
-        tracking.TAG_TEST_DIGEST: challenger.test_digest or "unknown",
+        keys.TAG_GIT_COMMIT: challenger.git_commit or "unknown",
+        keys.TAG_DATASET_DIGEST: challenger.dataset_digest or "unknown",
+        keys.TAG_TEST_DIGEST: challenger.test_digest or "unknown",
         VTAG_RESEARCH_RUN: challenger.research_run_id or "",
         VTAG_OPTIMIZE_RUN: challenger.run_id,
         VTAG_THRESHOLD: repr(challenger.threshold),
-        "test_roc_auc": repr(figures["challenger_test_roc_auc"]),
-        "test_expected_cost": repr(figures["challenger_test_expected_cost"]),
+        keys.VTAG_TEST_ROC_AUC: repr(figures["challenger_test_roc_auc"]),
+        keys.VTAG_TEST_EXPECTED_COST: repr(figures["challenger_test_expected_cost"]),
         VTAG_STATUS: STATUS_PENDING,
     }
     if challenger.family:
-        tags["model.family"] = challenger.family
+        tags[keys.TAG_FAMILY] = challenger.family
     return tags
 
 
 def _move_aliases(
-    config: PipelineConfig, session: tracking.TrackingSession, version: str, champion, promoted: bool
+    config: PipelineConfig, session: TrackingSession, version: str, champion, promoted: bool
 ) -> None:
     name = config.registration.model_name
     mirror = config.registration.mirror_stages
     if not promoted:
-        tracking.set_alias(session, name, tracking.ALIAS_CHALLENGER, version)
+        registry.set_alias(session, name, keys.ALIAS_CHALLENGER, version)
         if mirror:
-            tracking.mirror_stage(session, name, version, "Staging")
+            registry.mirror_stage(session, name, version, "Staging")
         return
     if champion is not None and str(champion.version) != str(version):
-        tracking.set_alias(session, name, tracking.ALIAS_PREVIOUS, champion.version)
-        tracking.set_version_tags(session, name, champion.version, {VTAG_ARCHIVED: "true"})
+        registry.set_alias(session, name, keys.ALIAS_PREVIOUS, champion.version)
+        registry.set_version_tags(session, name, champion.version, {VTAG_ARCHIVED: "true"})
         if mirror:
-            tracking.mirror_stage(session, name, champion.version, "Archived")
-    tracking.set_alias(session, name, tracking.ALIAS_CHAMPION, version)
+            registry.mirror_stage(session, name, champion.version, "Archived")
+    registry.set_alias(session, name, keys.ALIAS_CHAMPION, version)
     if mirror:
-        tracking.mirror_stage(session, name, version, "Production")
+        registry.mirror_stage(session, name, version, "Production")
     # A rerun that promotes what an interrupted run had left as challenger (e.g. after the floors changed).
-    challenger = tracking.alias_version(session, name, tracking.ALIAS_CHALLENGER)
+    challenger = registry.alias_version(session, name, keys.ALIAS_CHALLENGER)
     if challenger is not None and str(challenger.version) == str(version):
-        tracking.delete_alias(session, name, tracking.ALIAS_CHALLENGER)
+        registry.delete_alias(session, name, keys.ALIAS_CHALLENGER)
 
 
 def register_locked(
     config: PipelineConfig,
-    session: tracking.TrackingSession,
+    session: TrackingSession,
     challenger: Challenger,
     dataset: Dataset,
     split: Split,
 ) -> Outcome:
     """Check, register, move aliases, then mark the version done. Call under the registry lock."""
     name = config.registration.model_name
-    tracking.ensure_registered_model(session, name)
-    existing = tracking.model_versions_with_tag(session, name, VTAG_OPTIMIZE_RUN, challenger.run_id)
+    registry.ensure_registered_model(session, name)
+    existing = registry.model_versions_with_tag(session, name, VTAG_OPTIMIZE_RUN, challenger.run_id)
     done = [v for v in existing if v.tags.get(VTAG_STATUS) == STATUS_DONE]
     if done:
         version = done[0]
@@ -331,8 +328,8 @@ def register_locked(
         figures = {
             key: value
             for key, value in (
-                ("challenger_test_roc_auc", _float(version.tags.get("test_roc_auc"))),
-                ("challenger_test_expected_cost", _float(version.tags.get("test_expected_cost"))),
+                ("challenger_test_roc_auc", _float(version.tags.get(keys.VTAG_TEST_ROC_AUC))),
+                ("challenger_test_expected_cost", _float(version.tags.get(keys.VTAG_TEST_EXPECTED_COST))),
             )
             if value is not None
         }
@@ -347,10 +344,10 @@ def register_locked(
             earlier_decision=previous,
         )
     pending = existing[0] if existing else None
-    champion = tracking.alias_version(session, name, tracking.ALIAS_CHAMPION)
+    champion = registry.alias_version(session, name, keys.ALIAS_CHAMPION)
     if pending is not None and champion is not None and str(champion.version) == str(pending.version):
         # A crash after the champion alias moved: judge against the version it replaced.
-        champion = tracking.alias_version(session, name, tracking.ALIAS_PREVIOUS)
+        champion = registry.alias_version(session, name, keys.ALIAS_PREVIOUS)
     decision, draws, figures, other_data = evaluate_gate(
         config, session, challenger, dataset, split, champion
     )
@@ -358,7 +355,7 @@ def register_locked(
         logger.warning("finishing version %s left pending by an interrupted registration", pending.version)
         version = str(pending.version)
     else:
-        created = tracking.create_model_version(
+        created = registry.create_model_version(
             session,
             name,
             challenger.model_uri,
@@ -371,13 +368,17 @@ def register_locked(
     _move_aliases(config, session, version, champion, decision.promoted)
     gate_tags: dict[str, Any] = {VTAG_DECISION: decision.decision, VTAG_REASON: decision.reason}
     gate_tags.update(
-        {f"gate.{key}": repr(value) for key, value in figures.items() if not key.startswith("challenger_")}
+        {
+            f"{keys.VTAG_GATE_PREFIX}{key}": repr(value)
+            for key, value in figures.items()
+            if not key.startswith("challenger_")
+        }
     )
     if champion is not None:
-        gate_tags["gate.champion_version"] = str(champion.version)
-        gate_tags["gate.compared_on_other_data"] = str(other_data).lower()
-    tracking.set_version_tags(session, name, version, gate_tags)
-    tracking.set_version_tags(session, name, version, {VTAG_STATUS: STATUS_DONE})  # last: marks it complete
+        gate_tags[keys.VTAG_CHAMPION_VERSION] = str(champion.version)
+        gate_tags[keys.VTAG_OTHER_DATA] = str(other_data).lower()
+    registry.set_version_tags(session, name, version, gate_tags)
+    registry.set_version_tags(session, name, version, {VTAG_STATUS: STATUS_DONE})  # last: marks it complete
     return Outcome(
         version=version,
         decision=decision.decision,
@@ -391,19 +392,17 @@ def register_locked(
     )
 
 
-def _log_outcome(
-    config: PipelineConfig, session: tracking.TrackingSession, run_id: str, outcome: Outcome
-) -> None:
+def _log_outcome(config: PipelineConfig, session: TrackingSession, run_id: str, outcome: Outcome) -> None:
     tags = {
-        "register.version": outcome.version,
-        "register.decision": outcome.decision,
-        "register.reason": outcome.reason,
-        "register.resumed_pending": str(outcome.resumed).lower(),
+        keys.TAG_REGISTER_VERSION: outcome.version,
+        keys.TAG_REGISTER_DECISION: outcome.decision,
+        keys.TAG_REGISTER_REASON: outcome.reason,
+        keys.TAG_REGISTER_RESUMED: str(outcome.resumed).lower(),
     }
     if outcome.champion_version is not None:
-        tags["register.champion_version"] = outcome.champion_version
-        tags["register.champion_compared_on_other_data"] = str(outcome.other_data).lower()
-    tracking.log_batch(session, run_id, tags=tags, metrics=outcome.figures)
+        tags[keys.TAG_REGISTER_CHAMPION] = outcome.champion_version
+        tags[keys.TAG_REGISTER_OTHER_DATA] = str(outcome.other_data).lower()
+    runs.log_batch(session, run_id, tags=tags, metrics=outcome.figures)
     record: dict[str, Any] = {
         "model_name": config.registration.model_name,
         "version": outcome.version,
@@ -417,9 +416,9 @@ def _log_outcome(
     }
     if outcome.gate_decision is not None:
         record["gate"] = outcome.gate_decision.to_dict()
-    tracking.log_dict(session, run_id, json.loads(json.dumps(record, default=str)), "gate/decision.json")
+    runs.log_dict(session, run_id, json.loads(json.dumps(record, default=str)), keys.ARTIFACT_GATE_DECISION)
     if outcome.draws is not None:
-        tracking.log_text(session, run_id, outcome.draws.to_csv(index=False), "gate/bootstrap.csv")
+        runs.log_text(session, run_id, outcome.draws.to_csv(index=False), keys.ARTIFACT_BOOTSTRAP)
         figure = plots.bootstrap_chart(
             outcome.draws,
             {
@@ -427,7 +426,7 @@ def _log_outcome(
                 "roc_auc_gain": config.registration.roc_auc_margin,
             },
         )
-        tracking.log_figure(session, run_id, figure, "plots/bootstrap.png")
+        runs.log_figure(session, run_id, figure, keys.PLOT_BOOTSTRAP)
         plots.close(figure)
 
 
@@ -437,7 +436,7 @@ def run(
     """Run stage 3 on ``optimize_run_id`` (default: the latest finished optimization run)."""
     name = config.registration.model_name
     fail = config.registration.fail_on_reject if fail_on_reject is None else fail_on_reject
-    session = tracking.connect(config)
+    session = runs.connect(config)
     challenger = challenger_from_run(find_optimize_run(session, optimize_run_id))
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
@@ -447,13 +446,13 @@ def run(
             f"but the current data and split give {split.test_digest}; rerun stages 1-2 on this data"
         )
     tags = {
-        **tracking.base_tags(config, STAGE, dataset, split),
-        "register.optimize_run_id": challenger.run_id,
-        "register.model_name": name,
+        **runs.base_tags(config, keys.STAGE_REGISTER, dataset, split),
+        keys.TAG_REGISTER_OPTIMIZE_RUN: challenger.run_id,
+        keys.TAG_REGISTER_MODEL_NAME: name,
     }
-    run_name = f"{STAGE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    with tracking.stage_run(session, run_name, tags) as run_id:
-        with tracking.registry_lock(session, name), tracking.quiet_artifact_downloads():
+    run_name = f"{keys.STAGE_REGISTER}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    with runs.stage_run(session, run_name, tags) as run_id:
+        with registry.registry_lock(session, name), runs.quiet_artifact_downloads():
             outcome = register_locked(config, session, challenger, dataset, split)
         _log_outcome(config, session, run_id, outcome)
     logger.info("%s version %s: %s (%s)", name, outcome.version, outcome.decision, outcome.reason)

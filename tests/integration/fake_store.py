@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.config import PipelineConfig
 from pipeline.stages import research
+from pipeline.tracking import keys
 
 MODEL_NAME = "loan-default-classifier"
 
@@ -42,15 +43,15 @@ def _fake_optimize(
     client: MlflowClient, experiment_id: str, result: research.ResearchResult, number: int, family: str
 ) -> tuple[str, list[str]]:
     tags = {
-        "pipeline.stage": "optimize",
-        "pipeline.role": "stage",
-        "dataset.digest": result.dataset_digest,
-        "optimize.research_run_id": result.run_id,
-        "optimize.best_family": family,
-        "optimize.families": json.dumps([family]),
-        "optimize.calibration": "sigmoid",
-        "optimize.threshold": repr(0.2 + 0.01 * number),
-        f"optimize.study.{family}": f"study-{number}",
+        keys.TAG_STAGE: "optimize",
+        keys.TAG_ROLE: "stage",
+        keys.TAG_DATASET_DIGEST: result.dataset_digest,
+        keys.TAG_RESEARCH_RUN: result.run_id,
+        keys.TAG_BEST_FAMILY: family,
+        keys.TAG_TUNED_FAMILIES: json.dumps([family]),
+        keys.TAG_CALIBRATION: "sigmoid",
+        keys.TAG_THRESHOLD: repr(0.2 + 0.01 * number),
+        f"{keys.TAG_STUDY_PREFIX}{family}": f"study-{number}",
     }
     run = client.create_run(experiment_id, run_name=f"optimize-{number}", tags=tags)
     run_id = run.info.run_id
@@ -64,17 +65,17 @@ def _fake_optimize(
         "test_expected_cost": 0.62 - 0.01 * number,
     }
     client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()])
-    client.log_text(run_id, scores.to_csv(index=False), "evaluation/test_scores.csv")
+    client.log_text(run_id, scores.to_csv(index=False), keys.ARTIFACT_TEST_SCORES)
     trial_ids = []
     for trial in range(3):
         child = client.create_run(
             experiment_id,
             run_name=f"trial-{trial}",
             tags={
-                "pipeline.stage": "optimize",
-                "pipeline.role": "trial",
-                "model.family": family,
-                "mlflow.parentRunId": run_id,
+                keys.TAG_STAGE: "optimize",
+                keys.TAG_ROLE: "trial",
+                keys.TAG_FAMILY: family,
+                keys.TAG_PARENT_RUN: run_id,
             },
         )
         client.log_batch(
@@ -95,16 +96,16 @@ def _fake_register(
     client: MlflowClient, experiment_id: str, optimize_run_id: str, version: str, decision: str
 ) -> str:
     tags = {
-        "pipeline.stage": "register",
-        "pipeline.role": "stage",
-        "register.optimize_run_id": optimize_run_id,
-        "register.model_name": MODEL_NAME,
-        "register.version": version,
-        "register.decision": decision,
-        "register.reason": f"gate says {decision}",
+        keys.TAG_STAGE: "register",
+        keys.TAG_ROLE: "stage",
+        keys.TAG_REGISTER_OPTIMIZE_RUN: optimize_run_id,
+        keys.TAG_REGISTER_MODEL_NAME: MODEL_NAME,
+        keys.TAG_REGISTER_VERSION: version,
+        keys.TAG_REGISTER_DECISION: decision,
+        keys.TAG_REGISTER_REASON: f"gate says {decision}",
     }
     run = client.create_run(experiment_id, run_name=f"register-v{version}", tags=tags)
-    client.log_batch(run.info.run_id, tags=[RunTag("register.decision", decision)])
+    client.log_batch(run.info.run_id, tags=[RunTag(keys.TAG_REGISTER_DECISION, decision)])
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -128,13 +129,13 @@ def populate(config: PipelineConfig, uri: str) -> FakeStore:
         version_tags = {
             "optimize_run_id": optimize_id,
             "research_run_id": result.run_id,
-            "dataset.digest": result.dataset_digest,
+            keys.TAG_DATASET_DIGEST: result.dataset_digest,
             "threshold": repr(0.2 + 0.01 * number),
             "test_roc_auc": str(0.74 + 0.01 * number),
             "test_expected_cost": str(0.62 - 0.01 * number),
-            "gate.decision": decision,
-            "gate.reason": f"gate says {decision}",
-            "gate.status": "done",
+            keys.VTAG_DECISION: decision,
+            keys.VTAG_REASON: f"gate says {decision}",
+            keys.VTAG_STATUS: "done",
         }
         for key, value in version_tags.items():
             client.set_model_version_tag(MODEL_NAME, version, key, value)

@@ -10,29 +10,29 @@ import json
 
 import pandas as pd
 
-from pipeline import tracking
 from pipeline.config import PipelineConfig
 from pipeline.data import load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, best_threshold
 from pipeline.models import build_estimator
+from pipeline.tracking import keys, model_io, runs
 
 
 def fake_research_run(config: PipelineConfig, baselines: dict[str, float]) -> str:
     """A finished research run whose candidates are only the given baselines (family -> CV ROC AUC)."""
-    session = tracking.connect(config)
+    session = runs.connect(config)
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
-    tags = tracking.base_tags(config, "research", dataset, split)
-    with tracking.stage_run(session, "research-fake", tags) as run_id:
+    tags = runs.base_tags(config, "research", dataset, split)
+    with runs.stage_run(session, "research-fake", tags) as run_id:
         for family, auc in baselines.items():
-            tracking.log_child_run(
+            runs.log_child_run(
                 session,
                 run_id,
                 family,
-                tags={**tags, tracking.TAG_ROLE: "candidate", tracking.TAG_FAMILY: family},
+                tags={**tags, keys.TAG_ROLE: "candidate", keys.TAG_FAMILY: family},
                 metrics={"cv_roc_auc_mean": auc, "cv_roc_auc_std": 0.01},
             )
-        tracking.log_batch(session, run_id, tags={"research.ranked_families": json.dumps([])})
+        runs.log_batch(session, run_id, tags={keys.TAG_RANKED_FAMILIES: json.dumps([])})
     return run_id
 
 
@@ -48,7 +48,7 @@ def fake_optimize_run(
     ``numeric_only`` fits on just those numeric columns (a deliberately weak model); the
     signature still lists every feature, as a real model's would.
     """
-    session = tracking.connect(config)
+    session = runs.connect(config)
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     categorical, numeric = dataset.categorical, dataset.numeric
@@ -64,12 +64,12 @@ def fake_optimize_run(
     test_scores = model.predict_proba(test_x)[:, 1]
     metrics = {f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()}
     tags = {
-        **tracking.base_tags(config, "optimize", dataset, split),
-        "optimize.research_run_id": research_run_id,
-        "optimize.families": json.dumps([family]),
+        **runs.base_tags(config, "optimize", dataset, split),
+        keys.TAG_RESEARCH_RUN: research_run_id,
+        keys.TAG_TUNED_FAMILIES: json.dumps([family]),
     }
-    with tracking.stage_run(session, "optimize-fake", tags) as run_id:
-        info = tracking.log_model(
+    with runs.stage_run(session, "optimize-fake", tags) as run_id:
+        info = model_io.log_model(
             session,
             run_id,
             model,
@@ -81,18 +81,18 @@ def fake_optimize_run(
                 "dataset_digest": dataset.digest,
             },
         )
-        tracking.log_batch(
+        runs.log_batch(
             session,
             run_id,
             metrics={**metrics, "threshold": threshold, "cv_roc_auc": 0.0, "cv_expected_cost": 0.0},
             tags={
-                "optimize.best_family": family,
-                "optimize.calibration": "none",
-                "optimize.threshold": repr(float(threshold)),
-                "optimize.model_id": info.model_id,
-                "optimize.model_uri": f"models:/{info.model_id}",
+                keys.TAG_BEST_FAMILY: family,
+                keys.TAG_CALIBRATION: "none",
+                keys.TAG_THRESHOLD: repr(float(threshold)),
+                keys.TAG_MODEL_ID: info.model_id,
+                keys.TAG_MODEL_URI: f"models:/{info.model_id}",
             },
         )
         scores = pd.DataFrame({"row_index": split.test_index, "y_true": test_y, "score": test_scores})
-        tracking.log_text(session, run_id, scores.to_csv(index=False), "evaluation/test_scores.csv")
+        runs.log_text(session, run_id, scores.to_csv(index=False), keys.ARTIFACT_TEST_SCORES)
     return run_id

@@ -20,9 +20,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipeline import tracking
-from pipeline.errors import Terminated
+from pipeline import termination
 from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
+from pipeline.termination import Terminated
+from pipeline.tracking import keys, runs, sweep
 from tests.conftest import PROJECT_ROOT, make_config, small_params
 
 pytestmark = pytest.mark.integration
@@ -157,13 +158,13 @@ def test_database_lost_mid_stage_then_rerun_completes(pg_cluster, tmp_path):
     assert {r.info.run_id: r.info.status for r in all_runs(uri)}[lost_run] == "RUNNING"
     rerun = run_cli(params, env)
     assert rerun.returncode == 0, rerun.stderr
-    runs = all_runs(uri)
-    assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
-    lost = next(r for r in runs if r.info.run_id == lost_run)
+    every_run = all_runs(uri)
+    assert [r.info.status for r in every_run if r.info.status == "RUNNING"] == []
+    lost = next(r for r in every_run if r.info.run_id == lost_run)
     assert lost.info.status == "FAILED"
-    assert lost.data.tags[tracking.TAG_FAILURE_REASON].startswith("stale: process")
+    assert lost.data.tags[keys.TAG_FAILURE_REASON].startswith("stale: process")
     finished = [
-        r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
+        r for r in every_run if r.data.tags.get(keys.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
     ]
     assert len(finished) == 1
 
@@ -197,19 +198,19 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
     pg_cluster.start()
     rerun = run_cli(params, env, "optimize")
     assert rerun.returncode == 0, rerun.stderr
-    runs = all_runs(uri)
-    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
-    assert next(r for r in runs if r.info.run_id == lost_run).info.status == "FAILED"
-    finished = [r for r in runs if r.data.tags.get(tracking.TAG_STAGE) == "optimize"]
+    every_run = all_runs(uri)
+    assert [r.info.run_id for r in every_run if r.info.status == "RUNNING"] == []
+    assert next(r for r in every_run if r.info.run_id == lost_run).info.status == "FAILED"
+    finished = [r for r in every_run if r.data.tags.get(keys.TAG_STAGE) == "optimize"]
     finished = [
-        r for r in finished if r.data.tags.get(tracking.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
+        r for r in finished if r.data.tags.get(keys.TAG_ROLE) == "stage" and r.info.status == "FINISHED"
     ]
     assert len(finished) == 1
     # The resumed studies hold each family's cap of finished trials, none twice.
-    trials = [r for r in runs if r.data.tags.get(tracking.TAG_ROLE) == "trial" and r.info.status != "FAILED"]
-    keys = [(r.data.tags[tracking.TAG_OPTUNA_STUDY], r.data.tags[tracking.TAG_OPTUNA_TRIAL]) for r in trials]
-    assert len(keys) == len(set(keys))
-    assert sorted(Counter(study for study, _ in keys).values()) == [6, 6]
+    trials = [r for r in every_run if r.data.tags.get(keys.TAG_ROLE) == "trial" and r.info.status != "FAILED"]
+    trial_ids = [(r.data.tags[keys.TAG_OPTUNA_STUDY], r.data.tags[keys.TAG_OPTUNA_TRIAL]) for r in trials]
+    assert len(trial_ids) == len(set(trial_ids))
+    assert sorted(Counter(study for study, _ in trial_ids).values()) == [6, 6]
 
 
 @pytest.mark.postgres
@@ -225,9 +226,7 @@ def test_database_comes_up_during_the_back_off(pg_cluster, tmp_path):
     finally:
         starter.join()
     assert completed.returncode == 0, completed.stderr
-    assert [r.info.status for r in all_runs(uri) if r.data.tags.get(tracking.TAG_ROLE) == "stage"] == [
-        "FINISHED"
-    ]
+    assert [r.info.status for r in all_runs(uri) if r.data.tags.get(keys.TAG_ROLE) == "stage"] == ["FINISHED"]
 
 
 @pytest.mark.slow
@@ -244,11 +243,11 @@ def test_sigterm_marks_the_run_killed_and_exits_143(sqlite_store, tmp_path):
             process.kill()
     assert process.returncode == 143, stderr
     assert_one_line(stderr, "terminated: received SIGTERM")
-    runs = all_runs(sqlite_store)
-    parent = next(r for r in runs if r.info.run_id == run_id)
+    every_run = all_runs(sqlite_store)
+    parent = next(r for r in every_run if r.info.run_id == run_id)
     assert parent.info.status == "KILLED"
-    assert parent.data.tags[tracking.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
-    assert [r.info.run_id for r in runs if r.info.status == "RUNNING"] == []
+    assert parent.data.tags[keys.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
+    assert [r.info.run_id for r in every_run if r.info.status == "RUNNING"] == []
 
 
 def dead_pid() -> int:
@@ -259,16 +258,16 @@ def dead_pid() -> int:
 
 def test_stale_sweep_fails_only_abandoned_runs(sqlite_store):
     config = make_config(small_params(tracking={"stale_after_hours": 12}))
-    session = tracking.connect(config)
+    session = runs.connect(config)
     client, experiment = session.client, session.experiment_id
     host, now_ms = socket.gethostname(), int(time.time() * 1000)
 
     def make_run(name, host_tag=None, pid=None, parent=None, hours_ago=0.0):
-        tags = {tracking.TAG_ROLE: "stage"}
+        tags = {keys.TAG_ROLE: "stage"}
         if host_tag is not None:
-            tags |= {tracking.TAG_HOST: host_tag, tracking.TAG_PID: str(pid)}
+            tags |= {keys.TAG_HOST: host_tag, keys.TAG_PID: str(pid)}
         if parent is not None:
-            tags |= {"mlflow.parentRunId": parent, tracking.TAG_ROLE: "candidate"}
+            tags |= {keys.TAG_PARENT_RUN: parent, keys.TAG_ROLE: "candidate"}
         start = now_ms - int(hours_ago * 3600 * 1000)
         return client.create_run(experiment, start_time=start, tags=tags, run_name=name).info.run_id
 
@@ -284,32 +283,32 @@ def test_stale_sweep_fails_only_abandoned_runs(sqlite_store):
     client.set_terminated(ended, "FINISHED")
     orphan = make_run("orphan", parent=ended)
 
-    swept = tracking.fail_stale_runs(session, config.tracking.stale_after_hours)
+    swept = sweep.fail_stale_runs(session, config.tracking.stale_after_hours)
 
     assert set(swept) == {gone, gone_child, gone_grandchild, elsewhere_old, untagged_old, orphan}
     status = {r.info.run_id: r for r in client.search_runs([experiment], max_results=100)}
     for run_id in swept:
         assert status[run_id].info.status == "FAILED"
-        assert status[run_id].data.tags[tracking.TAG_FAILURE_REASON].startswith("stale: ")
+        assert status[run_id].data.tags[keys.TAG_FAILURE_REASON].startswith("stale: ")
     for run_id in (live, live_child, elsewhere_recent):
         assert status[run_id].info.status == "RUNNING"
     assert "process" in swept[gone] and "parent run" in swept[gone_grandchild]
     assert "13.0 h" in swept[elsewhere_old] and "ended" in swept[orphan]
     # connect() sweeps on every start; nothing left to do now.
-    assert tracking.fail_stale_runs(session, 12) == {}
+    assert sweep.fail_stale_runs(session, 12) == {}
     # Older than the limit but its process is alive (a long pipeline): still never touched.
     time.sleep(0.5)
-    assert live not in tracking.fail_stale_runs(session, max_age_hours=0.0001)
+    assert live not in sweep.fail_stale_runs(session, max_age_hours=0.0001)
     assert client.get_run(live).info.status == "RUNNING"
 
 
 def test_stage_run_tags_its_owner_and_closes_children_on_failure(sqlite_store, small_config):
-    session = tracking.connect(small_config)
+    session = runs.connect(small_config)
     ids: list[str] = []
 
     def failing_stage() -> None:
-        with tracking.stage_run(session, "owner", {tracking.TAG_STAGE: "probe"}) as run_id:
-            tags = {"mlflow.parentRunId": run_id}
+        with runs.stage_run(session, "owner", {keys.TAG_STAGE: "probe"}) as run_id:
+            tags = {keys.TAG_PARENT_RUN: run_id}
             ids.extend([run_id, session.client.create_run(session.experiment_id, tags=tags).info.run_id])
             raise RuntimeError("boom")
 
@@ -317,36 +316,37 @@ def test_stage_run_tags_its_owner_and_closes_children_on_failure(sqlite_store, s
         failing_stage()
     run_id, child = ids
     parent = session.client.get_run(run_id)
-    assert parent.data.tags[tracking.TAG_HOST] == socket.gethostname()
-    assert parent.data.tags[tracking.TAG_PID] == str(os.getpid())
+    assert parent.data.tags[keys.TAG_HOST] == socket.gethostname()
+    assert parent.data.tags[keys.TAG_PID] == str(os.getpid())
     assert parent.info.status == "FAILED"
     closed = session.client.get_run(child)
     assert closed.info.status == "FAILED"
-    assert closed.data.tags[tracking.TAG_FAILURE_REASON] == "parent run ended FAILED: RuntimeError: boom"
+    assert closed.data.tags[keys.TAG_FAILURE_REASON] == "parent run ended FAILED: RuntimeError: boom"
 
 
 def test_sigterm_swallowed_inside_a_library_still_ends_the_run_killed(sqlite_store, small_config):
     """A SIGTERM whose exception some library caught (seen once in 12 runs) must not end FINISHED."""
-    session = tracking.connect(small_config)
+    session = runs.connect(small_config)
     try:
         with (
             pytest.raises(Terminated),
-            tracking.stage_run(session, "swallowed", {tracking.TAG_STAGE: "probe"}) as run_id,
+            runs.stage_run(session, "swallowed", {keys.TAG_STAGE: "probe"}) as run_id,
         ):
-            Terminated.received = True  # what the handler sets before its exception was lost
+            termination.note_received()  # what the handler sets before its exception was lost
     finally:
-        Terminated.received = False
+        termination.reset()
     run = session.client.get_run(run_id)
     assert run.info.status == "KILLED"
-    assert run.data.tags[tracking.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
+    assert run.data.tags[keys.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
 
 
 def test_sigterm_swallowed_outside_a_stage_run_still_exits_143(tmp_path, monkeypatch, capsys):
     """A command that runs no stage (scoring) honours a SIGTERM whose exception a library caught."""
-    from pipeline import cli, predict
+    from pipeline import cli
+    from pipeline.stages import predict
 
     def swallowing_run(config, **_):
-        Terminated.received = True  # what the handler sets before its exception was lost
+        termination.note_received()  # what the handler sets before its exception was lost
         return None
 
     monkeypatch.setattr(predict, "run", swallowing_run)
@@ -355,7 +355,7 @@ def test_sigterm_swallowed_outside_a_stage_run_still_exits_143(tmp_path, monkeyp
     try:
         assert cli.main(argv) == Terminated.exit_code == 143
     finally:
-        Terminated.received = False
+        termination.reset()
     assert capsys.readouterr().err.startswith("terminated: received SIGTERM")
 
 
@@ -363,7 +363,8 @@ def test_a_background_thread_failure_is_one_log_line_and_a_lost_store_none(tmp_p
     """Optuna's heartbeat thread can hit a lost database first: no traceback from it on stderr."""
     import sqlalchemy
 
-    from pipeline import cli, predict
+    from pipeline import cli
+    from pipeline.stages import predict
 
     failures = [
         sqlalchemy.exc.OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly")),
@@ -393,7 +394,7 @@ def downgrade_one_revision(uri: str) -> tuple[str, str]:
     from alembic import command
     from mlflow.store.db.utils import _get_alembic_config
 
-    from pipeline.maintenance import schema_revisions
+    from pipeline.tracking.store import schema_revisions
 
     _, head = schema_revisions(uri)
     command.downgrade(_get_alembic_config(uri), "-1")
@@ -406,7 +407,7 @@ def downgrade_one_revision(uri: str) -> tuple[str, str]:
 def test_old_schema_gives_a_clear_message_and_db_upgrade_fixes_it(sqlite_store, tmp_path):
     params = write_params(tmp_path)
     env = cli_env(sqlite_store, tmp_path)
-    tracking.connect(make_config(small_params()))  # creates the store at the current schema
+    runs.connect(make_config(small_params()))  # creates the store at the current schema
     old, head = downgrade_one_revision(sqlite_store)
 
     refused = run_cli(params, env)
@@ -435,7 +436,7 @@ def test_old_schema_gives_a_clear_message_and_db_upgrade_fixes_it(sqlite_store, 
 
 @pytest.mark.postgres
 def test_db_upgrade_on_postgres_takes_a_pg_dump_first(pg_cluster, tmp_path):
-    from pipeline.maintenance import schema_revisions
+    from pipeline.tracking.store import schema_revisions
 
     # Trust auth accepts any password: it must reach pg_dump through PGPASSWORD only.
     uri = pg_cluster.create_database("mlflow_old").replace("postgres@", "postgres:Pw0rdXyz@")
@@ -459,11 +460,11 @@ def test_db_upgrade_on_postgres_takes_a_pg_dump_first(pg_cluster, tmp_path):
 def test_schema_from_a_newer_mlflow_is_refused(sqlite_store, small_config):
     from pipeline.errors import SchemaOutdatedError
 
-    tracking.connect(small_config)
+    runs.connect(small_config)
     with sqlite3.connect(sqlite_store.removeprefix("sqlite:///")) as connection:
         connection.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     with pytest.raises(SchemaOutdatedError, match="revision f00dfeedbeef, unknown to this MLflow"):
-        tracking.connect(small_config)
+        runs.connect(small_config)
 
 
 def test_store_lost_outside_a_stage_run_is_one_line(monkeypatch, capsys):
@@ -492,8 +493,8 @@ def test_store_lost_outside_a_stage_run_is_one_line(monkeypatch, capsys):
 
 def test_db_upgrade_needs_a_database(monkeypatch, small_config):
     from pipeline.errors import ConfigError
-    from pipeline.maintenance import upgrade_database
+    from pipeline.stages import db_upgrade
 
     monkeypatch.setenv(TRACKING_URI_ENV, "http://mlflow.example:5000")
     with pytest.raises(ConfigError, match="db-upgrade needs a database tracking URI"):
-        upgrade_database(small_config)
+        db_upgrade.run(small_config)

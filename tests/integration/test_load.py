@@ -7,6 +7,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.tracking import keys
 from tests.conftest import POSTGRES_ADMIN_DSN
 from tests.load_harness import ConnectionWatcher, run_concurrently, write_configs
 
@@ -50,9 +51,9 @@ def test_four_concurrent_pipelines_keep_the_registry_consistent(postgres_url, tm
         assert 1 <= len(numbers) <= pipelines
         runs = [v.tags.get("optimize_run_id") for v in versions]
         assert len(set(runs)) == len(runs)  # one version per optimization run
-        assert all(v.tags.get("gate.status") == "done" for v in versions)
+        assert all(v.tags.get(keys.VTAG_STATUS) == "done" for v in versions)
         champion = client.get_model_version_by_alias(model_name, "champion")
-        assert champion.tags.get("gate.decision") == "promoted"
+        assert champion.tags.get(keys.VTAG_DECISION) == "promoted"
 
     # Nothing left running anywhere.
     experiments = [e.experiment_id for e in client.search_experiments()]

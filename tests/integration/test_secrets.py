@@ -17,6 +17,7 @@ import sqlalchemy
 import yaml
 
 from pipeline.settings import ARTIFACT_ROOT_ENV, DATA_URL_ENV, TRACKING_URI_ENV
+from pipeline.tracking import keys
 from tests.conftest import PROJECT_ROOT, small_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -87,7 +88,7 @@ def test_research_leaks_no_credentials(postgres_url, tmp_path):
 
     artifacts = tmp_path / "artifacts"
     names = {p.name for p in artifacts.rglob("*") if p.is_file()}
-    assert {"leaderboard.csv", "leaderboard.md", "cv_roc_auc.png", "indices.json"} <= names
+    assert {"leaderboard.csv", "leaderboard.md", keys.ARTIFACT_RESEARCH_CHART, "indices.json"} <= names
     assert scan_files(artifacts, secrets) == []
 
     rows, leaks = scan_tracking_tables(postgres_url, secrets)
@@ -97,14 +98,14 @@ def test_research_leaks_no_credentials(postgres_url, tmp_path):
 def test_failed_stage_reason_tag_is_redacted(sqlite_store, small_config, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipeline import tracking
+    from pipeline.tracking import keys, runs
 
-    session = tracking.connect(small_config)
+    session = runs.connect(small_config)
 
     def leaky_stage() -> str:
-        with tracking.stage_run(session, "leaky", {tracking.TAG_STAGE: "probe"}) as run_id:
+        with runs.stage_run(session, "leaky", {keys.TAG_STAGE: "probe"}) as run_id:
             leaked_ids.append(run_id)
-            tracking.log_batch(
+            runs.log_batch(
                 session,
                 run_id,
                 params={
@@ -122,4 +123,4 @@ def test_failed_stage_reason_tag_is_redacted(sqlite_store, small_config, monkeyp
     run = MlflowClient(sqlite_store).get_run(run_id)
     stored = str(run.data.params) + str(run.data.tags)
     assert TRACKING_SECRET not in stored and DATA_SECRET not in stored
-    assert "loan:***@db" in run.data.tags[tracking.TAG_FAILURE_REASON]
+    assert "loan:***@db" in run.data.tags[keys.TAG_FAILURE_REASON]

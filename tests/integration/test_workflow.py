@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
+from pipeline.tracking import keys
 from tests.conftest import PROJECT_ROOT, _postgres_admin
 from tests.github_actions import (
     PIPELINE_WORKFLOW,
@@ -218,9 +219,9 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
         order_by=["attributes.start_time ASC"],
     )
     assert [run.info.status for run in runs] == ["FINISHED"] * len(runs)
-    stages = [run.data.tags["pipeline.stage"] for run in runs]
+    stages = [run.data.tags[keys.TAG_STAGE] for run in runs]
     assert stages[:3] == ["research", "optimize", "register"]
-    assert all(run.data.tags.get("pipeline.profile") == "fast" for run in runs)
+    assert all(run.data.tags.get(keys.TAG_PROFILE) == "fast" for run in runs)
 
     # The model is part of "the logged artifacts": its files must sit under the uploaded artifact root,
     # in the pipeline's experiment (not MLflow's Default experiment's ./mlruns/0).

@@ -1,10 +1,16 @@
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
+import yaml
 
-from pipeline.config import config_from_mapping, load_config
+from pipeline import models
+from pipeline.config import Family, PipelineConfig, config_from_mapping, load_config
 from pipeline.errors import ConfigError
-from tests.conftest import PROJECT_ROOT, project_params
+from pipeline.models import FAMILIES
+from tests.conftest import PROJECT_ROOT, make_config, project_params, small_params
 
 
 def test_shipped_params_load():
@@ -84,3 +90,131 @@ def test_missing_and_malformed_files(tmp_path: Path):
         load_config(bad)
     error = ConfigError("two\nlines")
     assert str(error) == "two lines"
+
+
+# --- names MLflow filters can express ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("tracking", "experiment", "bell\x07name", "control characters"),
+        ("tracking", "experiment", "line\nbreak", "control characters"),
+        ("tracking", "experiment", " padded", "leading or trailing whitespace"),
+        ("tracking", "experiment", "both ' and \"", "both quote characters"),
+        ("register", "model_name", "team/model", "cannot contain '/' or ':'"),
+        ("register", "model_name", "models:x", "cannot contain '/' or ':'"),
+        ("register", "model_name", "..", "must not read as a path"),
+        ("register", "model_name", "a\u200bb", "control characters"),
+        ("register", "model_name", "   ", "leading or trailing whitespace"),
+        ("register", "model_name", "trailing\\", "ends with a backslash"),
+    ],
+)
+def test_config_rejects_bad_names(section, key, value, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        make_config(small_params(**{section: {key: value}}))
+    assert str(caught.value).startswith(f"{section if section == 'tracking' else 'register'}.{key}:")
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["O'Brien", "a\\b", "'; DROP TABLE runs; --", "ünï ✓"])
+def test_config_accepts_names_mlflow_accepts(value):
+    config = make_config(small_params(tracking={"experiment": value}, register={"model_name": value}))
+    assert config.tracking.experiment == value
+    assert config.registration.model_name == value
+
+
+# --- outputs stay inside the project ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"results": {"output_dir": "/etc"}}, "results.output_dir: /etc is outside the project folder"),
+        ({"results": {"output_dir": "../../elsewhere"}}, "results.output_dir: ../../elsewhere is outside"),
+        ({"tracking": {"artifact_location": "/var/tmp/art"}}, "tracking.artifact_location: /var/tmp/art is"),
+        ({"tracking": {"artifact_location": "file:///srv/art"}}, "tracking.artifact_location: /srv/art is"),
+        (
+            {"tracking": {"artifact_location": "mlartifacts/../../x"}},
+            "tracking.artifact_location: mlartifacts",
+        ),
+    ],
+)
+def test_outputs_outside_the_project_are_rejected(tmp_path, overrides, message):
+    import yaml
+
+    raw = small_params(**overrides)
+    raw["dataset"]["path"] = str(Path(__file__).resolve().parents[2] / "data" / "german_credit.csv")
+    config = tmp_path / "project" / "params.yaml"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump(raw))
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline", "research", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 2, completed.stderr
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith("config error: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"results": {"output_dir": "reports/nested"}},
+        {"tracking": {"artifact_location": "s3://bucket/mlflow"}},
+        {"tracking": {"artifact_location": "mlartifacts"}},
+    ],
+)
+def test_outputs_inside_the_project_or_remote_are_accepted(overrides):
+    config = make_config(small_params(**overrides))
+    assert config.results.output_dir and config.tracking.artifact_location
+
+
+# --- One source of defaults -----------------------------------------------------------------------
+
+
+def _drift(model: type, written: dict, where: str) -> list[str]:
+    """Keys ``params.yaml`` sets to another value than the typed config's default."""
+    by_key = {(field.alias or name): (name, field) for name, field in model.model_fields.items()}
+    drift = []
+    for key, value in written.items():
+        if key not in by_key:
+            drift.append(f"{where}{key}: not a config key")
+            continue
+        _, field = by_key[key]
+        if (
+            isinstance(value, dict)
+            and isinstance(field.annotation, type)
+            and hasattr(field.annotation, "model_fields")
+        ):
+            drift += _drift(field.annotation, value, f"{where}{key}.")
+            continue
+        if field.is_required():
+            continue
+        default = field.get_default(call_default_factory=True)
+        if default in (None, {}, []):  # no default: the value must be configured (dataset path, spaces)
+            continue
+        same = default == value or str(default) == str(value)  # paths and numbers written as text
+        if not same:
+            drift.append(f"{where}{key}: params.yaml {value!r}, config default {default!r}")
+    return drift
+
+
+def test_params_yaml_and_config_defaults_agree():
+    raw = yaml.safe_load((PROJECT_ROOT / "params.yaml").read_text(encoding="utf-8"))
+    raw.pop("profiles")
+    assert _drift(PipelineConfig, raw, "") == []
+
+
+def test_a_drifted_default_is_caught():
+    assert _drift(PipelineConfig, {"optimize": {"n_trials": 7}, "seed": 42}, "") == [
+        "optimize.n_trials: params.yaml 7, config default 40"
+    ]
+
+
+def test_model_families_are_defined_once():
+    families = typing.get_args(Family)
+    assert families == FAMILIES
+    assert set(families) == set(models._FAMILIES)

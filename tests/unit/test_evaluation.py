@@ -47,3 +47,18 @@ def test_ks_gini_and_confusion():
     assert ks_statistic(y, scores) == pytest.approx(0.5)
     assert (metrics["tn"], metrics["fp"], metrics["fn"], metrics["tp"]) == (2, 0, 1, 1)
     assert metrics["expected_cost"] == pytest.approx(5 / 4)
+
+
+def test_threshold_by_hand():
+    y = np.array([0, 0, 1, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8])
+    # Reject at >= t; cost per applicant = (5 * FN + 1 * FP) / 4:
+    #   t > 0.8: FN 2 -> 2.5 | t = 0.8: FN 1 -> 1.25 | t = 0.4: FN 1, FP 1 -> 1.5
+    #   t = 0.35: FP 1 -> 0.25 (best) | t = 0.1: FP 2 -> 0.5
+    threshold, cost = best_threshold(y, scores, COSTS)
+    assert threshold == pytest.approx(0.35)
+    assert cost == pytest.approx(0.25)
+    # Cheaper false negatives move the cut up: at FN = 0.5, rejecting only 0.8 is best (0.5 * 1 / 4).
+    threshold, cost = best_threshold(y, scores, CostConfig(false_negative=0.5, false_positive=1))
+    assert threshold == pytest.approx(0.8)
+    assert cost == pytest.approx(0.125)

@@ -14,6 +14,7 @@ from pipeline import tuning
 from pipeline.config import CostConfig, SearchParam, config_from_mapping
 from pipeline.errors import ConfigError
 from pipeline.settings import OPTUNA_URL_ENV
+from pipeline.tracking import store
 from pipeline.training import folds
 from tests.conftest import project_params
 
@@ -108,7 +109,7 @@ def test_storage_on_postgres_is_its_own_schema_and_url_is_redacted(monkeypatch):
     location = tuning.storage_location(url, Path("."))
     assert location.url == url and location.schema == "optuna"
     assert location.engine_kwargs == {
-        "connect_args": {"options": "-csearch_path=optuna"},
+        "connect_args": {"options": "-csearch_path=optuna", "connect_timeout": store.CONNECT_TIMEOUT_SECONDS},
         "pool_size": 1,  # trials and the heartbeat: two connections per process at most
         "max_overflow": 1,
     }

@@ -1,0 +1,271 @@
+"""The pure choices of stages 1 and 2: ranking the research portfolio, the tuning objective, the
+final estimator (one family or a soft vote) and its calibrated refit. Training part in, decisions
+out: no tracking, no I/O, never the test part.
+
+The stages and ``bench/quality.py`` both import these, so the benchmark measures the choices the
+pipeline makes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline import tuning
+from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
+from pipeline.config import PipelineConfig
+from pipeline.data import Dataset, Split
+from pipeline.models import BASELINE_FAMILIES, build_ensemble, build_estimator, validate_params
+from pipeline.tracking import keys
+from pipeline.training import CVResult, cross_validate, folds, result_from_scores
+
+logger = logging.getLogger(__name__)
+
+# --- Stage 1: ranking the portfolio -------------------------------------------------------------
+
+RANK_METRIC = keys.METRIC_CV_ROC_AUC_MEAN
+LEADERBOARD_COLUMNS = [
+    "rank",
+    "candidate",
+    "family",
+    "cv_roc_auc_mean",
+    "cv_roc_auc_std",
+    "cv_average_precision_mean",
+    "cv_log_loss_mean",
+    "cv_brier_mean",
+    "cv_expected_cost_mean",
+    "cv_expected_cost_std",
+    "cv_threshold",
+    "fit_seconds",
+]
+
+
+@dataclass(frozen=True)
+class CandidateOutcome:
+    name: str
+    family: str
+    params: dict
+    metrics: dict[str, float]
+
+
+def validate_portfolio(config: PipelineConfig) -> None:
+    for name, candidate in config.research.portfolio.items():
+        validate_params(candidate.family, candidate.params, f"research.candidates.{name}.params")
+
+
+def evaluate_portfolio(
+    config: PipelineConfig, dataset: Dataset, split: Split, on_candidate=None
+) -> list[CandidateOutcome]:
+    """Cross-validate every candidate on the training part. No tracking, no I/O."""
+    features = dataset.features.iloc[split.train_index].reset_index(drop=True)
+    target = dataset.target.iloc[split.train_index].reset_index(drop=True)
+    splits = folds(target, config.research.cv_folds, config.seed)
+    outcomes = []
+    for name, candidate in config.research.portfolio.items():
+        estimator = build_estimator(
+            candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
+        )
+        result = cross_validate(
+            estimator, features, target, splits, config.costs, n_jobs=config.research.n_jobs
+        )
+        outcome = CandidateOutcome(name, candidate.family, dict(candidate.params), result.summary())
+        outcomes.append(outcome)
+        if on_candidate is not None:
+            on_candidate(outcome)
+    return outcomes
+
+
+def leaderboard_frame(
+    outcomes: list[CandidateOutcome], run_ids: dict[str, str] | None = None
+) -> pd.DataFrame:
+    """Candidates ranked by mean CV ROC AUC (ties: lower expected cost first)."""
+    rows = [{"candidate": o.name, "family": o.family, **o.metrics} for o in outcomes]
+    frame = pd.DataFrame(rows).sort_values(
+        [RANK_METRIC, "cv_expected_cost_mean"], ascending=[False, True], kind="mergesort"
+    )
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    frame = frame[LEADERBOARD_COLUMNS].reset_index(drop=True)
+    if run_ids is not None:
+        frame["run_id"] = frame["candidate"].map(run_ids)
+    return frame
+
+
+def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
+    """Families in leaderboard order, each once, baselines left out."""
+    families = leaderboard.loc[~leaderboard["family"].isin(BASELINE_FAMILIES), "family"]
+    return list(dict.fromkeys(families))
+
+
+# --- Stage 2: tuning and the final model ---------------------------------------------------------
+
+# Families whose threads are OpenMP: on a shared 2-core machine, OpenMP's busy-waiting made one
+# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread.
+OPENMP_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
+
+
+@dataclass(frozen=True)
+class FamilyOutcome:
+    family: str
+    study_name: str
+    trials_done: int
+    trials_run_now: int
+    pruned: int
+    best_params: dict
+    metrics: dict[str, float]  # CV summary of the family's best trial
+
+
+def family_jobs(family: str, n_jobs: int) -> int:
+    return 1 if family in OPENMP_FAMILIES else n_jobs
+
+
+def family_objective(
+    config: PipelineConfig,
+    dataset: Dataset,
+    family: str,
+    features: pd.DataFrame,
+    target: pd.Series,
+    splits: list,
+):
+    """The Optuna objective for one family, from its search space and the stage's settings."""
+    settings = config.optimize
+    return tuning.make_objective(
+        family,
+        settings.search_spaces[family],
+        features,
+        target,
+        splits,
+        dataset.categorical,
+        dataset.numeric,
+        config.costs,
+        config.seed,
+        n_jobs=family_jobs(family, settings.n_jobs),
+        pruning=settings.pruning,
+    )
+
+
+@dataclass(frozen=True)
+class FinalCandidate:
+    """What stage 2 refits: the best family's best trial, or a soft vote of several families' best."""
+
+    name: str
+    estimator: object
+    cv_metrics: dict[str, float]
+    cv: CVResult | None = None  # computed here for a vote; a single family's comes from its trial
+
+
+def vote_name(families: tuple[str, ...] | list[str]) -> str:
+    return "soft_vote(" + "+".join(families) + ")"
+
+
+def choose_final_estimator(
+    config: PipelineConfig,
+    dataset: Dataset,
+    outcomes: list[FamilyOutcome],
+    winner: FamilyOutcome,
+    train_x: pd.DataFrame,
+    train_y: pd.Series,
+    splits: list,
+) -> FinalCandidate:
+    """The best single family, unless a soft vote of two or more tuned families cross-validates better.
+
+    Each family's best model is cross-validated once on the trials' folds. A soft vote's
+    out-of-fold scores are then the mean of its members' (what ``VotingClassifier`` computes),
+    so every subset is judged without another fit. The vote of all of them is the default; a
+    smaller one replaces it only when its CV ROC AUC is higher by more than ``ensemble_min_gain``
+    (a member that clearly hurts is dropped; noise is not chased). The vote is kept only when it
+    beats the best single family by that margin too, as one model is cheaper to keep and score.
+    Pure: training folds only, never the test part.
+    """
+    settings = config.optimize
+    if not settings.ensemble or len(outcomes) < 2:
+        return FinalCandidate(winner.family, estimator_for(config, dataset, winner), dict(winner.metrics))
+
+    y = train_y.to_numpy()
+    members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
+    member_cv = {
+        family: cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
+        for family, model in members.items()
+    }
+    best: tuple[tuple[str, ...], CVResult, dict[str, float]] | None = None
+    for size in range(len(members), 1, -1):
+        for combo in itertools.combinations(members, size):
+            scores = np.mean([member_cv[f].oof_scores for f in combo], axis=0)
+            result = result_from_scores(
+                y,
+                scores,
+                splits,
+                config.costs,
+                fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
+                predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
+            )
+            metrics = tuning.with_short_names(result.summary())
+            logger.info("%s: cv ROC AUC %.4f", vote_name(combo), metrics["cv_roc_auc"])
+            # Fewer members must beat more by the margin: on a few hundred rows the CV cannot tell
+            # small differences apart, and averaging more models reduces variance.
+            margin = settings.ensemble_min_gain if best is not None and size < len(best[0]) else 0.0
+            if best is None or metrics["cv_roc_auc"] > best[2]["cv_roc_auc"] + margin:
+                best = (combo, result, metrics)
+
+    combo, result, metrics = best
+    logger.info(
+        "best vote %s: cv ROC AUC %.4f against %.4f for %s alone",
+        vote_name(combo),
+        metrics["cv_roc_auc"],
+        winner.metrics["cv_roc_auc"],
+        winner.family,
+    )
+    if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
+        vote = build_ensemble([(f, members[f]) for f in combo])
+        return FinalCandidate(vote_name(combo), vote, metrics, cv=result)
+    return FinalCandidate(winner.family, members[winner.family], dict(winner.metrics))
+
+
+def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):
+    """An unfitted estimator with a family's best parameters."""
+    return build_estimator(
+        outcome.family,
+        outcome.best_params,
+        dataset.categorical,
+        dataset.numeric,
+        config.seed,
+        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
+    )
+
+
+def fit_final(
+    config: PipelineConfig,
+    estimator,
+    train_x: pd.DataFrame,
+    train_y: pd.Series,
+    splits: list,
+    uncalibrated: CVResult | None = None,
+) -> tuple[object, CalibrationChoice]:
+    """Refit ``estimator`` on the whole training part, calibrated only if out-of-fold log loss improves.
+
+    The threshold (in the returned choice) is chosen on the final form's out-of-fold scores.
+    Pure: the training part in, a fitted model out; the test part is not an argument.
+    """
+    settings = config.optimize
+    if uncalibrated is None:
+        uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
+    choice = select_calibration(
+        estimator,
+        train_x,
+        train_y,
+        splits,
+        settings.calibration_methods,
+        config.costs,
+        uncalibrated=uncalibrated,
+        max_auc_loss=settings.calibration_max_auc_loss,
+    )
+    final = (
+        estimator
+        if choice.method == "none"
+        else calibrated(estimator, choice.method, settings.cv_folds, config.seed)
+    )
+    final.fit(train_x, train_y)
+    return final, choice

@@ -1,0 +1,117 @@
+"""The stage contract: every name one stage writes to MLflow and another stage (or the report) reads.
+
+Tag keys, stage and role names, alias names, model-version tags, model metadata keys, artifact
+paths and the metric names that cross a stage boundary. Stages hand over only through these, so
+this is the one place their spelling lives. No imports, no logic.
+"""
+
+# --- Stages and run roles (tag ``pipeline.stage`` / ``pipeline.role``) -----------------------------
+STAGE_RESEARCH = "research"
+STAGE_OPTIMIZE = "optimize"
+STAGE_REGISTER = "register"
+ROLE_STAGE = "stage"  # the parent run of a stage
+ROLE_CANDIDATE = "candidate"  # a research candidate's child run
+ROLE_TRIAL = "trial"  # an Optuna trial's child run
+
+# --- Tags every run carries ---------------------------------------------------------------------------
+TAG_STAGE = "pipeline.stage"
+TAG_ROLE = "pipeline.role"
+TAG_VERSION = "pipeline.version"
+TAG_GIT_COMMIT = "pipeline.git_commit"
+TAG_PROFILE = "pipeline.profile"
+TAG_FAILURE_REASON = "pipeline.failure_reason"
+# Which process owns a run: the stale-run sweep never touches a live one.
+TAG_HOST = "pipeline.host"
+TAG_PID = "pipeline.pid"
+TAG_DATASET_NAME = "dataset.name"
+TAG_DATASET_DIGEST = "dataset.digest"
+TAG_TRAIN_DIGEST = "dataset.train_digest"
+TAG_TEST_DIGEST = "dataset.test_digest"
+# MLflow's own tag for nested runs (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID).
+TAG_PARENT_RUN = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+
+# --- Child runs -----------------------------------------------------------------------------------
+TAG_FAMILY = "model.family"
+TAG_CANDIDATE = "model.candidate"
+TAG_OPTUNA_STUDY = "optuna.study"
+TAG_OPTUNA_TRIAL = "optuna.trial_number"
+TAG_OPTUNA_STATE = "optuna.state"
+
+# --- Stage 1, research ------------------------------------------------------------------------------
+TAG_RANKED_FAMILIES = "research.ranked_families"
+TAG_RANKED_CANDIDATES = "research.ranked_candidates"
+TAG_BEST_CANDIDATE = "research.best_candidate"
+
+# --- Stage 2, optimize ------------------------------------------------------------------------------
+TAG_RESEARCH_RUN = "optimize.research_run_id"
+TAG_TUNED_FAMILIES = "optimize.families"
+TAG_BEST_FAMILY = "optimize.best_family"
+TAG_CALIBRATION = "optimize.calibration"
+TAG_THRESHOLD = "optimize.threshold"
+TAG_MODEL_ID = "optimize.model_id"
+TAG_MODEL_URI = "optimize.model_uri"
+TAG_STUDY_PREFIX = "optimize.study."  # + family: the Optuna study a family was tuned in
+
+# --- Stage 3, register (tags of the register run) ---------------------------------------------------
+TAG_REGISTER_OPTIMIZE_RUN = "register.optimize_run_id"
+TAG_REGISTER_MODEL_NAME = "register.model_name"
+TAG_REGISTER_VERSION = "register.version"
+TAG_REGISTER_DECISION = "register.decision"
+TAG_REGISTER_REASON = "register.reason"
+TAG_REGISTER_RESUMED = "register.resumed_pending"
+TAG_REGISTER_CHAMPION = "register.champion_version"
+TAG_REGISTER_OTHER_DATA = "register.champion_compared_on_other_data"
+
+# --- Metrics read across stages ---------------------------------------------------------------------
+METRIC_CV_ROC_AUC_MEAN = "cv_roc_auc_mean"  # research candidates; register's baseline floors
+METRIC_TEST_ROC_AUC = "test_roc_auc"
+METRIC_TEST_EXPECTED_COST = "test_expected_cost"
+
+# --- Model versions: tags, and the gate's bookkeeping -----------------------------------------------
+VTAG_OPTIMIZE_RUN = "optimize_run_id"  # unique per registration: reruns find their version by it
+VTAG_RESEARCH_RUN = "research_run_id"
+VTAG_THRESHOLD = "threshold"
+VTAG_TEST_ROC_AUC = METRIC_TEST_ROC_AUC
+VTAG_TEST_EXPECTED_COST = METRIC_TEST_EXPECTED_COST
+VTAG_STATUS = "gate.status"
+VTAG_DECISION = "gate.decision"
+VTAG_REASON = "gate.reason"
+VTAG_GATE_PREFIX = "gate."  # + a figure of the comparison (roc_auc_gain, cost_saving, ...)
+VTAG_CHAMPION_VERSION = "gate.champion_version"
+VTAG_OTHER_DATA = "gate.compared_on_other_data"
+VTAG_ARCHIVED = "archived"
+STATUS_PENDING = "pending"  # created, aliases not yet moved
+STATUS_DONE = "done"  # written last: the registration is complete
+
+# --- Aliases ----------------------------------------------------------------------------------------
+ALIAS_CHAMPION = "champion"
+ALIAS_CHALLENGER = "challenger"
+ALIAS_PREVIOUS = "previous"
+
+# --- The logged model -------------------------------------------------------------------------------
+MODEL_NAME_IN_RUN = "model"
+META_THRESHOLD = VTAG_THRESHOLD
+META_RESEARCH_RUN = VTAG_RESEARCH_RUN
+META_FAMILIES = "families"
+META_BEST_FAMILY = "best_family"
+META_CALIBRATION = "calibration"
+META_DATASET_DIGEST = "dataset_digest"
+
+# --- Artifact paths ---------------------------------------------------------------------------------
+ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test row positions
+ARTIFACT_LEADERBOARD = "leaderboard"  # research: .csv and .md
+ARTIFACT_RESEARCH_CHART = "cv_roc_auc.png"
+ARTIFACT_FAMILIES = "families"  # optimize: .csv and .md
+ARTIFACT_TEST_SCORES = "evaluation/test_scores.csv"  # optimize: row_index, y_true, score
+ARTIFACT_IMPORTANCE = "evaluation/permutation_importance"  # optimize: .csv and .md
+PLOT_ROC = "plots/roc_curve.png"
+PLOT_PRECISION_RECALL = "plots/precision_recall.png"
+PLOT_CALIBRATION = "plots/calibration.png"
+PLOT_CONFUSION = "plots/confusion_matrix.png"
+PLOT_COST = "plots/cost_vs_threshold.png"
+PLOT_SCORES = "plots/score_distribution.png"
+PLOT_IMPORTANCE = "plots/permutation_importance.png"
+ARTIFACT_GATE_DECISION = "gate/decision.json"  # register
+ARTIFACT_BOOTSTRAP = "gate/bootstrap.csv"
+PLOT_BOOTSTRAP = "plots/bootstrap.png"

@@ -1,0 +1,173 @@
+"""The model registry: registered models, versions, their tags and aliases, one registration at a time.
+
+Aliases only (``models:/<name>@champion``); deprecated registry stages are mirrored on request.
+Every write retries the errors a racing registration can cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import mlflow
+import sqlalchemy
+
+from pipeline.settings import redact
+from pipeline.tracking import store
+from pipeline.tracking.lookups import quote_filter_value, tag_clause
+from pipeline.tracking.runs import MAX_TAG_LENGTH
+from pipeline.tracking.session import TrackingSession
+
+logger = logging.getLogger(__name__)
+
+# Errors another registration racing ours can cause; retried with bounded back-off.
+_RETRYABLE_REGISTRY_CODES = {
+    "RESOURCE_ALREADY_EXISTS",
+    "ABORTED",
+    "TEMPORARILY_UNAVAILABLE",
+    "INTERNAL_ERROR",
+}
+_REGISTRY_ATTEMPTS = 5
+_REGISTRY_BACKOFF_SECONDS = 0.2
+
+
+def _retryable_registry_error(error: BaseException) -> bool:
+    if isinstance(error, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError)):
+        return True
+    code = getattr(error, "error_code", "")
+    return isinstance(error, mlflow.exceptions.MlflowException) and code in _RETRYABLE_REGISTRY_CODES
+
+
+def _with_registry_retries(action, what: str):
+    """Run ``action()``; on an integrity or busy error, retry with exponential back-off."""
+    for attempt in range(_REGISTRY_ATTEMPTS):
+        try:
+            return action()
+        except Exception as error:
+            if attempt == _REGISTRY_ATTEMPTS - 1 or not _retryable_registry_error(error):
+                raise
+            delay = _REGISTRY_BACKOFF_SECONDS * 2**attempt
+            logger.info("%s failed (%s); retrying in %.1f s", what, str(error).splitlines()[0][:200], delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def ensure_registered_model(session: TrackingSession, name: str) -> None:
+    """Create the registered model unless it exists (another process may create it meanwhile)."""
+
+    def attempt() -> None:
+        try:
+            session.client.get_registered_model(name)
+        except mlflow.exceptions.MlflowException as error:
+            if getattr(error, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            try:
+                session.client.create_registered_model(
+                    name, description="Loan default classifier behind the champion/challenger gate"
+                )
+            except mlflow.exceptions.MlflowException as created:
+                if getattr(created, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
+                    raise
+
+    _with_registry_retries(attempt, f"creating registered model {name!r}")
+
+
+def model_versions_with_tag(session: TrackingSession, name: str, key: str, value: str) -> list:
+    """Versions of ``name`` whose tag ``key`` equals ``value``, oldest first."""
+    found = session.client.search_model_versions(
+        f"name = {quote_filter_value(name)} and {tag_clause(key, value)}"
+    )
+    return sorted(found, key=lambda version: int(version.version))
+
+
+def create_model_version(
+    session: TrackingSession,
+    name: str,
+    model_uri: str,
+    run_id: str,
+    model_id: str | None,
+    tags: Mapping[str, str],
+    unique_tag: str,
+):
+    """Register ``model_uri`` as a new version carrying ``tags`` from the start.
+
+    ``tags[unique_tag]`` identifies the registration: after a failed attempt the version
+    is looked up by it before trying again, so a create that reached the store but
+    raised is never repeated.
+    """
+    ensure_registered_model(session, name)
+    clean = {key: redact(str(value))[:MAX_TAG_LENGTH] for key, value in tags.items()}
+
+    def attempt():
+        try:
+            return session.client.create_model_version(
+                name, model_uri, run_id=run_id, tags=clean, model_id=model_id
+            )
+        except Exception:
+            existing = model_versions_with_tag(session, name, unique_tag, clean[unique_tag])
+            if existing:
+                return existing[0]
+            raise
+
+    return _with_registry_retries(attempt, f"registering a version of {name!r}")
+
+
+def get_model_version(session: TrackingSession, name: str, version: str):
+    return session.client.get_model_version(name, str(version))
+
+
+def alias_version(session: TrackingSession, name: str, alias: str):
+    """The version ``alias`` points to, or None."""
+    try:
+        return session.client.get_model_version_by_alias(name, alias)
+    except mlflow.exceptions.MlflowException as error:
+        if getattr(error, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
+            return None
+        raise
+
+
+def set_alias(session: TrackingSession, name: str, alias: str, version: str) -> None:
+    _with_registry_retries(
+        lambda: session.client.set_registered_model_alias(name, alias, str(version)),
+        f"moving alias {alias!r} of {name!r}",
+    )
+
+
+def delete_alias(session: TrackingSession, name: str, alias: str) -> None:
+    _with_registry_retries(
+        lambda: session.client.delete_registered_model_alias(name, alias),
+        f"removing alias {alias!r} of {name!r}",
+    )
+
+
+def set_version_tags(session: TrackingSession, name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a model version in order (the registry has no batch call)."""
+    for key, value in tags.items():
+        _with_registry_retries(
+            lambda key=key, value=value: session.client.set_model_version_tag(
+                name, str(version), key, redact(str(value))[:MAX_TAG_LENGTH]
+            ),
+            f"tagging version {version} of {name!r}",
+        )
+
+
+def mirror_stage(session: TrackingSession, name: str, version: str, stage: str) -> None:
+    """Also move the deprecated registry stage (``register.mirror_stages``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        session.client.transition_model_version_stage(name, str(version), stage)
+
+
+@contextmanager
+def registry_lock(session: TrackingSession, name: str) -> Iterator[None]:
+    """One registration at a time per registered model, across processes."""
+    with store.cross_process_lock(session.uri, f"mlflow-registry:{name}") as locked:
+        if not locked:
+            logger.warning(
+                "no cross-process registry lock for %s; relying on tags and retries", session.safe_uri
+            )
+        yield

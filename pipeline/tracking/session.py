@@ -1,0 +1,95 @@
+"""Opening the tracking store: reachability, the schema check, MLflow's engines, the experiment."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import LookupFailedError
+from pipeline.settings import artifact_root_override, redact_uri, temporary_environment, tracking_uri
+from pipeline.tracking import store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrackingSession:
+    """A connected tracking store and the experiment the pipeline logs to."""
+
+    uri: str
+    experiment_id: str
+    experiment_name: str
+    client: MlflowClient
+
+    @property
+    def safe_uri(self) -> str:
+        return redact_uri(self.uri)
+
+
+def artifact_location(config: PipelineConfig) -> str:
+    """Where a new experiment keeps artifacts, as a URI (the UI server serves the same)."""
+    location = artifact_root_override() or config.tracking.artifact_location
+    if "://" in location:
+        return location
+    return config.resolve(location).as_uri()
+
+
+def open_session(config: PipelineConfig) -> TrackingSession:
+    """Point MLflow at the configured store and make sure the experiment exists."""
+    uri = tracking_uri(config.root)
+    store.wait_until_reachable(uri, config.tracking.connect_retries, config.tracking.connect_backoff_seconds)
+    # Several pipelines starting on a new database would race to create MLflow's tables and the
+    # experiment: one process at a time sets the store up.
+    with store.cross_process_lock(uri, "mlflow-store-setup") if store.is_database(uri) else nullcontext():
+        experiment_id = _set_up_store(config, uri)
+    name = config.tracking.experiment
+    logger.info("tracking to %s, experiment '%s' (%s)", redact_uri(uri), name, experiment_id)
+    return TrackingSession(
+        uri=uri, experiment_id=experiment_id, experiment_name=name, client=MlflowClient(uri)
+    )
+
+
+def _pool_environment(config: PipelineConfig, uri: str) -> dict[str, str]:
+    """MLflow sizes its PostgreSQL engines from the environment only; the config is the source."""
+    if not store.is_postgres(uri):
+        return {}
+    return {
+        "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": str(config.tracking.pool_size),
+        "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(config.tracking.max_overflow),
+    }
+
+
+def _set_up_store(config: PipelineConfig, uri: str) -> str:
+    """Check the schema, let MLflow create its tables, find or create the experiment; its id."""
+    if store.is_database(uri):
+        store.check_schema_revision(uri)
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    name = config.tracking.experiment
+    # MLflow keeps one engine per store URI for the life of the process: both are created here,
+    # inside the pool settings, and the environment is restored afterwards.
+    with temporary_environment(**_pool_environment(config, uri)):
+        try:
+            experiment = client.get_experiment_by_name(name)
+            client.search_registered_models(max_results=1)
+        except mlflow.exceptions.MlflowException as error:
+            store.raise_if_schema_outdated(error, uri)
+            raise
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(config))
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our look-up and create.
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage != "active":
+        raise LookupFailedError(
+            f"experiment '{name}' is deleted; restore it or choose another tracking.experiment"
+        )
+    return experiment.experiment_id

@@ -1,0 +1,346 @@
+"""Stage 2 end to end on SQLite and PostgreSQL, checked by querying MLflow back."""
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from sklearn.pipeline import Pipeline
+
+from pipeline import cli, tuning
+from pipeline.stages import optimize, research
+from pipeline.tracking import keys, lookups, runs, session
+from tests.conftest import PROJECT_ROOT, make_config, small_params
+
+pytestmark = pytest.mark.integration
+
+TEST_METRICS = [
+    "test_roc_auc",
+    "test_average_precision",
+    "test_log_loss",
+    "test_brier",
+    "test_ks",
+    "test_gini",
+    "test_expected_cost",
+    "test_tn",
+    "test_fp",
+    "test_fn",
+    "test_tp",
+]
+PLOTS = [
+    "roc_curve.png",
+    "precision_recall.png",
+    "calibration.png",
+    "confusion_matrix.png",
+    "cost_vs_threshold.png",
+    "score_distribution.png",
+    "permutation_importance.png",
+]
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, study: str) -> list:
+    return client.search_runs(
+        [experiment_id], filter_string=f"tags.`{keys.TAG_OPTUNA_STUDY}` = '{study}'", max_results=1000
+    )
+
+
+def check_landed(uri: str, result: optimize.OptimizeResult, config) -> MlflowClient:
+    client = MlflowClient(uri)
+    parent = client.get_run(result.run_id)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert parent.info.status == "FINISHED"
+    assert tags[keys.TAG_STAGE] == "optimize" and tags[keys.TAG_ROLE] == "stage"
+    assert tags[keys.TAG_RESEARCH_RUN] == result.research_run_id
+    assert tags[keys.TAG_DATASET_DIGEST] == result.dataset_digest
+    families = json.loads(tags[keys.TAG_TUNED_FAMILIES])
+    assert len(families) == config.optimize.top_k == len(result.families)
+    assert tags[keys.TAG_BEST_FAMILY] == result.best_family
+    # One tuned family, or the soft vote of all of them when it cross-validated better.
+    assert result.best_family in [*families, "soft_vote(" + "+".join(families) + ")"]
+    assert tags[keys.TAG_CALIBRATION] in {"none", "sigmoid", "isotonic"}
+    assert float(tags[keys.TAG_THRESHOLD]) == result.threshold == metrics["threshold"]
+    assert tags[keys.TAG_MODEL_URI] == f"models:/{tags[keys.TAG_MODEL_ID]}" == result.model_uri
+    for name in [*TEST_METRICS, "cv_roc_auc", "cv_expected_cost"]:
+        assert name in metrics, name
+    assert 0.5 < metrics["test_roc_auc"] <= 1
+    assert sum(metrics[k] for k in ("test_tn", "test_fp", "test_fn", "test_tp")) == 250
+
+    # Every trial is a nested run, once, tagged with its study and number.
+    experiment_id = parent.info.experiment_id
+    for outcome in result.families:
+        assert tags[f"optimize.study.{outcome.family}"] == outcome.study_name
+        trials = trial_runs(client, experiment_id, outcome.study_name)
+        numbers = sorted(int(r.data.tags[keys.TAG_OPTUNA_TRIAL]) for r in trials)
+        assert numbers == list(range(config.optimize.n_trials))
+        for run in trials:
+            assert run.data.tags[keys.TAG_ROLE] == "trial"
+            assert run.data.tags[keys.TAG_FAMILY] == outcome.family
+            assert run.data.params["family"] == outcome.family
+            if run.info.status == "FINISHED":
+                assert 0 < run.data.metrics["cv_roc_auc"] <= 1 and "cv_expected_cost" in run.data.metrics
+
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {f"plots/{name}" for name in PLOTS} <= artifacts
+    scores = pd.read_csv(
+        io.StringIO(
+            runs.download_artifact_text(
+                session.TrackingSession(uri, experiment_id, "", client),
+                result.run_id,
+                keys.ARTIFACT_TEST_SCORES,
+            )
+        )
+    )
+    assert list(scores.columns) == ["row_index", "y_true", "score"] and len(scores) == 250
+    return client
+
+
+def reproduce_in_fresh_process(uri: str, model_uri: str, run_id: str, config_overrides: dict) -> dict:
+    """Load the model by its models:/ URI in a new interpreter and score the recorded test rows."""
+    script = textwrap.dedent(
+        f"""
+        import io, json, sys
+        import numpy as np, pandas as pd
+        from pipeline.data import load_dataset
+        from pipeline.tracking import model_io
+        from tests.conftest import make_config, small_params
+
+        loaded = model_io.load_model({model_uri!r}, {uri!r})
+        import mlflow
+        text = mlflow.artifacts.load_text("runs:/{run_id}/{keys.ARTIFACT_TEST_SCORES}")
+        recorded = pd.read_csv(io.StringIO(text))
+        dataset = load_dataset(make_config(small_params(**{config_overrides!r})))
+        scores = loaded.estimator.predict_proba(dataset.features.iloc[recorded["row_index"]])[:, 1]
+        print(json.dumps({{
+            "equal": bool(np.array_equal(scores, recorded["score"].to_numpy())),
+            "max_diff": float(np.max(np.abs(scores - recorded["score"].to_numpy()))),
+            "threshold": model_io.model_threshold({model_uri!r}),
+            "type": type(loaded.estimator).__name__,
+        }}))
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, cwd=PROJECT_ROOT
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def fit_spy(monkeypatch):
+    """Records, in order, which dataset rows every Pipeline fit and predict_proba saw."""
+    events: list[tuple[str, set[int]]] = []
+    original_fit, original_predict = Pipeline.fit, Pipeline.predict_proba
+
+    def fit(self, X, y=None, **kwargs):
+        events.append(("fit", set(map(int, X.index))))
+        return original_fit(self, X, y, **kwargs)
+
+    def predict_proba(self, X, **kwargs):
+        events.append(("predict", set(map(int, X.index))))
+        return original_predict(self, X, **kwargs)
+
+    monkeypatch.setattr(Pipeline, "fit", fit)
+    monkeypatch.setattr(Pipeline, "predict_proba", predict_proba)
+    return events
+
+
+def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store, fit_spy):
+    first_config = make_config(small_params(optimize={"n_trials": 2}))
+    research_result = research.run(first_config)
+    client = MlflowClient(sqlite_store)
+    indices = json.loads(
+        runs.download_artifact_text(
+            session.TrackingSession(sqlite_store, "", "", client),
+            research_result.run_id,
+            keys.ARTIFACT_SPLIT,
+        )
+    )
+    train_rows, test_rows = set(indices["train"]), set(indices["test"])
+    fit_spy.clear()
+
+    first = optimize.run(first_config)
+    assert first.research_run_id == research_result.run_id
+
+    # The test part, as recorded by research, is never fitted on, and only scored after the last fit.
+    fits = [i for i, (kind, _) in enumerate(fit_spy) if kind == "fit"]
+    assert fits and all(fit_spy[i][1] <= train_rows for i in fits)
+    touching_test = [i for i, (_, rows) in enumerate(fit_spy) if rows & test_rows]
+    assert touching_test and min(touching_test) > max(fits)
+    assert all(fit_spy[i][0] == "predict" for i in touching_test)
+
+    # Rerun with a higher cap: the same studies resume, only the missing trials run, none twice.
+    config = make_config(small_params(optimize={"n_trials": 4}))
+    second = optimize.run(config)
+    assert [o.study_name for o in second.families] == [o.study_name for o in first.families]
+    assert all(o.trials_done == 4 and o.trials_run_now == 2 for o in second.families)
+    check_landed(sqlite_store, second, config)
+    summary = second.describe()
+    assert f"winner {second.best_family}" in summary and "expected cost / applicant" in summary
+    assert all(o.family in summary for o in second.families)
+
+    # Studies live in a sibling file, not in MLflow's database.
+    location = tuning.storage_location(sqlite_store, PROJECT_ROOT)
+    assert location.url.endswith("mlflow-optuna.db")
+    mlflow_tables = set(sqlalchemy.inspect(sqlalchemy.create_engine(sqlite_store)).get_table_names())
+    assert "runs" in mlflow_tables and "studies" not in mlflow_tables
+
+    loaded = reproduce_in_fresh_process(sqlite_store, second.model_uri, second.run_id, {})
+    assert loaded["equal"], loaded
+    assert loaded["threshold"] == second.threshold
+
+
+@pytest.mark.parametrize("half_written", [False, True], ids=["run-never-created", "run-created-not-closed"])
+def test_crash_after_a_trial_resumes_without_lost_or_duplicate_runs(
+    sqlite_store, small_config, monkeypatch, half_written
+):
+    research.run(small_config)
+    calls = {"n": 0}
+    original = runs.log_child_run
+
+    def flaky(session, parent_run_id, run_name, tags, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second trial finished in Optuna, but its run never lands
+            if half_written:  # the store went away after the run's first round trip
+                session.client.create_run(
+                    session.experiment_id,
+                    run_name=run_name,
+                    tags={**tags, MLFLOW_PARENT_RUN_ID: parent_run_id},
+                )
+            raise RuntimeError("store went away")
+        return original(session, parent_run_id, run_name, tags, **kwargs)
+
+    monkeypatch.setattr(runs, "log_child_run", flaky)
+    with pytest.raises(RuntimeError, match="store went away"):
+        optimize.run(small_config)
+    monkeypatch.setattr(runs, "log_child_run", original)
+
+    client = MlflowClient(sqlite_store)
+    failed = lookups.search_stage_runs(runs.connect(small_config), "optimize", status="FAILED")
+    assert len(failed) == 1
+
+    result = optimize.run(small_config)
+    experiment_id = client.get_run(result.run_id).info.experiment_id
+    half_written_runs = []
+    for outcome in result.families:
+        trials = trial_runs(client, experiment_id, outcome.study_name)
+        numbers = [int(r.data.tags[keys.TAG_OPTUNA_TRIAL]) for r in trials if r.info.status != "FAILED"]
+        assert sorted(numbers) == list(range(small_config.optimize.n_trials))
+        half_written_runs += [r for r in trials if r.info.status == "FAILED"]
+    # The half-written run was ended FAILED with its stage, and its trial was recorded again.
+    assert len(half_written_runs) == int(half_written)
+
+
+def write_config(tmp_path, **replacements) -> str:
+    text = (PROJECT_ROOT / "params.yaml").read_text()
+    text = text.replace("path: data/german_credit.csv", f"path: {PROJECT_ROOT}/data/german_credit.csv")
+    for old, new in replacements.items():
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_research_run_for_other_data_or_split_is_exit_2(sqlite_store, tmp_path, small_config, capsys):
+    config_path = write_config(tmp_path)
+    assert cli.main(["optimize", "--config", config_path, "--profile", "fast"]) == 2
+    assert "no finished research run" in capsys.readouterr().err
+
+    research_result = research.run(small_config)
+    other_data = write_config(tmp_path, **{"drop: []": "drop: [telephone]"})
+    code = cli.main(
+        ["optimize", "--config", other_data, "--research-run-id", research_result.run_id, "--profile", "fast"]
+    )
+    assert code == 2
+    assert "but the data now has digest" in capsys.readouterr().err
+
+    # Same data, another seed: research held out other rows, so its ranking may have seen our test part.
+    other_split = write_config(tmp_path, **{"seed: 42": "seed: 7"})
+    assert cli.main(["optimize", "--config", other_split, "--profile", "fast"]) == 2
+    assert "held out other test rows" in capsys.readouterr().err
+    found = lookups.search_stage_runs(runs.connect(small_config), "optimize", status=None)
+    assert found == []  # refused before any run was created
+
+
+@pytest.mark.postgres
+def test_optimize_on_postgres(postgres_store, small_config):
+    research.run(small_config)
+    result = optimize.run(small_config)
+    check_landed(postgres_store, result, small_config)
+
+    # Optuna has its own schema (and alembic_version) in the same database; MLflow's stays intact.
+    inspector = sqlalchemy.inspect(sqlalchemy.create_engine(postgres_store))
+    assert {"studies", "trials", "alembic_version"} <= set(inspector.get_table_names(schema="optuna"))
+    public = set(inspector.get_table_names(schema="public"))
+    assert "runs" in public and "studies" not in public
+    client = MlflowClient(postgres_store)
+    experiment_id = client.get_run(result.run_id).info.experiment_id
+    client.set_terminated(client.create_run(experiment_id).info.run_id)
+    assert len(client.search_runs([experiment_id], max_results=1000)) >= 2
+
+    loaded = reproduce_in_fresh_process(postgres_store, result.model_uri, result.run_id, {})
+    assert loaded["equal"], loaded
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys
+    from pipeline import tuning
+    from pipeline.data import load_dataset, split_dataset
+    from pipeline.training import folds
+    from tests.conftest import PROJECT_ROOT, make_config, small_params
+
+    url, name, cap = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    config = make_config(small_params())
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    x, y = dataset.features.iloc[split.train_index], dataset.target.iloc[split.train_index]
+    objective = tuning.make_objective(
+        "logistic_regression", config.optimize.search_spaces["logistic_regression"], x, y,
+        folds(y, 3, config.seed), dataset.categorical, dataset.numeric, config.costs, config.seed,
+    )
+    study = tuning.open_study(tuning.open_storage(url, PROJECT_ROOT), name, seed=config.seed)
+    print(tuning.tune(study, objective, cap, timeout_seconds=None))
+    """
+)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_two_processes_share_one_study_on_postgres(postgres_url):
+    name, cap = "shared-study", 24
+    # The first worker creates the schema and study; the others join it.
+    tuning.open_study(tuning.open_storage(postgres_url, PROJECT_ROOT), name, seed=42)
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, postgres_url, name, str(cap)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=PROJECT_ROOT,
+        )
+        for _ in range(2)
+    ]
+    ran = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+        ran.append(int(out.strip().splitlines()[-1]))
+
+    study = tuning.open_study(tuning.open_storage(postgres_url, PROJECT_ROOT), name, seed=42)
+    numbers = sorted(t.number for t in study.trials)
+    assert numbers == list(range(len(numbers)))  # unique and contiguous: none duplicated or lost
+    assert len(tuning.done_trials(study)) == sum(ran) == len(numbers)
+    assert all(n > 0 for n in ran)  # both really took part
+    # The shared cap holds, give or take the trials already running when it was reached.
+    assert cap <= len(numbers) <= cap + len(workers) - 1
+    ids = {t._trial_id for t in study.trials}
+    assert len(ids) == len(numbers)
+    assert np.isfinite(study.best_value)

@@ -1,0 +1,188 @@
+"""Batch scoring with a registered model: output, threshold semantics, and input checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import cli
+from pipeline.errors import DataError
+from pipeline.stages import predict, register
+from pipeline.tracking import model_io
+from tests.conftest import PROJECT_ROOT, make_config, small_params
+from tests.integration.fakes import fake_optimize_run, fake_research_run
+
+CHAMPION = "models:/loan-default-classifier@champion"
+GERMAN = PROJECT_ROOT / "data" / "german_credit.csv"
+
+
+@pytest.fixture
+def champion(sqlite_store, tmp_path):
+    """A registered champion, the config file it was made with, and a few applicants."""
+    raw = small_params(register={"min_test_roc_auc": 0.5})
+    config = make_config(raw)
+    research_id = fake_research_run(config, {"dummy": 0.5})
+    result = register.run(config, optimize_run_id=fake_optimize_run(config, research_id))
+    assert result.decision == "promoted"
+    raw["dataset"]["path"] = str(GERMAN)
+    config_path = tmp_path / "params.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    applicants = pd.read_csv(GERMAN, dtype=str).head(12)
+    return config, config_path, applicants
+
+
+def _write(tmp_path, frame: pd.DataFrame, name: str = "applicants.csv"):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.integration
+def test_scores_rows_at_the_recorded_threshold(champion, tmp_path, caplog):
+    config, _, applicants = champion
+    output = tmp_path / "out" / "scored.csv"
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.predict"):
+        result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
+    scored = pd.read_csv(output, dtype={"decision": str})
+    assert list(scored.columns) == [*applicants.columns, "default_probability", "decision"]
+    assert len(scored) == result.rows == 12
+    model = model_io.load_model(CHAMPION)
+    features = applicants.drop(columns=["default"]).astype(
+        {c: float for c in ("duration_months", "credit_amount", "age")}
+    )
+    expected = model.estimator.predict_proba(features)[:, 1]
+    np.testing.assert_allclose(scored["default_probability"], expected, rtol=1e-9)
+    threshold = model_io.model_threshold(CHAMPION)
+    assert result.threshold == threshold
+    assert (scored["decision"] == np.where(expected >= threshold, "reject", "accept")).all()
+    assert result.rejected == int((scored["decision"] == "reject").sum())
+    # The target column is not a model input: ignored, and said so.
+    assert result.check.extra_columns == ["default"]
+    assert "ignoring 1 input column(s) the model does not use: default" in caplog.text
+    # The input columns are written back unchanged.
+    pd.testing.assert_frame_equal(scored[applicants.columns].astype(str), applicants.astype(str))
+
+
+@pytest.mark.integration
+def test_unseen_categories_are_scored_and_counted(champion, tmp_path, caplog):
+    config, _, applicants = champion
+    changed = applicants.copy()
+    changed.loc[[0, 3], "purpose"] = "spaceship"
+    changed.loc[5, "housing"] = "castle"
+    output = tmp_path / "scored.csv"
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.predict"):
+        result = predict.run(config, CHAMPION, _write(tmp_path, changed), output)
+    assert result.check.unseen_categories == {"purpose": 2, "housing": 1}
+    assert "3 value(s) in 2 column(s) were not seen in training" in caplog.text
+    scored = pd.read_csv(output)
+    assert scored["default_probability"].between(0, 1).all()
+    assert len(scored) == 12
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["age"]), "lacks column(s) the model needs: age"),
+        (lambda f: f.assign(age=["abc", *f["age"][1:]]), "column 'age' must be numeric"),
+        (lambda f: f.head(0), "no rows to score"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(champion, tmp_path, capsys, change, message):
+    _, config_path, applicants = champion
+    output = tmp_path / "scored.csv"
+    path = _write(tmp_path, change(applicants))
+    capsys.readouterr()  # drop what the fixture printed
+    code = cli.main(
+        ["predict", "--quiet", "--config", str(config_path), "--model", CHAMPION, "--input", str(path),
+         "--output", str(output)]
+    )  # fmt: skip
+    stderr = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(stderr.splitlines()) == 1
+    assert message in stderr
+    assert not output.exists()
+
+
+@pytest.mark.integration
+def test_cli_subprocess_scores_and_refuses_empty_file(champion, tmp_path):
+    _, config_path, applicants = champion
+    output = tmp_path / "scored.csv"
+    command = [sys.executable, "-m", "pipeline", "predict", "--quiet", "--config", str(config_path)]
+    done = subprocess.run(
+        [*command, "--model", CHAMPION, "--input", str(_write(tmp_path, applicants.head(5))),
+         "--output", str(output)],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "scored 5 applicants" in done.stdout
+    scored = pd.read_csv(output)
+    assert set(scored["decision"]) <= {"accept", "reject"}
+    assert len(scored) == 5
+
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    failed = subprocess.run(
+        [*command, "--model", CHAMPION, "--input", str(empty), "--output", str(tmp_path / "x.csv")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ), cwd=PROJECT_ROOT,
+    )  # fmt: skip
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == "data error: input file empty.csv is empty"
+
+
+# --- Pure input checks (no store) ----------------------------------------------------------------
+
+COLUMNS = [("age", "numeric"), ("purpose", "text")]
+
+
+def test_prepare_input_types_columns_and_reports_extras():
+    frame = pd.DataFrame({"purpose": ["car", None], "age": ["30", ""], "id": ["a", "b"]})
+    features, check = predict.prepare_input(frame, COLUMNS, {"purpose": {"car"}})
+    assert list(features.columns) == ["age", "purpose"]
+    assert features["age"].dtype == float
+    assert features["age"].iloc[0] == 30.0
+    assert np.isnan(features["age"].iloc[1])  # missing stays missing: the imputer handles it
+    assert features["purpose"].iloc[0] == "car"
+    assert check.extra_columns == ["id"]
+    assert check.unseen_categories == {}
+
+
+def test_prepare_input_rejects_infinite_numbers():
+    frame = pd.DataFrame({"purpose": ["car"], "age": ["inf"]})
+    with pytest.raises(DataError, match="column 'age' holds infinite values"):
+        predict.prepare_input(frame, COLUMNS, {})
+
+
+def test_decision_is_reject_at_or_above_threshold():
+    scored = predict.score(pd.DataFrame({"x": [1, 2, 3]}), np.array([0.2, 0.3, 0.4]), 0.3)
+    assert scored["decision"].tolist() == ["accept", "reject", "reject"]
+
+
+@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
+def test_known_categories_found_inside_calibrated_models(family):
+    from sklearn.calibration import CalibratedClassifierCV
+
+    from pipeline.models import build_estimator
+
+    frame = pd.read_csv(GERMAN).head(200)
+    target = frame.pop("default")
+    categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
+    numeric = [c for c in frame.columns if c not in categorical]
+    model = CalibratedClassifierCV(build_estimator(family, {}, categorical, numeric, 0), cv=2)
+    model.fit(frame, target)
+    known = predict.known_categories(model)
+    assert set(known) == set(categorical)
+    assert known["purpose"] == set(frame["purpose"])
+    changed = frame.astype({c: str for c in numeric}).copy()
+    changed.loc[:4, "purpose"] = "spaceship"
+    _, check = predict.prepare_input(
+        changed, [(c, "text" if c in categorical else "numeric") for c in frame], known
+    )
+    assert check.unseen_categories == {"purpose": 5}

@@ -1,0 +1,70 @@
+"""The final estimator of stage 2: the soft vote judged from its members' out-of-fold scores."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from pipeline.data import load_dataset
+from pipeline.models import build_ensemble
+from pipeline.selection import FamilyOutcome, choose_final_estimator, estimator_for
+from pipeline.training import cross_validate, folds
+from tests.conftest import make_config, small_params
+
+
+def _ensemble_case(best_single_auc: float, min_gain: float):
+    raw = small_params()
+    raw["optimize"]["ensemble_min_gain"] = min_gain
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    best = {"cv_roc_auc": best_single_auc, "cv_expected_cost": 0.6}
+    outcomes = [
+        FamilyOutcome("logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, best),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}),
+    ]
+    return choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+
+
+def test_soft_vote_is_kept_when_it_beats_the_best_family_by_the_margin():
+    kept = _ensemble_case(best_single_auc=0.55, min_gain=0.01)  # the vote scores about 0.75 here
+    assert kept.name == "soft_vote(logistic_regression+naive_bayes)"
+    assert kept.cv is not None
+    assert kept.cv_metrics["cv_roc_auc"] > 0.56
+
+
+def test_soft_vote_is_dropped_when_it_does_not_beat_the_margin():
+    dropped = _ensemble_case(best_single_auc=0.55, min_gain=0.99)
+    assert dropped.name == "logistic_regression"
+    assert dropped.cv is None
+    assert dropped.cv_metrics["cv_roc_auc"] == 0.55
+
+
+def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
+    """The chosen subset's CV equals cross-validating the VotingClassifier itself on the same folds."""
+    config = make_config(small_params())
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    weak = {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}
+    outcomes = [
+        FamilyOutcome("logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, weak),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, weak),
+        FamilyOutcome("decision_tree", "s3", 1, 1, 0, {"max_depth": 3}, weak),
+    ]
+    chosen = choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+    assert chosen.name.startswith("soft_vote(")
+    refit = cross_validate(chosen.estimator, x, y, splits, config.costs)
+    np.testing.assert_allclose(chosen.cv.oof_scores, refit.oof_scores, rtol=1e-9, atol=1e-12)
+    assert chosen.cv_metrics["cv_roc_auc"] == pytest.approx(refit.summary()["cv_roc_auc_mean"])
+    assert chosen.cv.threshold == pytest.approx(refit.threshold)
+    # No other vote, each refit for real, beats it: a larger one not at all, a smaller one not by
+    # more than the margin it would need.
+    chosen_size, margin = len(chosen.estimator.estimators), config.optimize.ensemble_min_gain
+    for size in (2, 3):
+        for combo in itertools.combinations(outcomes, size):
+            vote = build_ensemble([(o.family, estimator_for(config, dataset, o)) for o in combo])
+            auc = cross_validate(vote, x, y, splits, config.costs).summary()["cv_roc_auc_mean"]
+            allowed = margin if size < chosen_size else 0.0
+            assert auc <= chosen.cv_metrics["cv_roc_auc"] + allowed + 1e-12
