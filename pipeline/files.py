@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,3 +77,35 @@ def write_csv_chunks_atomic(path: Path | str, chunks: Iterable[pd.DataFrame]) ->
         return rows
 
     return write_stream_atomic(path, write)
+
+
+def staging_folder(target: Path | str) -> Path:
+    """A new empty folder beside ``target`` to write a set of files into before :func:`publish`."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = target.parent / f".{target.name}.staging-{uuid.uuid4().hex[:8]}"
+    staged.mkdir()
+    return staged
+
+
+def publish(staged: Path, target: Path | str, entries: list[str]) -> None:
+    """Move ``entries`` (files or folders) of ``staged`` into ``target`` in order, replacing what is
+    there, then remove ``staged``.
+
+    Only local renames happen here, after every file was written: a failure while the files were
+    being produced leaves ``target`` exactly as it was. List the entry that vouches for the others
+    (a manifest) last.
+    """
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in entries:
+        source, destination = staged / entry, target / entry
+        if source.is_dir():
+            old = target / f".{entry}.old-{uuid.uuid4().hex[:8]}"
+            if destination.exists():
+                os.replace(destination, old)
+            os.replace(source, destination)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(source, destination)
+    shutil.rmtree(staged, ignore_errors=True)

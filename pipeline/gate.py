@@ -23,6 +23,7 @@ The rule, in full:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -155,6 +156,18 @@ def resample_weights(n_rows: int, samples: int, seed: int) -> np.ndarray:
     return _draw_weights(np.random.default_rng(seed), n_rows, samples)
 
 
+def resample_blocks(n_rows: int, samples: int, seed: int) -> Iterator[np.ndarray]:
+    """The seeded resamples as blocks of weight rows (how often each test row is drawn).
+
+    Drawn block by block from one seeded stream: the same resamples whatever the block size,
+    and memory bounded by ``_CHUNK_CELLS`` however large the test part.
+    """
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // max(n_rows, 1))
+    for start in range(0, samples, chunk):
+        yield _draw_weights(rng, n_rows, min(chunk, samples - start))
+
+
 def _draw_weights(rng: np.random.Generator, n_rows: int, samples: int) -> np.ndarray:
     drawn = rng.integers(0, n_rows, size=(samples, n_rows))
     offsets = drawn + (np.arange(samples)[:, None] * n_rows)
@@ -203,13 +216,8 @@ def paired_bootstrap(
     n_rows = len(y_true)
     challenger_costs = row_costs(y_true, challenger_scores, challenger_threshold, costs)
     champion_costs = row_costs(y_true, champion_scores, champion_threshold, costs)
-    # Drawn block by block from one seeded stream: the same resamples whatever the block size,
-    # and memory bounded by _CHUNK_CELLS however large the test part.
-    rng = np.random.default_rng(seed)
     parts = []
-    chunk = max(1, _CHUNK_CELLS // max(n_rows, 1))
-    for start in range(0, samples, chunk):
-        block = _draw_weights(rng, n_rows, min(chunk, samples - start))
+    for block in resample_blocks(n_rows, samples, seed):
         parts.append(
             pd.DataFrame(
                 {

@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from pipeline.comparison import COLUMNS, CONFUSION_COLUMNS, comparison_markdown
 from pipeline.queries import history, tables
 from pipeline.settings import redact
 from pipeline.tracking import keys
@@ -34,6 +35,18 @@ class Views:
     trials: pd.DataFrame
     metric_summary: pd.DataFrame
     registered_models: pd.DataFrame
+    # The latest register run's evidence: champion vs challenger, and both confusion matrices.
+    comparison: pd.DataFrame
+    confusion: pd.DataFrame
+
+    @classmethod
+    def empty(cls, **given: pd.DataFrame) -> Views:
+        """Views of a store where nothing ran yet, with the frames in ``given`` filled in."""
+        frames = {name: pd.DataFrame() for name in cls.__dataclass_fields__}
+        frames["leaderboard"] = pd.DataFrame(columns=history.LEADERBOARD_COLUMNS)
+        frames["comparison"] = pd.DataFrame(columns=COLUMNS)
+        frames["confusion"] = pd.DataFrame(columns=CONFUSION_COLUMNS)
+        return cls(**{**frames, **given})
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -54,28 +67,30 @@ def top_of_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
 
 def build_views(store: tables.Store, uri: str, experiment: str | None, model_name: str) -> Views:
     """Every derived table; empty frames (with their columns) when the experiment or a stage is absent."""
+    registered = registered_models_frame(uri, model_name)
     if experiment is None:
-        empty = pd.DataFrame()
-        return Views(
-            leaderboard=pd.DataFrame(columns=history.LEADERBOARD_COLUMNS),
-            champion_history=history.champion_history(store, model_name),
-            gate_decisions=empty,
-            run_durations=empty,
-            lineage=empty,
-            trials=empty,
-            metric_summary=empty,
-            registered_models=registered_models_frame(uri, model_name),
+        return Views.empty(
+            champion_history=history.champion_history(store, model_name), registered_models=registered
         )
+    gates = history.gate_decisions(store, experiment)
     return Views(
         leaderboard=history.leaderboard(store, experiment),
         champion_history=history.champion_history(store, model_name),
-        gate_decisions=history.gate_decisions(store, experiment),
+        gate_decisions=gates,
         run_durations=history.run_durations(store, experiment),
         lineage=history.lineage(store, experiment, model_name),
         trials=history.trials(store, experiment),
         metric_summary=history.metric_summary(store, experiment),
-        registered_models=registered_models_frame(uri, model_name),
+        registered_models=registered,
+        comparison=latest_gate_artifact(uri, gates, keys.ARTIFACT_COMPARISON, COLUMNS),
+        confusion=latest_gate_artifact(uri, gates, keys.ARTIFACT_CONFUSION, CONFUSION_COLUMNS),
     )
+
+
+def latest_gate_artifact(uri: str, gates: pd.DataFrame, path: str, columns: list[str]) -> pd.DataFrame:
+    """A table the newest register run logged (empty, with ``columns``, when there is none)."""
+    frame = None if gates.empty else load_artifact_frame(uri, gates.iloc[0]["run_id"], path)
+    return pd.DataFrame(columns=columns) if frame is None else frame
 
 
 def champion_of(history: pd.DataFrame) -> dict[str, Any] | None:
@@ -126,6 +141,50 @@ def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
     return curves
 
 
+def verdict_lines(views: Views) -> list[str]:
+    """The first lines of every summary: what the gate decided about the newest model, and why."""
+    gates = views.gate_decisions
+    if gates.empty:
+        return ["# Model check: no registration yet", "", "_No register run in this experiment yet._"]
+    last = gates.iloc[0]
+    decision = str(last.get("decision") or "unknown")
+    champion = champion_of(views.champion_history)
+    version = last.get("version") or "n/a"
+    lines = [f"# Model check: {decision.replace('_', ' ')}", ""]
+    if decision == "promoted":
+        lines.append(f"**Promoted**: `{last.get('model_name')}` version {version} is the champion now.")
+    elif decision == "rejected":
+        held = f"version {champion['version']}" if champion else "no version"
+        lines.append(f"**Rejected**: version {version} stays challenger; {held} remains champion.")
+    else:
+        lines.append(f"**{decision}**: `{last.get('model_name')}` version {version}.")
+    lines.append(f"Reason: {last.get('reason') or 'no reason recorded'}")
+    return lines
+
+
+def comparison_lines(views: Views) -> list[str]:
+    """The comparison on the test part, and the business view at each model's threshold."""
+    if views.comparison.empty:
+        return []
+    confusion = views.confusion
+    applicants = int(confusion.iloc[0][["tn", "fp", "fn", "tp"]].sum()) if not confusion.empty else None
+    who = "Champion against challenger" if views.comparison["champion"].notna().any() else "The challenger"
+    rows = f" on the same {applicants:,} held-out applicants" if applicants else ""
+    lines = ["", f"## {who}{rows}, each at its own threshold", "", comparison_markdown(views.comparison)]
+    if not confusion.empty:
+        lines += ["", "Decisions at the threshold (reject when the probability is at or above it):", ""]
+        shown = confusion.rename(
+            columns={
+                "tn": "good, accepted",
+                "fp": "good, rejected",
+                "fn": "defaulter, accepted",
+                "tp": "defaulter, rejected",
+            }
+        )
+        lines.append(shown.to_markdown(index=False, floatfmt=".4f"))
+    return lines
+
+
 def summary_markdown(
     safe_uri: str,
     experiment_name: str,
@@ -133,15 +192,9 @@ def summary_markdown(
     views: Views,
     revision: str | None,
 ) -> str:
-    """A page short enough for ``$GITHUB_STEP_SUMMARY``: top of the leaderboard, champion,
-    last gate decision and row counts of the tables people read."""
-    parts = [
-        "# MLflow results",
-        f"Store `{safe_uri}`, experiment `{experiment_name}`, schema revision `{revision or 'unknown'}`, "
-        f"MLflow {mlflow.__version__}.",
-        "",
-        "## Leaderboard",
-    ]
+    """A page short enough for ``$GITHUB_STEP_SUMMARY`` and a pull-request comment: the verdict and
+    the comparison first, then the leaderboard, the champion and the store's row counts."""
+    parts = [*verdict_lines(views), *comparison_lines(views), "", "## Leaderboard"]
     board = views.leaderboard
     if board.empty:
         parts.append("_No research run in this experiment yet._")
@@ -150,24 +203,15 @@ def summary_markdown(
         # Research candidates have no test metrics: blank cells, not "nan".
         top = top.astype(object).where(top.notna(), None)
         parts.append(top.to_markdown(index=False, floatfmt=".4f", missingval=""))
-    parts += ["", "## Champion"]
-    parts.append(champion_text(champion_of(views.champion_history)))
-    parts += ["", "## Last gate decision"]
-    gates = views.gate_decisions
-    if gates.empty:
-        parts.append("_No register run yet._")
-    else:
-        last = gates.iloc[0]
-        parts.append(
-            f"**{last.get('decision') or 'unknown'}** for `{last.get('model_name')}` version "
-            f"{last.get('version') or 'n/a'} ({last['start_time']:%Y-%m-%d %H:%M} UTC): "
-            f"{last.get('reason') or 'no reason recorded'}"
-        )
+    parts += ["", "## Champion", champion_text(champion_of(views.champion_history))]
     loaded = counts[counts["loaded"]][["table", "rows"]]
     others = counts[~counts["loaded"]]
     parts += [
         "",
-        "## Table row counts",
+        "## The store",
+        f"`{safe_uri}`, experiment `{experiment_name}`, schema revision `{revision or 'unknown'}`, "
+        f"MLflow {mlflow.__version__}.",
+        "",
         loaded.to_markdown(index=False),
         "",
         f"{len(others)} other tables hold {int(others['rows'].sum())} rows (see `table_counts.csv`).",

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import gate, plots
+from pipeline.comparison import compare_models, comparison_markdown, confusion_frame
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
@@ -76,6 +77,15 @@ class Outcome:
     figures: dict[str, float] = field(default_factory=dict)
     resumed: bool = False
     earlier_decision: str | None = None  # for ALREADY_REGISTERED: what the gate decided then
+    evidence: Evidence | None = None  # the comparison table and confusion matrices, for people
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Champion and challenger on the same test rows, each at its own threshold (pipeline.comparison)."""
+
+    table: pd.DataFrame
+    confusion: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ class RegisterResult:
                 f"  P(improvement): cost {f['probability_of_improvement_cost']:.3f}, "
                 f"ROC AUC {f['probability_of_improvement_roc_auc']:.3f}"
             )
+        if o.evidence is not None:
+            lines.append(comparison_markdown(o.evidence.table))
         if o.gate_decision is not None:
             for check in o.gate_decision.floors:
                 mark = "ok" if check.passed else "FAILED"
@@ -199,8 +211,9 @@ def evaluate_gate(
     dataset: Dataset,
     split: Split,
     champion,
-) -> tuple[gate.GateDecision, pd.DataFrame | None, dict[str, float], bool]:
-    """The gate decision, bootstrap draws, figures, and whether the champion saw other data."""
+) -> tuple[gate.GateDecision, pd.DataFrame | None, dict[str, float], bool, Evidence]:
+    """The gate decision, bootstrap draws, figures, whether the champion saw other data, and the
+    comparison people read."""
     settings = config.registration
     test_x = dataset.features.iloc[split.test_index]
     test_y = dataset.target.iloc[split.test_index].to_numpy()
@@ -224,6 +237,7 @@ def evaluate_gate(
     baselines = baseline_scores(session, challenger.research_run_id)
     floors = gate.check_floors(measured["roc_auc"], settings.min_test_roc_auc, baselines)
     comparison, draws, other_data = None, None, False
+    champion_scores, champion_threshold = None, None
     if champion is not None:
         loaded = model_io.load_model(f"models:/{settings.model_name}/{champion.version}")
         champion_threshold = _float(loaded.metadata.get("threshold"))
@@ -263,7 +277,14 @@ def evaluate_gate(
     decision = gate.decide(floors, comparison, settings, notes)
     if decision.probability_of_improvement is not None:
         figures["probability_of_improvement"] = decision.probability_of_improvement
-    return decision, draws, figures, other_data
+    sides = (test_y, challenger_scores, challenger.threshold)
+    evidence = Evidence(
+        table=compare_models(
+            *sides, config.costs, champion_scores, champion_threshold, settings.bootstrap_samples, config.seed
+        ),
+        confusion=confusion_frame(*sides, champion_scores, champion_threshold),
+    )
+    return decision, draws, figures, other_data, evidence
 
 
 # --- Registry moves, under the lock --------------------------------------------------------------
@@ -348,7 +369,7 @@ def register_locked(
     if pending is not None and champion is not None and str(champion.version) == str(pending.version):
         # A crash after the champion alias moved: judge against the version it replaced.
         champion = registry.alias_version(session, name, keys.ALIAS_PREVIOUS)
-    decision, draws, figures, other_data = evaluate_gate(
+    decision, draws, figures, other_data, evidence = evaluate_gate(
         config, session, challenger, dataset, split, champion
     )
     if pending is not None:
@@ -389,6 +410,7 @@ def register_locked(
         other_data=other_data,
         figures=figures,
         resumed=pending is not None,
+        evidence=evidence,
     )
 
 
@@ -417,6 +439,11 @@ def _log_outcome(config: PipelineConfig, session: TrackingSession, run_id: str, 
     if outcome.gate_decision is not None:
         record["gate"] = outcome.gate_decision.to_dict()
     runs.log_dict(session, run_id, json.loads(json.dumps(record, default=str)), keys.ARTIFACT_GATE_DECISION)
+    if outcome.evidence is not None:
+        runs.log_text(session, run_id, outcome.evidence.table.to_csv(index=False), keys.ARTIFACT_COMPARISON)
+        runs.log_text(
+            session, run_id, outcome.evidence.confusion.to_csv(index=False), keys.ARTIFACT_CONFUSION
+        )
     if outcome.draws is not None:
         runs.log_text(session, run_id, outcome.draws.to_csv(index=False), keys.ARTIFACT_BOOTSTRAP)
         figure = plots.bootstrap_chart(

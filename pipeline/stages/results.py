@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ import pandas as pd
 
 from pipeline.config import PipelineConfig
 from pipeline.files import (
+    publish,
+    staging_folder,
     write_csv_atomic,
     write_csv_chunks_atomic,
     write_json_atomic,
@@ -41,6 +44,10 @@ from pipeline.views import (
 )
 
 logger = logging.getLogger(__name__)
+
+# What the results stage owns in its output folder; everything else there (the report's notebook
+# and HTML, the status report) is left alone. manifest.json moves last: it vouches for the rest.
+PUBLISHED_ENTRIES = ["tables", "views", "table_counts.csv", "summary.md"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +107,9 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
     store = tables.open_store(uri)
     logger.info("reading %s (%d tables)", store.safe_uri, len(store.table_names))
     files: list[dict[str, Any]] = []
+    # Everything is written aside and moved into place at the end: reports/ changes as a whole or not
+    # at all, so a store lost mid-stage never leaves new tables beside an old manifest.
+    final, output = output, staging_folder(output)
     try:
         counts = tables.table_counts(store)
         revision = tracking_store.schema_revision(uri)
@@ -125,28 +135,31 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
         for name, frame in views.frames().items():
             path = write_csv_atomic(output / "views" / f"{name}.csv", tables.redact_frame(frame.copy()))
             files.append(_entry(output, path, len(frame)))
+        summary = summary_markdown(store.safe_uri, config.tracking.experiment, counts, views, revision)
+        path = write_text_atomic(output / "summary.md", summary)
+        files.append(_entry(output, path, None))
+        seconds = time.perf_counter() - started
+        manifest = {
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tracking_uri": redact_uri(uri),
+            "experiment": config.tracking.experiment,
+            "experiment_id": experiment,
+            "model_name": config.registration.model_name,
+            "schema_revision": revision,
+            "mlflow_version": mlflow.__version__,
+            "seconds": round(seconds, 3),
+            "files": files,
+        }
+        write_json_atomic(output / "manifest.json", manifest)
+        publish(output, final, [*PUBLISHED_ENTRIES, "manifest.json"])
+    except BaseException:
+        shutil.rmtree(output, ignore_errors=True)
+        raise
     finally:
         store.close()
-
-    summary = summary_markdown(store.safe_uri, config.tracking.experiment, counts, views, revision)
-    path = write_text_atomic(output / "summary.md", summary)
-    files.append(_entry(output, path, None))
-    seconds = time.perf_counter() - started
-    manifest = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tracking_uri": redact_uri(uri),
-        "experiment": config.tracking.experiment,
-        "experiment_id": experiment,
-        "model_name": config.registration.model_name,
-        "schema_revision": revision,
-        "mlflow_version": mlflow.__version__,
-        "seconds": round(seconds, 3),
-        "files": files,
-    }
-    write_json_atomic(output / "manifest.json", manifest)
-    logger.info("wrote %d files to %s in %.1f s", len(files) + 1, output, seconds)
+    logger.info("wrote %d files to %s in %.1f s", len(files) + 1, final, seconds)
     return ResultsResult(
-        output_dir=output,
+        output_dir=final,
         safe_uri=store.safe_uri,
         experiment_id=experiment,
         table_counts=counts,

@@ -114,4 +114,6 @@ PLOT_SCORES = "plots/score_distribution.png"
 PLOT_IMPORTANCE = "plots/permutation_importance.png"
 ARTIFACT_GATE_DECISION = "gate/decision.json"  # register
 ARTIFACT_BOOTSTRAP = "gate/bootstrap.csv"
+ARTIFACT_COMPARISON = "gate/comparison.csv"  # champion vs challenger, every metric with its interval
+ARTIFACT_CONFUSION = "gate/confusion.csv"  # both confusion matrices at their thresholds
 PLOT_BOOTSTRAP = "plots/bootstrap.png"

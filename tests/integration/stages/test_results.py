@@ -100,7 +100,8 @@ def test_summary_is_short_and_says_what_matters(results_run, results_store):
     summary = (results_run.output_dir / "summary.md").read_text()
     assert len(summary) < 8_000
     assert f"version {results_store.champion_version}" in summary
-    assert "**rejected**" in summary
+    assert summary.startswith("# Model check: rejected\n")
+    assert f"**Rejected**: version {results_store.challenger_version} stays challenger" in summary
     assert "| runs " in summary and "optimize-3" in summary
 
 
@@ -222,3 +223,45 @@ def test_no_output_contains_the_password(password_store, tmp_path):
     )
     assert ":***@" in (output / "results.html").read_text()
     assert "champion" in (output / "summary.md").read_text().lower()
+
+
+def _digests(folder) -> dict[str, str]:
+    return {
+        path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_reports_change_as_a_whole_or_not_at_all(pg_cluster, tmp_path, monkeypatch):
+    """The store cut (the server stopped) after the first table is written: reports/ keeps the
+    previous complete set, and no staging folder is left behind."""
+    uri = pg_cluster.create_database("mlflow_results_cut")
+    monkeypatch.setenv(TRACKING_URI_ENV, uri)
+    monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
+    config = make_config(small_params())
+    populate(config, uri)
+    output = tmp_path / "reports"
+    output.mkdir()
+    (output / "results.html").write_text("the report command's file, not the results stage's")
+    results.run(config, output_dir=output)
+    before = _digests(output)
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert {entry["path"]: entry["sha256"] for entry in manifest["files"]}.items() <= before.items()
+    assert "results.html" in before
+
+    original = tables.iter_table
+
+    def cut_after_first_table(store, name, *args, **kwargs):
+        yield from original(store, name, *args, **kwargs)
+        if pg_cluster.running:
+            pg_cluster.stop("immediate")  # the store goes away mid-stage
+
+    monkeypatch.setattr(tables, "iter_table", cut_after_first_table)
+    with pytest.raises(Exception, match=r"(?i)connection|terminating|server closed"):
+        results.run(config, output_dir=output)
+    assert not pg_cluster.running
+    assert _digests(output) == before
+    assert [path.name for path in tmp_path.iterdir() if ".staging-" in path.name] == []
