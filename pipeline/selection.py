@@ -116,6 +116,12 @@ class FamilyOutcome:
     pruned: int
     best_params: dict
     metrics: dict[str, float]  # CV summary of the family's best trial
+    trials_cap: int = 0  # optimize.n_trials
+    stopped_by: str = "count"  # "count": the cap was reached; "time": the time limit ended the study
+
+    @property
+    def cut_short(self) -> bool:
+        return self.stopped_by == "time"
 
 
 def family_jobs(family: str, n_jobs: int) -> int:

@@ -51,7 +51,8 @@ class OptimizeResult:
         rows = [
             [
                 f.family + (" *" if f.family == self.best_family else ""),
-                f.trials_done,
+                f"{f.trials_done}/{f.trials_cap}",
+                f.stopped_by,
                 f.trials_run_now,
                 f.pruned,
                 f.metrics.get("cv_roc_auc"),
@@ -61,7 +62,7 @@ class OptimizeResult:
         ]
         table = tabulate(
             rows,
-            headers=["family", "trials", "new", "pruned", "cv ROC AUC", "cv cost"],
+            headers=["family", "trials/cap", "stopped by", "new", "pruned", "cv ROC AUC", "cv cost"],
             floatfmt=".4f",
         )
         test = self.test_metrics
@@ -219,6 +220,15 @@ def tune_family(
     if best is None:
         raise LookupFailedError(f"no trial of {family} completed within the budget; raise the budget")
     done = tuning.done_trials(study)
+    stopped_by = "count" if len(done) >= settings.n_trials else "time"
+    if stopped_by == "time":
+        logger.warning(
+            "tuning of %s stopped by its time limit after %d of %d trials (optimize.timeout_seconds=%g)",
+            family,
+            len(done),
+            settings.n_trials,
+            settings.timeout_seconds,
+        )
     return FamilyOutcome(
         family=family,
         study_name=name,
@@ -227,6 +237,8 @@ def tune_family(
         pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
         best_params=dict(best.params),
         metrics=tuning.trial_metrics(best),
+        trials_cap=settings.n_trials,
+        stopped_by=stopped_by,
     )
 
 
@@ -374,6 +386,8 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                     "family": o.family,
                     "study": o.study_name,
                     "trials": o.trials_done,
+                    "trials_cap": o.trials_cap,
+                    "stopped_by": o.stopped_by,
                     "pruned": o.pruned,
                     "cv_roc_auc": o.metrics["cv_roc_auc"],
                     "cv_expected_cost": o.metrics["cv_expected_cost"],

@@ -2,10 +2,12 @@
 
 import io
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -180,6 +182,7 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     second = optimize.run(config)
     assert [o.study_name for o in second.families] == [o.study_name for o in first.families]
     assert all(o.trials_done == 4 and o.trials_run_now == 2 for o in second.families)
+    assert all(o.trials_cap == 4 and o.stopped_by == "count" for o in second.families)
     check_landed(sqlite_store, second, config)
     summary = second.describe()
     assert f"winner {second.best_family}" in summary and "expected cost / applicant" in summary
@@ -344,3 +347,24 @@ def test_two_processes_share_one_study_on_postgres(postgres_url):
     ids = {t._trial_id for t in study.trials}
     assert len(ids) == len(numbers)
     assert np.isfinite(study.best_value)
+
+
+@pytest.mark.integration
+def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
+    research.run(make_config(small_params()))
+    config = make_config(small_params(optimize={"n_trials": 500, "timeout_seconds": 1.5, "top_k": 1}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    (outcome,) = result.families
+    assert outcome.stopped_by == "time" and outcome.trials_done < 500 and outcome.trials_cap == 500
+    assert (
+        f"tuning of {outcome.family} stopped by its time limit after {outcome.trials_done} of 500"
+        in caplog.text
+    )
+    assert f"{outcome.trials_done}/500" in result.describe() and "time" in result.describe()
+    families = pd.read_csv(
+        mlflow.artifacts.download_artifacts(
+            run_id=result.run_id, artifact_path=f"{keys.ARTIFACT_FAMILIES}.csv", tracking_uri=sqlite_store
+        )
+    )
+    assert families.loc[0, "stopped_by"] == "time" and families.loc[0, "trials_cap"] == 500
