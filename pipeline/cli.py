@@ -71,6 +71,12 @@ def _db_upgrade(config, args) -> Any:
     return db_upgrade.run(config, backup_dir=args.backup_dir)
 
 
+def _restore_baseline(config, args) -> Any:
+    from pipeline.stages import baseline
+
+    return baseline.run(config, source=args.source, source_url=args.source_url)
+
+
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG_PATH, help="parameters file (default: params.yaml)"
@@ -107,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     results.add_argument("--output-dir", type=Path, help="default: results.output_dir")
     report = command("report", _report, "execute the results notebook and render it to HTML")
     report.add_argument("--output-dir", type=Path, help="default: results.output_dir")
+    restore = command(
+        "restore-baseline", _restore_baseline, "restore main's published store as a pull request's baseline"
+    )
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="downloaded artifacts")
+    restore.add_argument("--source-url", help="where they came from (the run's URL), for the record")
     upgrade = command("db-upgrade", _db_upgrade, "back up, then migrate the tracking database schema")
     upgrade.add_argument("--backup-dir", type=Path, help="where to write the backup (default: backups/)")
     return parser

@@ -6,6 +6,7 @@ this module, so a view is computed one way wherever it is shown.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ class Views:
     # The latest register run's evidence: champion vs challenger, and both confusion matrices.
     comparison: pd.DataFrame
     confusion: pd.DataFrame
+    # What a pull-request run restored from main as its baseline (one row; empty on main).
+    baseline: pd.DataFrame
 
     @classmethod
     def empty(cls, **given: pd.DataFrame) -> Views:
@@ -46,6 +49,7 @@ class Views:
         frames["leaderboard"] = pd.DataFrame(columns=history.LEADERBOARD_COLUMNS)
         frames["comparison"] = pd.DataFrame(columns=COLUMNS)
         frames["confusion"] = pd.DataFrame(columns=CONFUSION_COLUMNS)
+        frames["baseline"] = baseline_frame(None)
         return cls(**{**frames, **given})
 
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -82,9 +86,22 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
         trials=history.trials(store, experiment),
         metric_summary=history.metric_summary(store, experiment),
         registered_models=registered,
+        baseline=baseline_frame(tables.experiment_tags(store, experiment).get(keys.TAG_BASELINE)),
         comparison=latest_gate_artifact(uri, gates, keys.ARTIFACT_COMPARISON, COLUMNS),
         confusion=latest_gate_artifact(uri, gates, keys.ARTIFACT_CONFUSION, CONFUSION_COLUMNS),
     )
+
+
+def baseline_frame(record: str | None) -> pd.DataFrame:
+    """The baseline record of a pull-request run as one row: restored, reason, source."""
+    columns = ["restored", "reason", "source", "restored_at"]
+    if not record:
+        return pd.DataFrame(columns=columns)
+    try:
+        data = json.loads(record)
+    except ValueError:
+        data = {"restored": False, "reason": "unreadable baseline record"}
+    return pd.DataFrame([{column: data.get(column) for column in columns}], columns=columns)
 
 
 def latest_gate_artifact(uri: str, gates: pd.DataFrame, path: str, columns: list[str]) -> pd.DataFrame:
@@ -159,6 +176,14 @@ def verdict_lines(views: Views) -> list[str]:
     else:
         lines.append(f"**{decision}**: `{last.get('model_name')}` version {version}.")
     lines.append(f"Reason: {last.get('reason') or 'no reason recorded'}")
+    if not views.baseline.empty:
+        record = views.baseline.iloc[0]
+        if bool(record["restored"]):
+            lines.append(f"Compared with main's champion, restored from {record['source']}.")
+        else:
+            lines.append(
+                f"No baseline from main: {record['reason']}. The gate judged this model on its floors."
+            )
     return lines
 
 

@@ -291,3 +291,15 @@ def stage_runs(
 def latest_stage_run(store: Store, experiment: str | None, stage: str, **kwargs: Any) -> pd.Series | None:
     frame = stage_runs(store, experiment, stage, limit=1, **kwargs)
     return None if frame.empty else frame.iloc[0]
+
+
+def experiment_tags(store: Store, experiment: str | None) -> dict[str, str]:
+    """The tags of one experiment, as a dict (empty when there is none)."""
+    if experiment is None or not store.has("experiment_tags"):
+        return {}
+    table = store.table("experiment_tags")
+    statement = sa.select(table.c.key, table.c.value).where(
+        table.c.experiment_id == sa.bindparam("experiment", value=int(experiment))
+    )
+    frame = query_frame(store, statement)
+    return dict(zip(frame["key"], frame["value"], strict=True))

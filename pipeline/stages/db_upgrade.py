@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sqlite3
-import subprocess
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from pipeline import pgtools
 from pipeline.config import PipelineConfig
 from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.settings import redact, redact_uri, tracking_uri
@@ -27,9 +26,6 @@ from pipeline.tracking import store
 logger = logging.getLogger(__name__)
 
 DEFAULT_BACKUP_DIR = Path("backups")
-_PG_DUMP_SEARCH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/bin", "/usr/lib/postgresql/15/bin"]
-)
 
 
 class MaintenanceError(PipelineError):
@@ -65,35 +61,12 @@ def backup_sqlite(uri: str, destination: Path) -> Path:
 
 
 def backup_postgres(uri: str, destination: Path) -> Path:
-    pg_dump = shutil.which("pg_dump", path=_PG_DUMP_SEARCH)
-    if pg_dump is None:
-        raise MaintenanceError(
-            "pg_dump not found on PATH or in /usr/local/bin; install the PostgreSQL client"
-        )
-    url = make_url(uri)
-    command = [pg_dump, "--format=custom", "--no-password", f"--file={destination.name}.partial"]
-    if url.host:
-        command.append(f"--host={url.host}")
-    if url.port:
-        command.append(f"--port={url.port}")
-    if url.username:
-        command.append(f"--username={url.username}")
-    command.append(f"--dbname={url.database}")
-    env = dict(os.environ)
-    if url.password:
-        env["PGPASSWORD"] = str(url.password)  # never on the command line, where ps would show it
     partial = destination.with_name(f"{destination.name}.partial")
     try:
-        completed = subprocess.run(
-            command, cwd=destination.parent, env=env, capture_output=True, text=True, timeout=3600
-        )
-    except subprocess.TimeoutExpired:
+        pgtools.run("pg_dump", uri, ["--format=custom", f"--file={partial.name}"], cwd=destination.parent)
+    except pgtools.PostgresToolError as error:
         partial.unlink(missing_ok=True)
-        raise MaintenanceError("pg_dump took more than an hour; no migration was run") from None
-    if completed.returncode != 0:
-        partial.unlink(missing_ok=True)
-        reason = (completed.stderr.strip().splitlines() or ["?"])[-1]
-        raise MaintenanceError(f"pg_dump failed, no migration was run: {redact(reason)}")
+        raise MaintenanceError(f"{error}; no migration was run") from None
     os.replace(partial, destination)
     return destination
 
@@ -113,23 +86,6 @@ def backup_database(uri: str, backup_dir: Path) -> Path:
     )
 
 
-def migrate(uri: str) -> None:
-    """MLflow's own migration (``mlflow db upgrade``) on the full URI, password included."""
-    from alembic import command
-    from mlflow.store.db.utils import _get_alembic_config
-
-    # Not mlflow.store.db.utils._upgrade_db(engine): it rebuilds the URL from str(engine.url),
-    # which SQLAlchemy 2 renders with the password masked.
-    config = _get_alembic_config(uri)
-    migrator = store.engine(uri)
-    try:
-        with migrator.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "heads")
-    finally:
-        migrator.dispose()
-
-
 def run(config: PipelineConfig, backup_dir: Path | None = None) -> UpgradeResult:
     """Back up the tracking database, then migrate it to the schema this MLflow needs."""
     uri = tracking_uri(config.root)
@@ -144,7 +100,7 @@ def run(config: PipelineConfig, backup_dir: Path | None = None) -> UpgradeResult
     backup = backup_database(uri, target_dir)
     logger.info("backed up %s to %s; migrating from %s to %s", redact_uri(uri), backup, current, head)
     try:
-        migrate(uri)
+        store.migrate_schema(uri)
     except Exception as error:
         first = first_line(error, default=type(error).__name__)
         raise MaintenanceError(f"migration failed (backup kept at {backup}): {redact(first)}") from None

@@ -27,6 +27,8 @@ TAG_DATASET_NAME = "dataset.name"
 TAG_DATASET_DIGEST = "dataset.digest"
 TAG_TRAIN_DIGEST = "dataset.train_digest"
 TAG_TEST_DIGEST = "dataset.test_digest"
+# On the experiment of a pull-request run: what main's store restored as the baseline (JSON).
+TAG_BASELINE = "pipeline.baseline"
 # MLflow's own tag for nested runs (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID).
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

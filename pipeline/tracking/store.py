@@ -191,6 +191,23 @@ def check_schema_revision(uri: str) -> None:
     )
 
 
+def migrate_schema(uri: str) -> None:
+    """MLflow's own migration (``mlflow db upgrade``) on the full URI, password included."""
+    from alembic import command
+    from mlflow.store.db.utils import _get_alembic_config
+
+    # Not mlflow.store.db.utils._upgrade_db(engine): it rebuilds the URL from str(engine.url),
+    # which SQLAlchemy 2 renders with the password masked.
+    config = _get_alembic_config(uri)
+    migrator = engine(uri)
+    try:
+        with migrator.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "heads")
+    finally:
+        migrator.dispose()
+
+
 def raise_if_schema_outdated(error: BaseException, uri: str) -> None:
     """Turn MLflow's out-of-date schema error into a one-line :class:`SchemaOutdatedError`."""
     match = _SCHEMA_OUTDATED.search(str(error))
