@@ -205,6 +205,8 @@ class RegisterConfig(_Section):
 class ResultsConfig(_Section):
     output_dir: Path = Path("reports")
     notebook: Path = Path("notebooks/results.ipynb")
+    # The MLflow UI's address (e.g. https://mlflow.example.com): the report links runs to it.
+    mlflow_ui_url: str | None = None
 
 
 class PipelineConfig(_Section):
@@ -223,6 +225,8 @@ class PipelineConfig(_Section):
     # Directory relative paths resolve against (the config file's folder); not a YAML key.
     root: Path = Field(Path("."), exclude=True)
     profile: str | None = Field(None, exclude=True)
+    # The file it was read from (None when built from a mapping); not a YAML key.
+    source: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")
     def _outputs_inside_root(self) -> PipelineConfig:
@@ -268,7 +272,7 @@ def _format_validation_error(error: ValidationError) -> str:
 
 
 def config_from_mapping(
-    raw: dict[str, Any], *, root: Path = Path("."), profile: str | None = None
+    raw: dict[str, Any], *, root: Path = Path("."), profile: str | None = None, source: Path | None = None
 ) -> PipelineConfig:
     """Validate a parsed ``params.yaml`` mapping, applying ``profile`` if given."""
     if not isinstance(raw, dict):
@@ -283,7 +287,9 @@ def config_from_mapping(
             raise ConfigError(f"profile '{profile}' is not defined in the config (known: {known})")
         raw = _deep_merge(raw, profiles[profile] or {})
     try:
-        return PipelineConfig.model_validate({**raw, "root": root.resolve(), "profile": profile})
+        return PipelineConfig.model_validate(
+            {**raw, "root": root.resolve(), "profile": profile, "source": source}
+        )
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error)) from None
 
@@ -302,4 +308,4 @@ def load_config(path: Path | str = DEFAULT_CONFIG_PATH, profile: str | None = No
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path} is not valid YAML{where}") from None
-    return config_from_mapping(raw or {}, root=path.resolve().parent, profile=profile)
+    return config_from_mapping(raw or {}, root=path.resolve().parent, profile=profile, source=path.resolve())

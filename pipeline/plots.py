@@ -240,3 +240,101 @@ def bootstrap_chart(differences: pd.DataFrame, margins: dict[str, float] | None 
         axis.legend()
     figure.tight_layout()
     return figure
+
+
+# --- The report: champion and challenger side by side ---------------------------------------------
+
+_MODEL_COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52")
+
+
+def diagnostics_chart(models: dict[str, tuple], costs) -> Figure:
+    """ROC, precision-recall, calibration and expected cost against threshold, one colour per model.
+
+    ``models`` maps a label to ``(y_true, scores, threshold)`` on the same test rows; a dot marks
+    each model's own threshold on the cost curve.
+    """
+    import numpy as np
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    from pipeline.evaluation import cost_curve, expected_cost
+
+    figure, axes = subplots(2, 2, figsize=(10, 8.4))
+    roc, pr, calibration, cost = axes.ravel()
+    for colour, (label, (y_true, scores, threshold)) in zip(_MODEL_COLOURS, models.items(), strict=False):
+        fpr, tpr, _ = roc_curve(y_true, scores)
+        roc.plot(fpr, tpr, color=colour, label=f"{label} (AUC {roc_auc_score(y_true, scores):.3f})")
+        precision, recall, _ = precision_recall_curve(y_true, scores)
+        pr.step(
+            recall,
+            precision,
+            where="post",
+            color=colour,
+            label=f"{label} (AP {average_precision_score(y_true, scores):.3f})",
+        )
+        observed, predicted = calibration_curve(y_true, scores, n_bins=10, strategy="quantile")
+        calibration.plot(predicted, observed, marker="o", color=colour, label=label)
+        curve = cost_curve(np.asarray(y_true), np.asarray(scores), costs)
+        thresholds = np.clip(curve.thresholds, 0, 1)
+        cost.plot(thresholds, curve.costs, color=colour, label=label)
+        chosen = expected_cost(np.asarray(y_true), np.asarray(scores), threshold, costs)
+        cost.plot([threshold], [chosen], marker="o", color=colour, markersize=8)
+    roc.plot([0, 1], [0, 1], color="#999999", linestyle="--")
+    roc.set(
+        xlabel="good payers rejected (false positive rate)",
+        ylabel="defaulters rejected (true positive rate)",
+        title="ROC",
+    )
+    pr.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+    calibration.plot([0, 1], [0, 1], color="#999999", linestyle="--")
+    calibration.set(xlabel="mean predicted probability", ylabel="observed default rate", title="Calibration")
+    cost.set(
+        xlim=(0, 1),
+        xlabel="threshold (reject at or above)",
+        ylabel="expected cost per applicant",
+        title="Cost against threshold (dot: the model's threshold)",
+    )
+    for axis in axes.ravel():
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle("Held-out test part")
+    figure.tight_layout()
+    return figure
+
+
+def score_distributions_chart(models: dict[str, tuple]) -> Figure:
+    """Each model's scores by outcome, with its threshold, side by side."""
+    import numpy as np
+
+    figure, axes = subplots(1, max(len(models), 1), figsize=(5 * max(len(models), 1), 3.6), squeeze=False)
+    bins = np.linspace(0, 1, 26)
+    for axis, (label, (y_true, scores, threshold)) in zip(axes[0], models.items(), strict=False):
+        y_true, scores = np.asarray(y_true), np.asarray(scores)
+        axis.hist(scores[y_true == 0], bins=bins, alpha=0.6, color="#4c72b0", label="repaid", density=True)
+        axis.hist(scores[y_true == 1], bins=bins, alpha=0.6, color="#c44e52", label="defaulted", density=True)
+        axis.axvline(threshold, color="#333333", linestyle="--", label=f"threshold {threshold:.3f}")
+        axis.set(title=label, xlabel="predicted probability of default", ylabel="density")
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def tuning_progress_chart(scores: pd.DataFrame) -> Figure:
+    """The best CV ROC AUC so far against trial number, per tuned family (pruned trials as crosses)."""
+    figure, axis = subplots(figsize=(8, 4))
+    for colour, (family, trials) in zip(_MODEL_COLOURS * 3, scores.groupby("family"), strict=False):
+        trials = trials.sort_values("trial")
+        complete = trials[trials["cv_roc_auc"].notna()]
+        axis.plot(
+            complete["trial"], complete["cv_roc_auc"].cummax(), color=colour, label=f"{family} (best so far)"
+        )
+        axis.scatter(complete["trial"], complete["cv_roc_auc"], color=colour, s=12, alpha=0.5)
+        pruned = trials[trials["cv_roc_auc"].isna()]
+        if len(pruned):
+            low = float(complete["cv_roc_auc"].min()) if len(complete) else 0.5
+            axis.scatter(pruned["trial"], [low] * len(pruned), color=colour, marker="x", s=16, alpha=0.6)
+    axis.set(xlabel="trial", ylabel="cross-validated ROC AUC", title="Tuning: best value over trials")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

@@ -140,24 +140,6 @@ def champion_text(champion: dict[str, Any] | None) -> str:
     )
 
 
-def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
-    """``{label: (y_true, scores)}`` for the champion and challenger versions, from the
-    ``evaluation/test_scores.csv`` artifact of the optimization run behind each one."""
-    curves: dict[str, tuple] = {}
-    for alias in (keys.ALIAS_CHAMPION, keys.ALIAS_CHALLENGER):
-        holders = history[history["aliases"].fillna("").str.split(",").map(lambda a, x=alias: x in a)]
-        if holders.empty:
-            continue
-        row = holders.iloc[0]
-        run_id = (
-            row[keys.VTAG_OPTIMIZE_RUN] if isinstance(row[keys.VTAG_OPTIMIZE_RUN], str) else row["run_id"]
-        )
-        scores = load_artifact_frame(uri, run_id, keys.ARTIFACT_TEST_SCORES) if run_id else None
-        if scores is not None and {"y_true", "score"} <= set(scores.columns):
-            curves[f"{alias} v{row['version']}"] = (scores["y_true"].to_numpy(), scores["score"].to_numpy())
-    return curves
-
-
 def verdict_lines(views: Views) -> list[str]:
     """The first lines of every summary: what the gate decided about the newest model, and why."""
     gates = views.gate_decisions

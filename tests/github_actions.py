@@ -182,3 +182,91 @@ def run_actionlint(command: list[str], files: list[Path]) -> subprocess.Complete
     return subprocess.run(
         [*command, *map(str, files)], capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT
     )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """What steps wrote to ``$GITHUB_ENV`` (``NAME=value`` lines)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and "<<" not in line.split("=", 1)[0]:
+            key, value = line.split("=", 1)
+            values[key] = value
+    return values
+
+
+def step_condition(step: dict, contexts: dict[str, Any], failed: bool) -> bool:
+    """Whether the runner would run ``step``: its ``if:`` evaluated, ``success()``/``failure()`` known."""
+    condition = str(step.get("if", "success()")).strip()
+    if condition.startswith("${{"):
+        condition = condition.removeprefix("${{").removesuffix("}}").strip()
+    if condition in ("success()", "failure()", "always()"):
+        return {"success()": not failed, "failure()": failed, "always()": True}[condition]
+    return not failed and _truthy(evaluate(condition, contexts))
+
+
+def replay_job(
+    workflow: dict,
+    job_name: str,
+    contexts: dict[str, Any],
+    workspace: Path,
+    runner: Path,
+    base_env: dict[str, str],
+    stand_ins: dict[str, tuple[str, str]],
+    uses_stand_ins: dict[str, Any],
+    timeout_seconds: float,
+    services: dict[str, str] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """Run a job's steps in order the way the runner does; returns the steps run and ``$GITHUB_ENV``.
+
+    ``run:`` steps run in ``bash --noprofile --norc -eo pipefail`` with the workflow's, job's and
+    step's ``env:`` evaluated and ``$GITHUB_ENV`` carried over. A ``run:`` step named in
+    ``stand_ins`` runs the stand-in script (after checking the real one still says what it is
+    replaced for); a ``uses:`` step named in ``uses_stand_ins`` calls that function with the step.
+    Other ``uses:`` steps (checkout, setup-python, uploads) are the test's own doing. ``services``
+    (the stand-in service container's address) wins over the job's own ``env:``.
+    """
+    job = workflow["jobs"][job_name]
+    github_env = runner / "GITHUB_ENV"
+    workflow_env = {k: substitute(v, contexts) for k, v in workflow.get("env", {}).items()}
+    contexts = {**contexts, "env": workflow_env}
+    job_env = {k: substitute(v, contexts) for k, v in job.get("env", {}).items()}
+    executed: list[str] = []
+    failed = False
+    for index, step in enumerate(job["steps"]):
+        name = step.get("name", f"step {index}")
+        contexts["env"] = {**workflow_env, **job_env, **read_env_file(github_env)}
+        if not step_condition(step, contexts, failed):
+            continue
+        if "uses" in step:
+            if name in uses_stand_ins:
+                uses_stand_ins[name](step, contexts)
+                executed.append(name)
+            continue
+        script = step["run"]
+        if name in stand_ins:
+            expected_text, script = stand_ins[name]
+            assert expected_text in step["run"], f"step {name!r} changed; update its stand-in"
+        env = {
+            **base_env,
+            **workflow_env,
+            **job_env,
+            **(services or {}),
+            **read_env_file(github_env),
+            **{k: substitute(v, contexts) for k, v in step.get("env", {}).items()},
+        }
+        script_file = runner / f"{job_name}-step-{index}.sh"
+        script_file.write_text(script)
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_seconds,
+        )
+        (runner / f"{job_name}-step-{index}.log").write_text(done.stdout + done.stderr)
+        executed.append(name)
+        assert done.returncode == 0, (
+            f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
+        )
+    return executed, read_env_file(github_env)

@@ -121,23 +121,46 @@ def _optimize_runs_of(store: Store, experiment: str | None, research_run_id: str
     return frame["run_id"].tolist()
 
 
+def _trial_runs(store: Store, experiment: str | None, optimize_run_id: str | None) -> pd.DataFrame | None:
+    """The trial child runs of an optimization run (the latest by default); None when there is none."""
+    if optimize_run_id is None:
+        latest = latest_stage_run(store, experiment, keys.STAGE_OPTIMIZE)
+        if latest is None:
+            return None
+        optimize_run_id = latest["run_id"]
+    return runs_frame(
+        store,
+        experiment,
+        where_tags={keys.TAG_PARENT_RUN: optimize_run_id, keys.TAG_ROLE: keys.ROLE_TRIAL},
+        tag_keys=(keys.TAG_FAMILY, keys.TAG_OPTUNA_TRIAL, keys.TAG_OPTUNA_STATE),
+        metric_keys=("cv_roc_auc", "cv_expected_cost"),
+        status=None,
+    )
+
+
+def trial_scores(store: Store, experiment: str | None, optimize_run_id: str | None = None) -> pd.DataFrame:
+    """One row per trial of an optimization run (the latest by default), in trial order per family:
+    its state (complete, pruned) and CV ROC AUC, for the tuning-progress view."""
+    columns = ["family", "trial", "state", "cv_roc_auc", "run_id"]
+    children = _trial_runs(store, experiment, optimize_run_id)
+    if children is None or children.empty:
+        return pd.DataFrame(columns=columns)
+    frame = children.rename(
+        columns={keys.TAG_FAMILY: "family", keys.TAG_OPTUNA_TRIAL: "trial", keys.TAG_OPTUNA_STATE: "state"}
+    )
+    frame["trial"] = pd.to_numeric(frame["trial"], errors="coerce")
+    frame = frame[
+        frame["trial"].notna() & (frame["status"] != "FAILED")
+    ]  # a record the store lost mid-write; its trial was redone
+    return frame.reindex(columns=columns).sort_values(["family", "trial"]).reset_index(drop=True)
+
+
 def trials(store: Store, experiment: str | None, optimize_run_id: str | None = None) -> pd.DataFrame:
     """Trial child runs of an optimization run (the latest by default), long format:
     one row per (trial, hyperparameter) with the trial's CV scores."""
     columns = ["run_id", "family", "param", "value", "cv_roc_auc", "cv_expected_cost"]
-    if optimize_run_id is None:
-        latest = latest_stage_run(store, experiment, keys.STAGE_OPTIMIZE)
-        if latest is None:
-            return pd.DataFrame(columns=columns)
-        optimize_run_id = latest["run_id"]
-    children = runs_frame(
-        store,
-        experiment,
-        where_tags={keys.TAG_PARENT_RUN: optimize_run_id, keys.TAG_ROLE: keys.ROLE_TRIAL},
-        tag_keys=(keys.TAG_FAMILY,),
-        metric_keys=("cv_roc_auc", "cv_expected_cost"),
-    )
-    if children.empty:
+    children = _trial_runs(store, experiment, optimize_run_id)
+    if children is None or children.empty:
         return pd.DataFrame(columns=columns)
     params = store.table("params")
     values = query_frame(
@@ -287,13 +310,14 @@ def lineage(store: Store, experiment: str | None, model_name: str | None = None)
     Walks back from the newest register run (else the newest optimization, else research run)
     through the run ids each stage recorded.
     """
-    columns = ["step", "run_id", "status", "start_time", "dataset_digest", "detail"]
+    columns = ["step", "run_id", "status", "start_time", "dataset_digest", "git_commit", "detail"]
     steps: list[dict[str, Any]] = []
     register = latest_stage_run(
         store,
         experiment,
         keys.STAGE_REGISTER,
         tag_keys=(
+            keys.TAG_GIT_COMMIT,
             keys.TAG_REGISTER_OPTIMIZE_RUN,
             keys.TAG_REGISTER_MODEL_NAME,
             keys.TAG_REGISTER_VERSION,
@@ -341,12 +365,14 @@ def _step(name: str, run: pd.Series, detail: str) -> dict[str, Any]:
         "status": run["status"],
         "start_time": run["start_time"],
         "dataset_digest": run.get(keys.TAG_DATASET_DIGEST),
+        "git_commit": run.get(keys.TAG_GIT_COMMIT),
         "detail": detail,
     }
 
 
 _LINEAGE_TAGS = (
     keys.TAG_DATASET_DIGEST,
+    keys.TAG_GIT_COMMIT,
     keys.TAG_TRAIN_DIGEST,
     keys.TAG_TEST_DIGEST,
     keys.TAG_BEST_CANDIDATE,

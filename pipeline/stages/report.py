@@ -41,12 +41,15 @@ class NotebookResult:
         return f"report executed in {self.seconds:.1f} s: {self.notebook} and {self.html}"
 
 
-def parameters(config: PipelineConfig, output_dir: Path) -> dict[str, str]:
+def parameters(config: PipelineConfig, output_dir: Path) -> dict[str, str | None]:
     """What papermill injects: nothing secret (the tracking URI stays in the environment)."""
     return {
         "experiment_name": config.tracking.experiment,
         "model_name": config.registration.model_name,
         "output_dir": str(output_dir),
+        # The same file and profile as the command, so the notebook reads the same settings.
+        "config_path": str(config.source) if config.source else None,
+        "profile": config.profile,
     }
 
 

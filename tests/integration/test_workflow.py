@@ -1,13 +1,17 @@
-"""The CI workflow proven without GitHub: actionlint, then its pipeline job's steps replayed in bash.
+"""The CI workflows proven without GitHub: actionlint, then the pipeline job replayed in bash twice.
 
-The replay runs every ``run:`` step of the ``pipeline`` job in order, the way the runner does
-(``bash --noprofile --norc -eo pipefail``, the workflow's and job's ``env:`` with their expressions
-evaluated, ``$GITHUB_ENV`` carried from step to step), in a copy of the project, against a
-throwaway database on the local PostgreSQL instead of the service container. Stand-ins, all explicit:
-- the event is a manual dispatch with ``profile: fast`` (the pull-request budgets), no secrets or vars;
+First as a push to main, which publishes its store (``pg_dump``) and artifacts; then as a pull
+request, which restores them into its own database and compares its model with main's champion;
+then the comment workflow builds its comment from what the pull request's run published.
+Each replay runs every step of the ``pipeline`` job in order the way the runner does
+(``tests/github_actions.replay_job``), in a copy of the project, against a throwaway database on the
+local PostgreSQL instead of the service container. Stand-ins, all explicit:
+- no secrets; the repository variable ``PIPELINE_PROFILE`` is ``fast`` (the small budgets);
 - checkout is the copy; setup-python and the install step are this test environment's Python
   (reinstalling would rewrite the shared environment), checked to still say what they install;
-- the service container's host, port, user, password and database come from the ``postgres_url`` fixture.
+- GitHub's API is not reachable offline: finding main's latest run (``gh run list``) says run 4242,
+  and ``download-artifact`` copies what the main replay uploaded under that artifact's name;
+- the service containers' host, port, user, password and database are throwaway local databases.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from tests.github_actions import (
     WORKFLOW_DIR,
     actionlint_command,
     load_workflow,
+    replay_job,
     run_actionlint,
+    step_condition,
     substitute,
 )
 
@@ -42,6 +48,7 @@ STAND_INS = {
     "Install": ("pip install -r requirements.txt", "python -c 'import pipeline, mlflow, optuna, papermill'"),
 }
 STEP_TIMEOUT_SECONDS = 1200
+COMMENT_FILES = ["--summary", "pr-summary/summary.md", "--number-file", "pr-summary/number"]
 # Not copied into the stand-in workspace: environments, caches and what a run generates.
 NOT_COPIED = shutil.ignore_patterns(
     ".git",
@@ -90,18 +97,20 @@ def test_actionlint_catches_a_broken_workflow(tmp_path):
     assert "no_such_property" in done.stdout
 
 
-def stand_in_contexts(workspace: Path) -> dict:
-    return {
-        "github": {
-            "event_name": "workflow_dispatch",
-            "ref": "refs/heads/main",
-            "workspace": str(workspace),
-            "sha": "0" * 40,
-        },
-        "inputs": {"profile": "fast"},
-        "secrets": {},
-        "vars": {},
+def stand_in_contexts(workspace: Path, event: str, number: int | None = None) -> dict:
+    """A push to main, or a pull request, with the pull-request budgets as the repository's profile."""
+    github = {
+        "event_name": event,
+        "ref": "refs/heads/main" if event == "push" else f"refs/pull/{number}/merge",
+        "workspace": str(workspace),
+        "sha": "0" * 40,
+        "token": "stand-in-token",
+        "repository": "owner/loan-mlops",
+        "server_url": "https://github.example",
     }
+    if number is not None:
+        github["event"] = {"pull_request": {"number": number}}
+    return {"github": github, "inputs": {}, "secrets": {}, "vars": {"PIPELINE_PROFILE": "fast"}}
 
 
 def service_env(postgres_url: str) -> dict[str, str]:
@@ -117,45 +126,28 @@ def service_env(postgres_url: str) -> dict[str, str]:
     }
 
 
-def read_github_env(path: Path) -> dict[str, str]:
-    values = {}
-    for line in path.read_text().splitlines():
-        if "=" in line and "<<" not in line.split("=", 1)[0]:
-            key, value = line.split("=", 1)
-            values[key] = value
-    return values
-
-
 def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
+def replay_pipeline(
+    postgres_url: str, tmp_path: Path, contexts: dict, uses_stand_ins: dict, stand_ins: dict = STAND_INS
+) -> tuple:
+    """The pipeline job in a copy of the project against ``postgres_url``; (workspace, steps, GITHUB_ENV)."""
     workflow = load_workflow()
-    job = workflow["jobs"]["pipeline"]
-    workspace = tmp_path / "workspace"
+    workspace = Path(contexts["github"]["workspace"])
     shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
-    contexts = stand_in_contexts(workspace)
-    runner = tmp_path / "runner"
+    runner = tmp_path / f"runner-{contexts['github']['event_name']}"
     runner.mkdir()
     files = {
         name: runner / name for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")
     }
     for path in files.values():
         path.touch()
-
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "GITHUB_"))}
     inherited["PATH"] = f"{Path(sys.executable).parent}:{inherited['PATH']}"  # setup-python's stand-in
-    workflow_env = {k: substitute(v, contexts) for k, v in workflow.get("env", {}).items()}
-    contexts["env"] = workflow_env
-    job_env = {k: substitute(v, contexts) for k, v in job.get("env", {}).items()}
     base = {
         **inherited,
-        **workflow_env,
-        **job_env,
-        **service_env(postgres_url),
         "CI": "true",
         "GITHUB_ACTIONS": "true",
         "GITHUB_WORKSPACE": str(workspace),
@@ -165,43 +157,64 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
         "RUNNER_TEMP": str(runner),
         **{name: str(path) for name, path in files.items()},
     }
+    job_env = {
+        k: substitute(v, {**contexts, "env": {}}) for k, v in workflow["jobs"]["pipeline"]["env"].items()
+    }
     assert job_env["PIPELINE_PROFILE"] == "fast"
     assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
+    executed, github_env = replay_job(
+        workflow,
+        "pipeline",
+        contexts,
+        workspace,
+        runner,
+        base,
+        stand_ins,
+        uses_stand_ins,
+        STEP_TIMEOUT_SECONDS,
+        services=service_env(postgres_url),
+    )
+    assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
+    return workspace, executed, github_env
 
-    executed: list[str] = []
-    failed = False
-    for index, step in enumerate(job["steps"]):
-        name = step.get("name", f"step {index}")
-        condition = str(step.get("if", "success()"))
-        if "failure()" in condition and not failed:
-            continue
-        if "run" not in step:
-            continue
-        script = step["run"]
-        if name in STAND_INS:
-            expected_text, script = STAND_INS[name]
-            assert expected_text in step["run"], f"step {name!r} changed; update its stand-in"
-        contexts["env"] = {**workflow_env, **job_env}
-        env = {
-            **base,
-            **read_github_env(files["GITHUB_ENV"]),
-            **{k: substitute(v, contexts) for k, v in step.get("env", {}).items()},
-        }
-        script_file = runner / f"step-{index}.sh"
-        script_file.write_text(script)
-        done = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
-            cwd=workspace,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=STEP_TIMEOUT_SECONDS,
-        )
-        (runner / f"step-{index}.log").write_text(done.stdout + done.stderr)
-        executed.append(name)
-        assert done.returncode == 0, (
-            f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
-        )
+
+def stage_runs(postgres_url: str) -> list:
+    client = MlflowClient(postgres_url)
+    return client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`pipeline.role` = 'stage'",
+        order_by=["attributes.start_time ASC"],
+    )
+
+
+@pytest.fixture
+def second_database(postgres_url):
+    """Another throwaway database: the pull request's own service container."""
+    name = f"{make_url(postgres_url).database}_pr"
+    admin = _postgres_admin()
+    with admin.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_main_publishes_its_store_and_a_pull_request_compares_against_its_champion(
+    postgres_url, second_database, tmp_path
+):
+    # --- A push to main: the four stages, the report, and the store published as artifacts. ---
+    main = stand_in_contexts(tmp_path / "main-workspace", "push")
+    workspace, executed, github_env = replay_pipeline(postgres_url, tmp_path, main, {})
+    job = load_workflow()["jobs"]["pipeline"]
+    assert not any("baseline" in name for name in executed)  # only pull requests restore a baseline
 
     # Order: the four stages, then the notebook, as named steps in that sequence.
     scripts = {step.get("name"): step.get("run", "") for step in job["steps"]}
@@ -210,45 +223,83 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
     assert any("python -m pipeline report" in scripts[n] for n in executed[order[-1] + 1 :])
 
     # The stages really ran in that order against the service's stand-in database.
-    uri = read_github_env(files["GITHUB_ENV"])["MLFLOW_TRACKING_URI"]
-    assert make_url(uri).database == service_env(postgres_url)["POSTGRES_DB"]
-    client = MlflowClient(postgres_url)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        filter_string="tags.`pipeline.role` = 'stage'",
-        order_by=["attributes.start_time ASC"],
-    )
+    assert make_url(github_env["MLFLOW_TRACKING_URI"]).database == service_env(postgres_url)["POSTGRES_DB"]
+    runs = stage_runs(postgres_url)
     assert [run.info.status for run in runs] == ["FINISHED"] * len(runs)
-    stages = [run.data.tags[keys.TAG_STAGE] for run in runs]
-    assert stages[:3] == ["research", "optimize", "register"]
+    assert [run.data.tags[keys.TAG_STAGE] for run in runs][:3] == ["research", "optimize", "register"]
     assert all(run.data.tags.get(keys.TAG_PROFILE) == "fast" for run in runs)
 
     # The model is part of "the logged artifacts": its files must sit under the uploaded artifact root,
     # in the pipeline's experiment (not MLflow's Default experiment's ./mlruns/0).
+    client = MlflowClient(postgres_url)
     experiment = client.get_experiment_by_name("loan-default")
     logged = client.search_logged_models([e.experiment_id for e in client.search_experiments()])
     assert logged, "stage 2 logged no model"
     for model in logged:
         assert model.experiment_id == experiment.experiment_id, f"{model.model_id} in another experiment"
-        location = model.artifact_location.removeprefix("file://")
-        assert location.startswith(job_env["PIPELINE_ARTIFACT_ROOT"]), f"model files at {location}"
-
-    assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
+        assert model.artifact_location.removeprefix("file://").startswith(f"{workspace}/mlartifacts")
     assert (workspace / "reports" / "mlflow_status_report.json").is_file()
     # Every path given to upload-artifact exists (what runs on success).
     for step in job["steps"]:
-        if str(step.get("uses", "")).startswith("actions/upload-artifact@") and "failure()" not in str(
-            step.get("if", "")
-        ):
+        uploads = str(step.get("uses", "")).startswith("actions/upload-artifact@")
+        if uploads and step_condition(step, {**main, "env": github_env}, failed=False):
             for pattern in upload_paths(step):
                 assert glob.glob(str(workspace / pattern)), f"{step['name']}: nothing at {pattern}"
     dump = workspace / "mlflow-db" / "mlflow.dump"
     listing = subprocess.run(["pg_restore", "--list", str(dump)], capture_output=True, text=True, check=True)
-    assert "TABLE public runs" in listing.stdout
-    assert "TABLE public alembic_version" in listing.stdout
+    assert "TABLE public runs" in listing.stdout and "TABLE public alembic_version" in listing.stdout
     models = {m.name: m.aliases for m in client.search_registered_models()}
     assert models, "stage 3 registered nothing"
+    (champion_version,) = [v for aliases in models.values() for a, v in aliases.items() if a == "champion"]
     assert_dump_restores(dump, postgres_url, expected_runs=len(runs), expected_models=models)
+
+    # --- A pull request: main's store restored into its own database, then compared against. ---
+    def download(step: dict, contexts: dict) -> None:
+        """download-artifact from main's run: what main uploaded under that name."""
+        assert substitute(step["with"]["run-id"], contexts) == "4242"
+        shutil.copytree(
+            workspace / step["with"]["name"], Path(contexts["github"]["workspace"]) / step["with"]["path"]
+        )
+
+    pull_request = stand_in_contexts(tmp_path / "pr-workspace", "pull_request", number=7)
+    find_run = ("gh run list", 'echo "BASELINE_RUN_ID=4242" >> "$GITHUB_ENV"')
+    pr_workspace, pr_executed, _ = replay_pipeline(
+        second_database,
+        tmp_path,
+        pull_request,
+        {"Download main's store": download, "Download main's artifacts": download},
+        {**STAND_INS, "Find main's latest successful run": find_run},
+    )
+    assert "Restore main's store as the baseline" in pr_executed
+    register_runs = [r for r in stage_runs(second_database) if r.data.tags[keys.TAG_STAGE] == "register"]
+    latest = register_runs[-1]  # the pull request's: main's own register run came with the dump
+    assert latest.data.tags[keys.TAG_REGISTER_CHAMPION] == champion_version
+    summary = (pr_workspace / "reports" / "summary.md").read_text()
+    assert summary.startswith("# Model check: ")
+    assert "## Champion against challenger on the same" in summary
+    assert (
+        "Compared with main's champion, restored from https://github.example/owner/loan-mlops/actions/runs/4242"
+        in summary
+    )
+    assert (pr_workspace / "pr-summary" / "number").read_text().strip() == "7"
+    assert (pr_workspace / "pr-summary" / "summary.md").read_text() == summary
+    # main's store is untouched: the pull request only ever wrote to its own database.
+    assert len(stage_runs(postgres_url)) == len(runs)
+
+    # --- The comment workflow builds its comment from what the pull request's run published. ---
+    body = subprocess.run(
+        [sys.executable, "scripts/pr_comment.py", "--dry-run", *COMMENT_FILES],
+        cwd=pr_workspace,
+        env={**os.environ, "RUN_URL": "https://github.example/run/1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert body.startswith("<!-- loan-mlops: model comparison -->\n# Model check: ")
+    assert (
+        "## Champion against challenger" in body
+        and "[the pipeline run](https://github.example/run/1)" in body
+    )
 
 
 def assert_dump_restores(

@@ -12,10 +12,12 @@ import pytest
 
 from pipeline.config import load_config
 from tests.conftest import PROJECT_ROOT, project_params
-from tests.github_actions import evaluate, expressions_in, load_workflow, substitute
+from tests.github_actions import WORKFLOW_DIR, evaluate, expressions_in, load_workflow, substitute
 
 WORKFLOW = load_workflow()
 JOBS = WORKFLOW["jobs"]
+COMMENT_WORKFLOW = load_workflow(WORKFLOW_DIR / "pr-comment.yml")
+ALL_JOBS = {path.name: load_workflow(path)["jobs"] for path in sorted(WORKFLOW_DIR.glob("*.yml"))}
 PIPELINE_STEPS = JOBS["pipeline"]["steps"]
 SENTINEL = "s3cret-sentinel"
 
@@ -68,7 +70,9 @@ def test_concurrency_groups_by_ref_and_cancels_only_pull_requests():
 
 
 def test_every_action_is_pinned_to_a_full_commit_sha():
-    uses = [s["uses"] for job in JOBS.values() for s in job["steps"] if "uses" in s]
+    uses = [
+        s["uses"] for jobs in ALL_JOBS.values() for job in jobs.values() for s in job["steps"] if "uses" in s
+    ]
     assert uses
     for reference in uses:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40}", reference), reference
@@ -83,7 +87,7 @@ def test_services_are_official_postgres_images_with_a_health_check():
 
 def test_run_scripts_hold_no_expressions():
     # ${{ }} inside a script is pasted in before bash runs: an injection risk and a secret in the log.
-    for job_name, job in JOBS.items():
+    for job_name, job in [(name, job) for jobs in ALL_JOBS.values() for name, job in jobs.items()]:
         for entry in job["steps"]:
             assert "${{" not in entry.get("run", ""), f"{job_name}: {entry.get('name')}"
 
@@ -120,17 +124,22 @@ def test_team_tracking_store_is_used_on_main_but_never_on_pull_requests():
 
 
 @pytest.mark.parametrize(
-    ("event", "profile", "expected"),
+    ("event", "profile", "variable", "expected"),
     [
-        ("pull_request", "", "fast"),
-        ("push", "", ""),
-        ("workflow_dispatch", "", ""),
-        ("workflow_dispatch", "fast", "fast"),
+        ("pull_request", "", "", ""),
+        ("push", "", "", ""),
+        ("pull_request", "", "fast", "fast"),
+        ("push", "", "fast", "fast"),
+        ("workflow_dispatch", "", "", ""),
+        ("workflow_dispatch", "fast", "", "fast"),
     ],
 )
-def test_profile_is_fast_for_pull_requests_and_chosen_on_dispatch(event, profile, expected):
+def test_pull_requests_run_main_s_profile_so_the_comparison_is_like_for_like(
+    event, profile, variable, expected
+):
     value = JOBS["pipeline"]["env"]["PIPELINE_PROFILE"]
-    assert substitute(value, contexts(event, profile=profile)) == expected
+    variables = {"PIPELINE_PROFILE": variable} if variable else {}
+    assert substitute(value, contexts(event, profile=profile, variables=variables)) == expected
 
 
 def test_profiles_the_workflow_names_exist_and_an_empty_one_means_none(monkeypatch):
@@ -244,3 +253,55 @@ def test_expression_stand_in_refuses_what_it_does_not_know():
         evaluate("contains(github.ref, 'main')", contexts("push"))
     with pytest.raises(ValueError, match="no stand-in"):
         evaluate("runner.os", contexts("push"))
+
+
+# --- The pull-request comment workflow ------------------------------------------------------------
+
+
+def test_the_comment_workflow_runs_after_the_pipeline_and_only_for_pull_requests():
+    on = COMMENT_WORKFLOW["on"]
+    assert set(on) == {"workflow_run"}  # never pull_request_target: it would hand PR code a write token
+    assert on["workflow_run"] == {"workflows": ["pipeline"], "types": ["completed"]}
+    (job,) = COMMENT_WORKFLOW["jobs"].values()
+    condition = expressions_in(job["if"])[0] if "${{" in job["if"] else job["if"]
+    assert condition == "github.event.workflow_run.event == 'pull_request'"
+
+
+def test_only_the_comment_job_may_write_and_only_to_pull_requests():
+    assert COMMENT_WORKFLOW["permissions"] == {}
+    writers = {
+        (workflow, name): job.get("permissions", {})
+        for workflow, jobs in ALL_JOBS.items()
+        for name, job in jobs.items()
+        if "write" in job.get("permissions", {}).values()
+    }
+    assert list(writers) == [("pr-comment.yml", "comment")]
+    granted = writers["pr-comment.yml", "comment"]
+    assert {key for key, value in granted.items() if value == "write"} == {"pull-requests"}
+    assert JOBS["pipeline"]["permissions"] == {"contents": "read", "actions": "read"}
+
+
+def test_the_comment_workflow_never_checks_out_or_runs_the_pull_request_s_code():
+    (job,) = COMMENT_WORKFLOW["jobs"].values()
+    checkouts = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/checkout@")]
+    for checkout in checkouts:
+        options = checkout.get("with", {})
+        assert "ref" not in options and "repository" not in options  # the default branch, nothing else
+        assert options.get("persist-credentials") is False
+    for entry in job["steps"]:
+        for expression in expressions_in(entry):
+            assert "head" not in expression and "pull_request" not in expression, expression
+    downloads = [s for s in job["steps"] if str(s.get("uses", "")).startswith("actions/download-artifact@")]
+    assert [d["with"]["name"] for d in downloads] == ["pr-summary"]
+    assert all("workflow_run.id" in d["with"]["run-id"] for d in downloads)
+
+
+def test_the_pipeline_publishes_the_summary_the_comment_workflow_reads():
+    upload = step("Upload the pull request's summary")
+    assert upload["with"]["name"] == "pr-summary"
+    keep = step("Keep the pull request's number")
+    assert "pull_request.number" in keep["env"]["PR_NUMBER"]
+    assert "pr-summary/number" in keep["run"] and "pr-summary/summary.md" in keep["run"]
+    (job,) = COMMENT_WORKFLOW["jobs"].values()
+    post = next(s for s in job["steps"] if "run" in s)
+    assert "--summary pr-summary/summary.md --number-file pr-summary/number" in post["run"]
