@@ -250,7 +250,9 @@ def test_main_publishes_its_store_and_a_pull_request_compares_against_its_champi
     assert "TABLE public runs" in listing.stdout and "TABLE public alembic_version" in listing.stdout
     models = {m.name: m.aliases for m in client.search_registered_models()}
     assert models, "stage 3 registered nothing"
-    (champion_version,) = [v for aliases in models.values() for a, v in aliases.items() if a == "champion"]
+    (champion_version,) = [
+        str(v) for aliases in models.values() for a, v in aliases.items() if a == "champion"
+    ]
     assert_dump_restores(dump, postgres_url, expected_runs=len(runs), expected_models=models)
 
     # --- A pull request: main's store restored into its own database, then compared against. ---
