@@ -34,6 +34,7 @@ class Views:
     trials: pd.DataFrame
     metric_summary: pd.DataFrame
     registered_models: pd.DataFrame
+    alias_history: pd.DataFrame
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -65,6 +66,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
             trials=empty,
             metric_summary=empty,
             registered_models=registered_models_frame(uri, model_name),
+            alias_history=history.alias_history(store, model_name),
         )
     return Views(
         leaderboard=history.leaderboard(store, experiment),
@@ -75,6 +77,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
         trials=history.trials(store, experiment),
         metric_summary=history.metric_summary(store, experiment),
         registered_models=registered_models_frame(uri, model_name),
+        alias_history=history.alias_history(store, model_name),
     )
 
 
@@ -105,6 +108,20 @@ def champion_text(champion: dict[str, Any] | None) -> str:
         f"{format_number(champion.get(keys.VTAG_TEST_EXPECTED_COST))}, "
         f"threshold {format_number(champion.get(keys.VTAG_THRESHOLD))}, "
         f"from optimization run `{champion.get(keys.VTAG_OPTIMIZE_RUN) or champion.get('run_id')}`."
+    )
+
+
+def production_text(moves: pd.DataFrame) -> str:
+    """One Markdown sentence about what ``@production`` serves, from the alias history."""
+    production = moves[moves["alias"] == keys.ALIAS_PRODUCTION] if not moves.empty else moves
+    if production.empty:
+        return "_No version has been deployed (`production` alias) yet._"
+    last = production.iloc[0]  # newest first
+    if _missing(last["to_version"]):
+        return f"_The `production` alias was removed on {last['time']:%Y-%m-%d %H:%M} UTC._"
+    return (
+        f"Production: `{last['name']}` version {last['to_version']} since {last['time']:%Y-%m-%d %H:%M} UTC "
+        f"({last['actor']}: {last['reason']})."
     )
 
 
@@ -152,6 +169,8 @@ def summary_markdown(
         parts.append(top.to_markdown(index=False, floatfmt=".4f", missingval=""))
     parts += ["", "## Champion"]
     parts.append(champion_text(champion_of(views.champion_history)))
+    parts += ["", "## Production"]
+    parts.append(production_text(views.alias_history))
     parts += ["", "## Last gate decision"]
     gates = views.gate_decisions
     if gates.empty:

@@ -1,13 +1,16 @@
-"""The CI workflow proven without GitHub: actionlint, then its pipeline job's steps replayed in bash.
+"""The CI workflow proven without GitHub: actionlint, then its pipeline and deploy jobs' steps replayed
+in bash.
 
-The replay runs every ``run:`` step of the ``pipeline`` job in order, the way the runner does
+The replay runs every ``run:`` step of a job in order, the way the runner does
 (``bash --noprofile --norc -eo pipefail``, the workflow's and job's ``env:`` with their expressions
 evaluated, ``$GITHUB_ENV`` carried from step to step), in a copy of the project, against a
 throwaway database on the local PostgreSQL instead of the service container. Stand-ins, all explicit:
 - the event is a manual dispatch with ``profile: fast`` (the pull-request budgets), no secrets or vars;
 - checkout is the copy; setup-python and the install step are this test environment's Python
   (reinstalling would rewrite the shared environment), checked to still say what they install;
-- the service container's host, port, user, password and database come from the ``postgres_url`` fixture.
+- the service container's host, port, user, password and database come from the ``postgres_url`` fixture;
+- the deploy job runs on a push to main, with the team's store (a secret) a throwaway database that
+  holds a registered champion; its steps that need Docker are not run (``DOCKER_ONLY``, with why).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +33,7 @@ from tests.github_actions import (
     PIPELINE_WORKFLOW,
     WORKFLOW_DIR,
     actionlint_command,
+    evaluate,
     load_workflow,
     run_actionlint,
     substitute,
@@ -40,6 +45,18 @@ STAGE_COMMANDS = ["mlflow-loan-rm", "mlflow-loan-om", "mlflow-loan-register", "m
 # Steps replaced by a stand-in: name -> (text the real script must contain, what runs instead).
 STAND_INS = {
     "Install": ("pip install -r requirements.txt", "python -c 'import pipeline, mlflow, optuna, papermill'"),
+}
+# Steps that need a Docker daemon, which this machine lacks: actionlint checks them, the replay does
+# not run them. name -> why. Every other run: step of the deploy job is replayed.
+DOCKER_ONLY = {
+    "Build the serving image of @production (mlflow models build-docker)": "builds a Docker image",
+    "Smoke-test the serving container": (
+        "runs the image as a container; the same smoke test runs against mlflow models serve in the "
+        "deploy step, and `python -m pipeline smoke-test` against a running server in its own test"
+    ),
+    "Push the serving image to ghcr.io": (
+        "pushes to a registry; off unless vars.PIPELINE_PUSH_IMAGE is 'true'"
+    ),
 }
 STEP_TIMEOUT_SECONDS = 1200
 # Not copied into the stand-in workspace: environments, caches and what a run generates.
@@ -130,61 +147,42 @@ def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
-    workflow = load_workflow()
-    job = workflow["jobs"]["pipeline"]
-    workspace = tmp_path / "workspace"
-    shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
-    contexts = stand_in_contexts(workspace)
-    runner = tmp_path / "runner"
-    runner.mkdir()
-    files = {
-        name: runner / name for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")
-    }
-    for path in files.values():
-        path.touch()
+def replay_steps(
+    job: dict,
+    contexts: dict,
+    base: dict[str, str],
+    workflow_env: dict[str, str],
+    job_env: dict[str, str],
+    workspace: Path,
+    runner: Path,
+    files: dict[str, Path],
+    skipped: dict[str, str] | None = None,
+) -> list[str]:
+    """Run a job's ``run:`` steps in order as the runner does; the names of the steps that ran.
 
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "GITHUB_"))}
-    inherited["PATH"] = f"{Path(sys.executable).parent}:{inherited['PATH']}"  # setup-python's stand-in
-    workflow_env = {k: substitute(v, contexts) for k, v in workflow.get("env", {}).items()}
-    contexts["env"] = workflow_env
-    job_env = {k: substitute(v, contexts) for k, v in job.get("env", {}).items()}
-    base = {
-        **inherited,
-        **workflow_env,
-        **job_env,
-        **service_env(postgres_url),
-        "CI": "true",
-        "GITHUB_ACTIONS": "true",
-        "GITHUB_WORKSPACE": str(workspace),
-        "GITHUB_EVENT_NAME": contexts["github"]["event_name"],
-        "GITHUB_REF": contexts["github"]["ref"],
-        "GITHUB_SHA": contexts["github"]["sha"],
-        "RUNNER_TEMP": str(runner),
-        **{name: str(path) for name, path in files.items()},
-    }
-    assert job_env["PIPELINE_PROFILE"] == "fast"
-    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
-
+    A step's ``if:`` is evaluated with the ``env`` context the runner would have (the workflow's,
+    the job's and what earlier steps wrote to ``$GITHUB_ENV``); ``failure()`` steps run only after
+    a failure. Steps named in ``skipped`` are not run.
+    """
     executed: list[str] = []
-    failed = False
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
-        condition = str(step.get("if", "success()"))
-        if "failure()" in condition and not failed:
+        if "run" not in step or name in (skipped or {}):
             continue
-        if "run" not in step:
+        exported = read_github_env(files["GITHUB_ENV"])
+        contexts["env"] = {**workflow_env, **job_env, **exported}
+        condition = str(step.get("if", "success()"))
+        if "failure()" in condition:
+            continue  # every replayed step must pass, so nothing failed before it
+        if condition not in ("success()", "always()") and not evaluate(condition, contexts):
             continue
         script = step["run"]
         if name in STAND_INS:
             expected_text, script = STAND_INS[name]
             assert expected_text in step["run"], f"step {name!r} changed; update its stand-in"
-        contexts["env"] = {**workflow_env, **job_env}
         env = {
             **base,
-            **read_github_env(files["GITHUB_ENV"]),
+            **exported,
             **{k: substitute(v, contexts) for k, v in step.get("env", {}).items()},
         }
         script_file = runner / f"step-{index}.sh"
@@ -202,6 +200,86 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
         assert done.returncode == 0, (
             f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
         )
+    return executed
+
+
+@dataclass
+class Replay:
+    """One job of the workflow, ready to replay in a copy of the project."""
+
+    job: dict
+    contexts: dict
+    base: dict[str, str]
+    workflow_env: dict[str, str]
+    job_env: dict[str, str]
+    workspace: Path
+    runner: Path
+    files: dict[str, Path]
+
+    def run(self, skipped: dict[str, str] | None = None) -> list[str]:
+        return replay_steps(
+            self.job,
+            self.contexts,
+            self.base,
+            self.workflow_env,
+            self.job_env,
+            self.workspace,
+            self.runner,
+            self.files,
+            skipped,
+        )
+
+
+def prepare_replay(
+    tmp_path: Path, job_name: str, extra_env: dict[str, str], **context_changes: dict
+) -> Replay:
+    """A copy of the project, the runner's files, contexts and environment for ``job_name``."""
+    workflow = load_workflow()
+    job = workflow["jobs"][job_name]
+    workspace = tmp_path / "workspace"
+    shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
+    contexts = stand_in_contexts(workspace)
+    for name, values in context_changes.items():
+        contexts[name] = {**contexts.get(name, {}), **values}
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    files = {
+        name: runner / name for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")
+    }
+    for path in files.values():
+        path.touch()
+
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_", "GITHUB_"))}
+    inherited["PATH"] = f"{Path(sys.executable).parent}:{inherited['PATH']}"  # setup-python's stand-in
+    workflow_env = {k: substitute(v, contexts) for k, v in workflow.get("env", {}).items()}
+    contexts["env"] = workflow_env
+    job_env = {k: substitute(v, contexts) for k, v in job.get("env", {}).items()}
+    base = {
+        **inherited,
+        **workflow_env,
+        **job_env,
+        **extra_env,
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_WORKSPACE": str(workspace),
+        "GITHUB_EVENT_NAME": contexts["github"]["event_name"],
+        "GITHUB_REF": contexts["github"]["ref"],
+        "GITHUB_SHA": contexts["github"]["sha"],
+        "RUNNER_TEMP": str(runner),
+        **{name: str(path) for name, path in files.items()},
+    }
+    return Replay(job, contexts, base, workflow_env, job_env, workspace, runner, files)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
+    replay = prepare_replay(tmp_path, "pipeline", service_env(postgres_url))
+    job, job_env, workspace, files = replay.job, replay.job_env, replay.workspace, replay.files
+    assert job_env["PIPELINE_PROFILE"] == "fast"
+    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
+
+    executed = replay.run()
 
     # Order: the four stages, then the notebook, as named steps in that sequence.
     scripts = {step.get("name"): step.get("run", "") for step in job["steps"]}
@@ -295,3 +373,66 @@ def assert_dump_restores(
             )
             cursor.execute(f'DROP DATABASE IF EXISTS "{restored}"')
         admin.close()
+
+
+def test_docker_only_steps_exist_and_are_the_only_ones_using_docker():
+    steps = {step["name"]: step.get("run", "") for step in load_workflow()["jobs"]["deploy"]["steps"]}
+    assert set(DOCKER_ONLY) <= set(steps), "a skipped step was renamed or removed"
+    using_docker = {name for name, script in steps.items() if "docker" in script}
+    assert using_docker == set(DOCKER_ONLY)
+    assert all(reason.strip() for reason in DOCKER_ONLY.values())
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_deploy_job_steps_deploy_the_champion_of_the_team_store(postgres_url, tmp_path):
+    from pipeline.stages import register
+    from tests.conftest import make_config, small_params
+    from tests.integration.fakes import fake_optimize_run, fake_research_run
+
+    # The team's store, as the pipeline job leaves it on main: a registered champion.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", postgres_url)
+        patch.setenv("PIPELINE_ARTIFACT_ROOT", str(tmp_path / "team-artifacts"))
+        config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+        research_id = fake_research_run(config, {"dummy": 0.5})
+        assert register.run(config, optimize_run_id=fake_optimize_run(config, research_id)).version == "1"
+
+    replay = prepare_replay(
+        tmp_path,
+        "deploy",
+        {
+            "GITHUB_SERVER_URL": "https://github.com",
+            "GITHUB_REPOSITORY": "Team/Loan-MLOps",
+            "GITHUB_RUN_ID": "77",
+        },
+        github={"event_name": "push", "ref": "refs/heads/main"},
+        secrets={"MLFLOW_TRACKING_URI": postgres_url},
+    )
+    assert evaluate(replay.job["if"], replay.contexts)  # a push to main
+    assert replay.job_env["TEAM_TRACKING_URI"] == postgres_url
+    assert replay.job_env["PUSH_IMAGE"] == "false"
+
+    executed = replay.run(skipped=DOCKER_ONLY)
+    every_run_step = [step["name"] for step in replay.job["steps"] if "run" in step]
+    assert executed == [name for name in every_run_step if name not in DOCKER_ONLY]
+
+    exported = read_github_env(replay.files["GITHUB_ENV"])
+    assert exported["DEPLOY_STORE"] == "team"
+    assert exported["IMAGE"] == "ghcr.io/team/loan-mlops/loan-default-scoring:" + "0" * 40
+    client = MlflowClient(postgres_url)
+    model = client.get_registered_model(exported["MODEL_NAME"])
+    assert {alias: str(version) for alias, version in model.aliases.items()} == {
+        "champion": "1",
+        "production": "1",
+    }
+    [deployed] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{keys.TAG_STAGE}` = '{keys.STAGE_DEPLOY}'",
+    )
+    assert deployed.info.status == "FINISHED"
+    assert deployed.data.tags[keys.TAG_DEPLOY_OUTCOME] == keys.DEPLOY_DEPLOYED
+    log = (replay.workspace / "logs" / "deploy.log").read_text()
+    assert "input_example: ok" in log
+    moves = [value for key, value in model.tags.items() if key.startswith(keys.RMTAG_ALIAS_MOVE_PREFIX)]
+    assert any('"https://github.com/Team/Loan-MLOps/actions/runs/77"' in value for value in moves)

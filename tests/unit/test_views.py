@@ -27,8 +27,10 @@ def test_champion_of_and_summary_handle_empty_views():
         trials=empty,
         metric_summary=empty,
         registered_models=empty,
+        alias_history=pd.DataFrame(columns=["name", "time", "alias", "to_version"]),
     )
     counts = pd.DataFrame({"table": ["runs", "spans"], "rows": [0, 0], "loaded": [True, False]})
     text = views.summary_markdown("sqlite:///x", "loan-default", counts, frames, None)
     assert "No research run" in text and "No version holds" in text and "No register run" in text
+    assert "No version has been deployed" in text
     assert "| runs" in text and "1 other tables" in text

@@ -1,0 +1,259 @@
+"""The one scoring path: applicants as users hold them in, probability and decision out.
+
+Pure: frames and a fitted estimator in, frames out; no files, no tracking. The batch command
+(:mod:`pipeline.stages.predict`) and the logged model's pyfunc (:mod:`pipeline.tracking.scorer`,
+what ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` run) both call :func:`score`, so
+they cannot drift. A column added to the output is added in :func:`score`, for both.
+
+The decision follows :mod:`pipeline.evaluation`: ``reject`` when the probability is at or above the
+model's recorded threshold, else ``accept``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+
+PROBABILITY_COLUMN = "default_probability"
+DECISION_COLUMN = "decision"
+THRESHOLD_COLUMN = "threshold"
+OUTPUT_COLUMNS = (PROBABILITY_COLUMN, DECISION_COLUMN, THRESHOLD_COLUMN)
+ACCEPT, REJECT = "accept", "reject"
+
+# How an input column is held: whole numbers, any number, or text.
+INTEGER, NUMBER, TEXT = "integer", "number", "text"
+KINDS = (INTEGER, NUMBER, TEXT)
+# Whole numbers beyond this are not exact in a float64, so such a column is not called integer.
+_LARGEST_EXACT_INTEGER = 2.0**53
+
+
+@dataclass(frozen=True)
+class InputColumn:
+    """One input the model takes: its name, how it is held, and whether it must be given."""
+
+    name: str
+    kind: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What scoring needs besides the estimator: the decision threshold and the input columns."""
+
+    threshold: float
+    columns: tuple[InputColumn, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": float(self.threshold),
+            "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoringSpec:
+        """Rebuild a spec; raises ValueError when ``data`` is not one."""
+        try:
+            threshold = float(data["threshold"])
+            columns = tuple(
+                InputColumn(str(c["name"]), str(c["kind"]), bool(c["required"])) for c in data["columns"]
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a scoring spec: {error!r}") from None
+        unknown = sorted({c.kind for c in columns} - set(KINDS))
+        if unknown or not columns or not np.isfinite(threshold):
+            raise ValueError(
+                f"not a scoring spec: unknown kinds {unknown}, {len(columns)} columns, threshold {threshold}"
+            )
+        return cls(threshold, columns)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """What :func:`prepare_input` found beyond hard errors."""
+
+    extra_columns: list[str] = field(default_factory=list)
+    unseen_categories: dict[str, int] = field(default_factory=dict)  # column -> rows with a new value
+    absent_optional: list[str] = field(default_factory=list)  # optional columns not given: all missing
+
+    @property
+    def unseen_total(self) -> int:
+        return sum(self.unseen_categories.values())
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A fitted estimator with its spec, and the category values its encoders know."""
+
+    estimator: Any
+    spec: ScoringSpec
+    categories: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, estimator: Any, spec: ScoringSpec) -> Scorer:
+        return cls(estimator, spec, known_categories(estimator))
+
+    @property
+    def threshold(self) -> float:
+        return self.spec.threshold
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The output columns, one row per input row (same index), and what the input check found."""
+
+    output: pd.DataFrame
+    check: InputCheck
+
+    @property
+    def rejected(self) -> int:
+        return int((self.output[DECISION_COLUMN] == REJECT).sum())
+
+
+def describe_inputs(features: pd.DataFrame) -> tuple[InputColumn, ...]:
+    """Each training column as users hold it: text, whole numbers, or numbers; optional where the
+    training data has missing values.
+
+    A whole-number column with missing values is a number column: an integer column cannot hold a
+    missing value (pandas and MLflow's signature enforcement read it as float).
+    """
+    columns = []
+    for name in features.columns:
+        values = features[name]
+        missing = bool(values.isna().any())
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            present = values.dropna().to_numpy(dtype=float)
+            whole = bool(
+                len(present)
+                and np.isfinite(present).all()
+                and (np.abs(present) < _LARGEST_EXACT_INTEGER).all()
+                and (present == np.floor(present)).all()
+            )
+            kind = INTEGER if whole and not missing else NUMBER
+        else:
+            kind = TEXT
+        columns.append(InputColumn(str(name), kind, required=not missing))
+    return tuple(columns)
+
+
+def raw_rows(features: pd.DataFrame, columns: Sequence[InputColumn]) -> pd.DataFrame:
+    """Rows of the training frame typed as users hold them (integer columns as integers)."""
+    typed = {}
+    for column in columns:
+        values = features[column.name]
+        typed[column.name] = values.astype("int64") if column.kind == INTEGER else values
+    return pd.DataFrame(typed, index=features.index)
+
+
+def known_categories(estimator: Any) -> dict[str, set[str]]:
+    """Category values each fitted encoder inside ``estimator`` has seen, by input column."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    known: dict[str, set[str]] = {}
+
+    def visit(node: Any) -> None:
+        if isinstance(node, Pipeline):
+            for _, step in node.steps:
+                visit(step)
+        elif isinstance(node, ColumnTransformer) and hasattr(node, "transformers_"):
+            for _, transformer, columns in node.transformers_:
+                encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+                categories = getattr(encoder, "categories_", None)
+                if categories is None or isinstance(columns, str):
+                    continue
+                for column, values in zip(columns, categories, strict=False):
+                    known.setdefault(str(column), set()).update(str(v) for v in values if not pd.isna(v))
+        # Calibration folds, and the members of a soft vote.
+        for child in [
+            *(getattr(node, "calibrated_classifiers_", None) or []),
+            *(getattr(node, "estimators_", None) or []),
+        ]:
+            visit(child)
+        inner = getattr(node, "estimator", None)
+        if inner is not None and inner is not node:
+            visit(inner)
+
+    visit(estimator)
+    return known
+
+
+def _numeric(name: str, raw: pd.Series) -> pd.Series:
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw[values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")]
+    if len(bad):
+        raise DataError(
+            f"column '{name}' must be numeric but holds {len(bad)} non-numeric value(s), "
+            f"e.g. {str(bad.iloc[0])[:40]!r}"
+        )
+    values = values.astype(float)
+    if np.isinf(values.to_numpy()).any():
+        raise DataError(f"column '{name}' holds infinite values")
+    return values
+
+
+def _text(raw: pd.Series) -> pd.Series:
+    # Plain object strings with NaN for missing: what the encoders were fitted on.
+    values = raw.astype(object).where(raw.notna(), np.nan)
+    return values.map(lambda v: v if isinstance(v, float) and np.isnan(v) else str(v))
+
+
+def prepare_input(
+    frame: pd.DataFrame, columns: Sequence[InputColumn], categories: Mapping[str, set[str]]
+) -> tuple[pd.DataFrame, InputCheck]:
+    """The model's input columns, typed as at training; raises DataError naming the bad column.
+
+    An optional column that is absent counts as missing in every row (the model imputes it).
+    """
+    if frame.empty:
+        raise DataError("the input has no rows to score")
+    missing = [c.name for c in columns if c.required and c.name not in frame.columns]
+    if missing:
+        raise DataError(f"the input lacks column(s) the model needs: {', '.join(missing)}")
+    typed: dict[str, pd.Series] = {}
+    unseen: dict[str, int] = {}
+    absent: list[str] = []
+    for column in columns:
+        if column.name in frame.columns:
+            raw = frame[column.name]
+        else:
+            absent.append(column.name)
+            raw = pd.Series(np.nan, index=frame.index, dtype=object)
+        if column.kind == TEXT:
+            values = _text(raw)
+            known = categories.get(column.name)
+            if known is not None:
+                new = values.notna() & ~values.isin(known)
+                if new.any():
+                    unseen[column.name] = int(new.sum())
+        else:
+            values = _numeric(column.name, raw)
+        typed[column.name] = values
+    names = {c.name for c in columns}
+    extra = [str(c) for c in frame.columns if c not in names]
+    return pd.DataFrame(typed, index=frame.index), InputCheck(extra, unseen, absent)
+
+
+def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None = None) -> pd.DataFrame:
+    """The output columns for given probabilities: the probability, the decision, the threshold."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    return pd.DataFrame(
+        {
+            PROBABILITY_COLUMN: probabilities,
+            DECISION_COLUMN: np.where(probabilities >= threshold, REJECT, ACCEPT),
+            THRESHOLD_COLUMN: float(threshold),
+        },
+        index=index,
+    )
+
+
+def score(scorer: Scorer, frame: pd.DataFrame) -> Scored:
+    """Score applicants: check and type the input, then probability and decision per row."""
+    features, check = prepare_input(frame, scorer.spec.columns, scorer.categories)
+    probabilities = scorer.estimator.predict_proba(features)[:, 1]
+    return Scored(decide(probabilities, scorer.threshold, frame.index), check)
