@@ -145,8 +145,9 @@ def test_a_version_failing_the_smoke_test_leaves_production_where_it_was(
     assert code == 2
     assert len(stderr) == 1
     assert stderr[0].startswith(
-        f"deploy failed: v{drifted} failed the smoke test (held_out_rows: probabilities differ"
+        f"deploy failed: v{drifted} failed the smoke test (input_example: probabilities"
     )
+    assert "held_out_rows: probabilities differ from batch scoring" in stderr[0]
     assert stderr[0].endswith("@production stays at v1")
     assert aliases(sqlite_store) == {"champion": drifted, "production": "1"}
 

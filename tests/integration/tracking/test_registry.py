@@ -59,7 +59,7 @@ def test_moves_are_recorded_on_sqlite_and_read_by_sql(sqlite_store, small_config
         frame = history.alias_history(store, NAME)
     finally:
         store.close()
-    assert frame["to_version"].tolist() == [None, "2", "1"]  # newest first
+    assert frame["to_version"].fillna("-").tolist() == ["-", "2", "1"]  # newest first
     assert len(frame) == len(moves)
 
 
@@ -72,7 +72,7 @@ def test_moves_are_recorded_on_postgres_and_read_by_sql(postgres_store, small_co
     finally:
         store.close()
     assert len(frame) == len(moves)
-    assert frame["from_version"].tolist() == ["2", "1", None]
+    assert frame["from_version"].fillna("-").tolist() == ["2", "1", "-"]
 
 
 @pytest.mark.slow
