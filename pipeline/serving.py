@@ -108,8 +108,8 @@ def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return redact(" | ".join(kept))
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """SIGTERM the server's process group (the server and its uvicorn workers), then SIGKILL."""
+def stop_process_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group ``process`` leads (a server and its workers), then SIGKILL."""
     if process.poll() is None:
         try:
             os.killpg(process.pid, signal.SIGTERM)
@@ -172,4 +172,4 @@ def scoring_server(
         logger.info("scoring server answered /ping after %.1f s", seconds)
         yield url, seconds
     finally:
-        _stop(process)
+        stop_process_group(process)

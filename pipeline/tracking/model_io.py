@@ -24,6 +24,7 @@ import pipeline
 from pipeline import scoring
 from pipeline.errors import LookupFailedError, ModelSecurityError
 from pipeline.tracking import keys
+from pipeline.tracking.runs import quiet_artifact_downloads
 from pipeline.tracking.scorer import read_estimator, read_scorer
 from pipeline.tracking.session import TrackingSession
 
@@ -32,7 +33,12 @@ _MODEL_CODE = Path(__file__).with_name("model_code.py")
 _PACKAGE = Path(pipeline.__file__).parent
 # MLflow's signature types for the kinds of input column.
 _SIGNATURE_TYPES = {scoring.INTEGER: "long", scoring.NUMBER: "double", scoring.TEXT: "string"}
-_KINDS_OF_TYPES = {"long": scoring.INTEGER, "integer": scoring.INTEGER, "double": scoring.NUMBER}
+_KINDS_OF_TYPES = {
+    "long": scoring.INTEGER,
+    "integer": scoring.INTEGER,
+    "double": scoring.NUMBER,
+    "float": scoring.NUMBER,
+}
 _EXAMPLE_ROWS = 5
 
 
@@ -116,7 +122,8 @@ def log_model(
     mlflow.set_tracking_uri(session.uri)
     # The logged model is created in the active experiment, not the run's: point it at ours.
     mlflow.set_experiment(experiment_id=session.experiment_id)
-    with tempfile.TemporaryDirectory(prefix="loan-model-") as folder:
+    # MLflow validates the input example by loading the model back: no download progress bars.
+    with tempfile.TemporaryDirectory(prefix="loan-model-") as folder, quiet_artifact_downloads():
         estimator_file = Path(folder) / keys.MODEL_ESTIMATOR_FILE
         spec_file = Path(folder) / keys.MODEL_SPEC_FILE
         skops.io.dump(model, estimator_file)

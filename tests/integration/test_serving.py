@@ -96,3 +96,21 @@ def test_a_model_that_does_not_load_is_a_serving_error_with_the_reason(champion_
     ):
         pytest.fail("a server without a model came up")
     assert "99" in str(raised.value)  # the log's last lines say which model was not found
+
+
+def test_the_tracking_uri_reaches_the_server_through_its_environment_not_its_command_line(
+    server, champion_store
+):
+    import psutil
+
+    url, _ = server
+    port = url.rsplit(":", 1)[1]
+    processes = [
+        process
+        for process in psutil.process_iter(["cmdline"])
+        if process.info["cmdline"] and port in process.info["cmdline"]
+    ]
+    assert processes, "no process serves the port"  # mlflow models serve and its uvicorn
+    for process in processes:
+        assert champion_store.uri not in " ".join(process.info["cmdline"])
+    assert any(process.environ().get("MLFLOW_TRACKING_URI") == champion_store.uri for process in processes)

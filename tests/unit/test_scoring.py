@@ -135,3 +135,23 @@ def test_known_categories_found_inside_calibrated_models(german, family):
     columns = [InputColumn(c, TEXT if c in categorical else NUMBER) for c in frame]
     _, check = scoring.prepare_input(changed, columns, known)
     assert check.unseen_categories == {"purpose": 5}
+
+
+def test_scoring_predicts_on_one_thread_with_the_same_probabilities(german):
+    from sklearn.ensemble import VotingClassifier
+
+    frame, target, categorical, numeric = german
+    training = frame.astype({c: float for c in numeric})
+    forest = build_estimator("random_forest", {"n_estimators": 20}, categorical, numeric, 0, n_jobs=2)
+    vote = VotingClassifier(
+        [("forest", forest), ("linear", build_estimator("logistic_regression", {}, categorical, numeric, 0))],
+        voting="soft",
+        n_jobs=2,
+    ).fit(training, target)
+    before = vote.predict_proba(training)[:, 1]
+    scorer = scoring.Scorer.of(vote, ScoringSpec(0.5, scoring.describe_inputs(training)))
+    assert scorer.estimator.n_jobs == 1
+    assert scorer.estimator.estimators_[0].named_steps["model"].n_jobs == 1
+    np.testing.assert_allclose(
+        scoring.score(scorer, frame).output["default_probability"], before, rtol=0, atol=1e-12
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from pipeline.errors import ServingError
 from pipeline.queries import history, tables
-from pipeline.serving import free_port, wait_until_ready
+from pipeline.serving import free_port, stop_process_group, wait_until_ready
 from pipeline.settings import TRACKING_URI_ENV
 from pipeline.tracking import keys, registry, runs
 
@@ -52,27 +51,21 @@ def check_moves_are_recorded_and_read_back(config) -> list:
     return moves
 
 
-def test_moves_are_recorded_on_sqlite_and_read_by_sql(sqlite_store, small_config):
+@pytest.mark.parametrize(
+    "store_fixture", ["sqlite_store", pytest.param("postgres_store", marks=pytest.mark.postgres)]
+)
+def test_moves_are_recorded_and_read_by_sql(store_fixture, request, small_config):
+    uri = request.getfixturevalue(store_fixture)
     moves = check_moves_are_recorded_and_read_back(small_config)
-    store = tables.open_store(sqlite_store)
+    store = tables.open_store(uri)
     try:
         frame = history.alias_history(store, NAME)
     finally:
         store.close()
+    assert len(frame) == len(moves)
     assert frame["to_version"].fillna("-").tolist() == ["-", "2", "1"]  # newest first
-    assert len(frame) == len(moves)
-
-
-@pytest.mark.postgres
-def test_moves_are_recorded_on_postgres_and_read_by_sql(postgres_store, small_config):
-    moves = check_moves_are_recorded_and_read_back(small_config)
-    store = tables.open_store(postgres_store)
-    try:
-        frame = history.alias_history(store, NAME)
-    finally:
-        store.close()
-    assert len(frame) == len(moves)
     assert frame["from_version"].fillna("-").tolist() == ["2", "1", "-"]
+    assert set(frame["name"]) == {NAME}
 
 
 @pytest.mark.slow
@@ -99,9 +92,4 @@ def test_moves_are_recorded_through_an_mlflow_tracking_server(tmp_path, monkeypa
         monkeypatch.setenv(TRACKING_URI_ENV, url)
         check_moves_are_recorded_and_read_back(small_config)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_process_group(server)
