@@ -206,28 +206,35 @@ def predict_on_one_thread(estimator: Any) -> Any:
     return estimator
 
 
-def _numeric(name: str, raw: pd.Series) -> pd.Series:
-    values = pd.to_numeric(raw, errors="coerce")
-    suspect = values.isna() & raw.notna()
-    if suspect.any():  # text that is not a number (blank text counts as missing)
-        bad = raw[suspect & (raw.astype(str).str.strip() != "")]
-        if len(bad):
-            raise DataError(
-                f"column '{name}' must be numeric but holds {len(bad)} non-numeric value(s), "
-                f"e.g. {str(bad.iloc[0])[:40]!r}"
-            )
-    values = values.astype(float)
-    if np.isinf(values.to_numpy()).any():
+# Typing works on numpy arrays, column by column: a request is often one row, where pandas'
+# per-operation overhead, not the data, is the cost.
+
+
+def _numeric(name: str, raw: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        values = raw.to_numpy(dtype=float, na_value=np.nan)
+    else:  # text, as a CSV is read: numbers, blanks (missing) or a mistake to name
+        parsed = pd.to_numeric(raw, errors="coerce")
+        suspect = parsed.isna() & raw.notna()
+        if suspect.any():
+            bad = raw[suspect & (raw.astype(str).str.strip() != "")]
+            if len(bad):
+                raise DataError(
+                    f"column '{name}' must be numeric but holds {len(bad)} non-numeric value(s), "
+                    f"e.g. {str(bad.iloc[0])[:40]!r}"
+                )
+        values = parsed.to_numpy(dtype=float, na_value=np.nan)
+    if np.isinf(values).any():
         raise DataError(f"column '{name}' holds infinite values")
     return values
 
 
-def _text(raw: pd.Series) -> pd.Series:
-    # Plain object strings with NaN for missing: what the encoders were fitted on.
+def _text(raw: pd.Series) -> np.ndarray:
+    """Plain strings with NaN for missing, as an object array: what the encoders were fitted on."""
     missing = raw.isna().to_numpy()
-    text = raw.astype(str).to_numpy(dtype=object)
+    text = raw.to_numpy(dtype=object).astype(str).astype(object)
     text[missing] = np.nan
-    return pd.Series(text, index=raw.index, dtype=object)
+    return text
 
 
 def prepare_input(
@@ -242,7 +249,7 @@ def prepare_input(
     missing = [c.name for c in columns if c.required and c.name not in frame.columns]
     if missing:
         raise DataError(f"the input lacks column(s) the model needs: {', '.join(missing)}")
-    typed: dict[str, pd.Series] = {}
+    typed: dict[str, np.ndarray] = {}
     unseen: dict[str, int] = {}
     absent: list[str] = []
     for column in columns:
@@ -255,15 +262,27 @@ def prepare_input(
             values = _text(raw)
             known = categories.get(column.name)
             if known is not None:
-                new = values.notna() & ~values.isin(known)
-                if new.any():
-                    unseen[column.name] = int(new.sum())
+                new = sum(1 for value in values if isinstance(value, str) and value not in known)
+                if new:
+                    unseen[column.name] = new
         else:
             values = _numeric(column.name, raw)
         typed[column.name] = values
     names = {c.name for c in columns}
     extra = [str(c) for c in frame.columns if c not in names]
-    return pd.DataFrame(typed, index=frame.index), InputCheck(extra, unseen, absent)
+    return _frame(typed, columns, frame.index), InputCheck(extra, unseen, absent)
+
+
+def _frame(typed: Mapping[str, np.ndarray], columns: Sequence[InputColumn], index: pd.Index) -> pd.DataFrame:
+    """One float block and one object block (text stays object, not pandas' string type), in order."""
+    blocks = []
+    for text in (False, True):
+        names = [c.name for c in columns if (c.kind == TEXT) is text]
+        if names:
+            values = np.column_stack([typed[name] for name in names])
+            blocks.append(pd.DataFrame(values, index=index, columns=names, dtype=object if text else float))
+    joined = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
+    return joined[[c.name for c in columns]]
 
 
 def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None = None) -> pd.DataFrame:
