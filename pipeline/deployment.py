@@ -100,9 +100,9 @@ def smoke_test(
         )
     scored(smoke.HELD_OUT_ROWS, holdout, smoke.records_body(holdout))
 
-    body, problem = smoke.malformed_body(holdout, loaded.recorded_spec.columns)
+    body, words = smoke.malformed_body(holdout, loaded.recorded_spec.columns)
     refused = serving.request(f"{url}/invocations", body, timeout=timeout)
-    passed, detail = smoke.judge_refusal(refused.status, refused.message(), problem)
+    passed, detail = smoke.judge_refusal(refused.status, refused.message(), words)
     checks.append(smoke.Check(smoke.MALFORMED_REQUEST, passed, refused.seconds, detail))
     return checks
 

@@ -2,7 +2,7 @@
 
 A version passes when the server answers ``/ping``; scores the logged input example and held-out
 rows exactly as batch scoring does (every probability within the tolerance, the same decisions and
-threshold); and answers a request that lacks a column the model needs with HTTP 400 naming it.
+threshold); and answers a request that lacks a column the model needs with HTTP 400 saying so.
 Pure: frames and answers in, verdicts out; the HTTP is :mod:`pipeline.serving`'s.
 """
 
@@ -66,16 +66,19 @@ def records_body(frame: pd.DataFrame) -> str:
     return json.dumps({"dataframe_records": [dict(zip(columns, row, strict=True)) for row in _rows(frame)]})
 
 
-def malformed_body(frame: pd.DataFrame, columns: Sequence[scoring.InputColumn]) -> tuple[str, str]:
-    """A request the server must refuse, and the word its refusal must name.
+def malformed_body(
+    frame: pd.DataFrame, columns: Sequence[scoring.InputColumn]
+) -> tuple[str, tuple[str, ...]]:
+    """A request the server must refuse, and the words its refusal must hold.
 
-    The rows without the first column the model requires; when every column is optional, a body
-    that is not JSON.
+    The rows without the first column the model requires (the refusal must say it is missing and
+    name it: the schema the message also lists names every column); when every column is
+    optional, a body that is not JSON.
     """
     required = [c.name for c in columns if c.required and c.name in frame.columns]
     if not required:
-        return '{"dataframe_split": ', "JSON"
-    return split_body(frame.drop(columns=[required[0]])), required[0]
+        return '{"dataframe_split": ', ("JSON",)
+    return split_body(frame.drop(columns=[required[0]])), ("missing", f"'{required[0]}'")
 
 
 def judge_scores(expected: pd.DataFrame, status: int, answer: Any, tolerance: float) -> tuple[bool, str]:
@@ -116,10 +119,11 @@ def judge_scores(expected: pd.DataFrame, status: int, answer: Any, tolerance: fl
     return True, f"{len(expected)} rows as batch scoring (largest difference {difference:.3g})"
 
 
-def judge_refusal(status: int, message: str, problem: str) -> tuple[bool, str]:
-    """Whether a malformed request got HTTP 400 with a message naming ``problem``."""
+def judge_refusal(status: int, message: str, words: Sequence[str]) -> tuple[bool, str]:
+    """Whether a malformed request got HTTP 400 with a message holding every one of ``words``."""
     if status != 400:
         return False, f"HTTP {status} instead of 400"
-    if problem not in message:
-        return False, f"HTTP 400 without naming {problem!r}"
-    return True, f"HTTP 400 naming {problem!r}"
+    absent = [word for word in words if word not in message]
+    if absent:
+        return False, f"HTTP 400 without {', '.join(absent)} in its message"
+    return True, f"HTTP 400 saying {' '.join(words)}"

@@ -114,3 +114,13 @@ def test_the_tracking_uri_reaches_the_server_through_its_environment_not_its_com
     for process in processes:
         assert champion_store.uri not in " ".join(process.info["cmdline"])
     assert any(process.environ().get("MLFLOW_TRACKING_URI") == champion_store.uri for process in processes)
+
+
+def test_error_messages_and_log_tails_are_one_redacted_line(tmp_path):
+    body = json.dumps({"error_code": "BAD_REQUEST", "message": "Invalid input.\n  Ensure JSON"})
+    assert serving.Response(400, body, 0.1).message() == "Invalid input. Ensure JSON"
+    assert serving.Response(0, "connection refused", 0.1).message() == "connection refused"
+    log = tmp_path / "server.log"
+    log.write_text("starting\n\nuri postgresql://u:secret@db/x\nTraceback\n  boom\n")
+    assert serving.log_tail(log, lines=3) == "uri postgresql://u:***@db/x | Traceback | boom"
+    assert serving.log_tail(tmp_path / "absent.log") == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,7 @@ def test_every_docker_step_needs_the_team_store_and_the_token_goes_through_stdin
 def run_configure_step(tmp_path, **env: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
     github_env = tmp_path / "github_env"
     github_env.touch()
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path)  # the step reads the model name from it
     done = subprocess.run(
         [
             "bash",
@@ -310,7 +312,7 @@ def run_configure_step(tmp_path, **env: str) -> tuple[subprocess.CompletedProces
             "-c",
             step("team's tracking store", DEPLOY_STEPS)["run"],
         ],
-        cwd=PROJECT_ROOT,
+        cwd=tmp_path,
         env=bash_env(GITHUB_ENV=str(github_env), **env),
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ import pytest
 from pipeline.errors import ServingError
 from pipeline.queries import history, tables
 from pipeline.serving import free_port, stop_process_group, wait_until_ready
-from pipeline.settings import TRACKING_URI_ENV
+from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
 from pipeline.tracking import keys, registry, runs
 
 pytestmark = pytest.mark.integration
@@ -90,6 +90,8 @@ def test_moves_are_recorded_through_an_mlflow_tracking_server(tmp_path, monkeypa
         except ServingError as error:
             pytest.fail(f"{error}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
         monkeypatch.setenv(TRACKING_URI_ENV, url)
+        # The experiment's artifacts are written by this client: keep them in the test's folder.
+        monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
         check_moves_are_recorded_and_read_back(small_config)
     finally:
         stop_process_group(server)
