@@ -7,7 +7,7 @@ CONFIG ?= params.yaml
 PROFILE ?=
 STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-load actionlint ui status clean
+.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-load bench-serving actionlint ui status clean
 
 help:
 	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
@@ -61,6 +61,9 @@ bench-results: $(STAMP)
 
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py
+
+bench-serving: $(STAMP)
+	$(BIN)/python bench/serving.py
 
 actionlint: $(STAMP)
 	$(BIN)/actionlint

@@ -53,6 +53,24 @@ def _predict(config, args) -> Any:
     return predict.run(config, model_uri=args.model, input_path=args.input, output_path=args.output)
 
 
+def _deploy(config, args) -> Any:
+    from pipeline.stages import deploy
+
+    return deploy.run(config)
+
+
+def _rollback(config, args) -> Any:
+    from pipeline.stages import rollback
+
+    return rollback.run(config)
+
+
+def _smoke_test(config, args) -> Any:
+    from pipeline.stages import smoke_test
+
+    return smoke_test.run(config, model_uri=args.model, url=args.url)
+
+
 def _results(config, args) -> Any:
     from pipeline.stages import results
 
@@ -105,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument(
         "--fail-on-reject", action="store_true", default=None, help="exit 1 when the gate rejects"
     )
+    command("deploy", _deploy, "smoke-test @champion behind a scoring server, then make it @production")
+    command("rollback", _rollback, "smoke-test the previous production version, then restore it")
+    smoke = command("smoke-test", _smoke_test, "the deploy smoke test against a running scoring server")
+    smoke.add_argument(
+        "--model", required=True, help="the model the server serves, e.g. models:/NAME@production"
+    )
+    smoke.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:5001")
     predict = command("predict", _predict, "score applicants with a registered model")
     predict.add_argument("--model", required=True, help="model URI, e.g. models:/NAME@champion")
     predict.add_argument("--input", type=Path, required=True, help="CSV or Parquet of applicants")
@@ -227,4 +252,5 @@ research_command = _console("research")
 optimize_command = _console("optimize")
 register_command = _console("register")
 results_command = _console("results")
+deploy_command = _console("deploy")
 predict_command = _console("predict")

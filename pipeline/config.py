@@ -202,6 +202,18 @@ class RegisterConfig(_Section):
     fail_on_reject: bool = False
 
 
+class DeployConfig(_Section):
+    """The smoke test a version passes before ``@production`` moves to it (deploy and rollback)."""
+
+    # The scoring server must answer /ping within this (it loads the model and its libraries).
+    startup_timeout_seconds: float = Field(180.0, gt=0, le=3600)
+    request_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    # Held-out test rows sent to the server and compared with batch scoring.
+    smoke_rows: int = Field(500, ge=1, le=1_000_000)
+    # Largest difference allowed between a served and a batch-scored probability.
+    tolerance: float = Field(1e-9, ge=0, le=1)
+
+
 class ResultsConfig(_Section):
     output_dir: Path = Path("reports")
     notebook: Path = Path("notebooks/results.ipynb")
@@ -221,6 +233,7 @@ class PipelineConfig(_Section):
     optimize: OptimizeConfig = OptimizeConfig()
     # "register" would shadow BaseModel's ABC method; the YAML key stays "register".
     registration: RegisterConfig = Field(RegisterConfig(), alias="register")
+    deploy: DeployConfig = DeployConfig()
     results: ResultsConfig = ResultsConfig()
     # Directory relative paths resolve against (the config file's folder); not a YAML key.
     root: Path = Field(Path("."), exclude=True)

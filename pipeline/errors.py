@@ -45,3 +45,15 @@ class SchemaOutdatedError(PipelineError):
     """The tracking database was created by an older MLflow and needs a migration."""
 
     kind = "tracking schema outdated"
+
+
+class ServingError(PipelineError):
+    """The scoring server did not start, or stopped answering."""
+
+    kind = "scoring server failed"
+
+
+class DeployError(PipelineError):
+    """A version failed its smoke test, or ``@production`` moved under a deploy: nothing was moved."""
+
+    kind = "deploy failed"

@@ -35,6 +35,15 @@ def data_url() -> str | None:
     return os.environ.get(DATA_URL_ENV, "").strip() or None
 
 
+def ci_run_url() -> str | None:
+    """The CI run this process belongs to (GitHub Actions' run page), when there is one."""
+    parts = [
+        os.environ.get(name, "").strip()
+        for name in ("GITHUB_SERVER_URL", "GITHUB_REPOSITORY", "GITHUB_RUN_ID")
+    ]
+    return f"{parts[0]}/{parts[1]}/actions/runs/{parts[2]}" if all(parts) else None
+
+
 def optuna_url() -> str | None:
     """Where Optuna keeps its studies when not beside the tracking store."""
     return os.environ.get(OPTUNA_URL_ENV, "").strip() or None

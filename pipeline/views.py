@@ -41,6 +41,8 @@ class Views:
     confusion: pd.DataFrame
     # What a pull-request run restored from main as its baseline (one row; empty on main).
     baseline: pd.DataFrame
+    # Every move of an alias (register, deploy, rollback), newest first.
+    alias_history: pd.DataFrame
 
     @classmethod
     def empty(cls, **given: pd.DataFrame) -> Views:
@@ -74,7 +76,9 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
     registered = registered_models_frame(uri, model_name)
     if experiment is None:
         return Views.empty(
-            champion_history=history.champion_history(store, model_name), registered_models=registered
+            champion_history=history.champion_history(store, model_name),
+            registered_models=registered,
+            alias_history=history.alias_history(store, model_name),
         )
     gates = history.gate_decisions(store, experiment)
     return Views(
@@ -86,6 +90,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
         trials=history.trials(store, experiment),
         metric_summary=history.metric_summary(store, experiment),
         registered_models=registered,
+        alias_history=history.alias_history(store, model_name),
         baseline=baseline_frame(tables.experiment_tags(store, experiment).get(keys.TAG_BASELINE)),
         comparison=latest_gate_artifact(uri, gates, keys.ARTIFACT_COMPARISON, COLUMNS),
         confusion=latest_gate_artifact(uri, gates, keys.ARTIFACT_CONFUSION, CONFUSION_COLUMNS),
@@ -137,6 +142,20 @@ def champion_text(champion: dict[str, Any] | None) -> str:
         f"{format_number(champion.get(keys.VTAG_TEST_EXPECTED_COST))}, "
         f"threshold {format_number(champion.get(keys.VTAG_THRESHOLD))}, "
         f"from optimization run `{champion.get(keys.VTAG_OPTIMIZE_RUN) or champion.get('run_id')}`."
+    )
+
+
+def production_text(moves: pd.DataFrame) -> str:
+    """One Markdown sentence about what ``@production`` serves, from the alias history."""
+    production = moves[moves["alias"] == keys.ALIAS_PRODUCTION] if not moves.empty else moves
+    if production.empty:
+        return "_No version has been deployed (`production` alias) yet._"
+    last = production.iloc[0]  # newest first
+    if _missing(last["to_version"]):
+        return f"_The `production` alias was removed on {last['time']:%Y-%m-%d %H:%M} UTC._"
+    return (
+        f"Production: `{last['name']}` version {last['to_version']} since {last['time']:%Y-%m-%d %H:%M} UTC "
+        f"({last['actor']}: {last['reason']})."
     )
 
 
@@ -211,6 +230,7 @@ def summary_markdown(
         top = top.astype(object).where(top.notna(), None)
         parts.append(top.to_markdown(index=False, floatfmt=".4f", missingval=""))
     parts += ["", "## Champion", champion_text(champion_of(views.champion_history))]
+    parts += ["", "## Production", production_text(views.alias_history)]
     loaded = counts[counts["loaded"]][["table", "rows"]]
     others = counts[~counts["loaded"]]
     parts += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,59 @@ def results_store(tmp_path_factory):
         patch.setenv(TRACKING_URI_ENV, uri)
         patch.setenv(ARTIFACT_ROOT_ENV, str(folder / "artifacts"))
         return populate(make_config(small_params()), uri)
+
+
+@dataclass(frozen=True)
+class ChampionStore:
+    """A store whose registered model has a champion (version 1); see the ``champion_store`` fixture."""
+
+    uri: str
+    folder: Path
+    config: PipelineConfig
+    model_name: str
+
+    @property
+    def version_uri(self) -> str:
+        return f"models:/{self.model_name}/1"
+
+
+@pytest.fixture(scope="session")
+def champion_store(tmp_path_factory) -> ChampionStore:
+    """A SQLite store where version 1 of the model is champion and a weaker version 2 the rejected
+    challenger (faked stages 1-2, the real register), built once for the scoring and serving tests.
+    Tests must not move its aliases."""
+    from pipeline.stages import register
+    from tests.integration.fakes import weak_then_strong
+
+    folder = tmp_path_factory.mktemp("champion_store")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TRACKING_URI_ENV, uri)
+        patch.setenv(ARTIFACT_ROOT_ENV, str(folder / "artifacts"))
+        weak, strong = weak_then_strong(config)
+        decisions = [register.run(config, optimize_run_id=run_id).decision for run_id in (strong, weak)]
+    assert decisions == ["promoted", "rejected"]
+    return ChampionStore(uri, folder, config, config.registration.model_name)
+
+
+@pytest.fixture(scope="session")
+def champion_server(champion_store, tmp_path_factory):
+    """Version 1 of the champion store behind a real scoring server for the whole session; its URL."""
+    from pipeline import serving
+
+    log = tmp_path_factory.mktemp("serving") / "server.log"
+    with serving.scoring_server(champion_store.version_uri, champion_store.uri, 240, log) as (url, _):
+        yield url
+    assert serving.request(f"{url}/ping", timeout=5).status == 0, "the server outlived its block"
+
+
+@pytest.fixture
+def use_champion_store(champion_store, monkeypatch) -> ChampionStore:
+    """Point this test's MLflow (the environment and the client's global URI) at the champion store."""
+    import mlflow
+
+    monkeypatch.setenv(TRACKING_URI_ENV, champion_store.uri)
+    monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(champion_store.folder / "artifacts"))
+    mlflow.set_tracking_uri(champion_store.uri)
+    return champion_store

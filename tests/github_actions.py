@@ -215,6 +215,7 @@ def replay_job(
     uses_stand_ins: dict[str, Any],
     timeout_seconds: float,
     services: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Run a job's steps in order the way the runner does; returns the steps run and ``$GITHUB_ENV``.
 
@@ -223,7 +224,8 @@ def replay_job(
     ``stand_ins`` runs the stand-in script (after checking the real one still says what it is
     replaced for); a ``uses:`` step named in ``uses_stand_ins`` calls that function with the step.
     Other ``uses:`` steps (checkout, setup-python, uploads) are the test's own doing. ``services``
-    (the stand-in service container's address) wins over the job's own ``env:``.
+    (the stand-in service container's address) wins over the job's own ``env:``. Steps named in
+    ``skipped`` (name -> why) are not run.
     """
     job = workflow["jobs"][job_name]
     github_env = runner / "GITHUB_ENV"
@@ -235,7 +237,7 @@ def replay_job(
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
         contexts["env"] = {**workflow_env, **job_env, **read_env_file(github_env)}
-        if not step_condition(step, contexts, failed):
+        if name in (skipped or {}) or not step_condition(step, contexts, failed):
             continue
         if "uses" in step:
             if name in uses_stand_ins:

@@ -1,5 +1,5 @@
 """What the pipeline's stages left in the store, by SQL: the leaderboard, trials, the champion
-history, gate decisions, run durations, a metric summary and the latest lineage.
+history, gate decisions, the alias history, run durations, a metric summary and the latest lineage.
 
 Views aggregate in SQL and look up only the runs they need, so they stay fast on a store with
 millions of metric rows.
@@ -14,6 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from pipeline.queries.tables import Store, latest_stage_run, query_frame, runs_frame, stage_runs, tag_exists
+from pipeline.tracking import alias_history as aliases
 from pipeline.tracking import keys
 
 # Model-version tags the champion history shows (see pipeline.tracking.keys).
@@ -234,6 +235,32 @@ def champion_history(store: Store, model_name: str | None) -> pd.DataFrame:
     for key in (keys.VTAG_TEST_ROC_AUC, keys.VTAG_TEST_EXPECTED_COST, keys.VTAG_THRESHOLD):
         frame[key] = pd.to_numeric(frame[key], errors="coerce")
     return frame.sort_values(["name", "version"], ascending=[True, False]).reset_index(drop=True)
+
+
+def alias_history(store: Store, model_name: str | None) -> pd.DataFrame:
+    """Every recorded move of a registered model's aliases (by register, deploy, rollback), newest first.
+
+    The moves are registered-model tags (see :mod:`pipeline.tracking.alias_history`).
+    """
+    columns = ["name", *aliases.COLUMNS]
+    if not store.has("registered_model_tags"):
+        return pd.DataFrame(columns=columns)
+    tags = store.table("registered_model_tags")
+    statement = sa.select(tags.c.name, tags.c.key, tags.c.value).where(
+        tags.c.key.startswith(keys.RMTAG_ALIAS_MOVE_PREFIX, autoescape=True)
+    )
+    if model_name is not None:
+        statement = statement.where(tags.c.name == sa.bindparam("name", value=model_name))
+    frame = query_frame(store, statement)
+    parts = [
+        aliases.history_frame(aliases.moves_from_tags(zip(group["key"], group["value"], strict=True))).assign(
+            name=name
+        )
+        for name, group in frame.groupby("name", sort=True)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
 
 
 def gate_decisions(store: Store, experiment: str | None, limit: int = 20) -> pd.DataFrame:

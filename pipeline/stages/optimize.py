@@ -346,7 +346,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             session,
             run_id,
             final,
-            input_example=train_x.head(5),
+            features=dataset.features,
             metadata={
                 keys.META_THRESHOLD: threshold,
                 keys.META_RESEARCH_RUN: research_id,

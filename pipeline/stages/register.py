@@ -308,27 +308,32 @@ def _version_tags(challenger: Challenger, figures: dict[str, float]) -> dict[str
 
 
 def _move_aliases(
-    config: PipelineConfig, session: TrackingSession, version: str, champion, promoted: bool
+    config: PipelineConfig,
+    session: TrackingSession,
+    version: str,
+    champion,
+    promoted: bool,
+    why: registry.MoveReason,
 ) -> None:
     name = config.registration.model_name
     mirror = config.registration.mirror_stages
     if not promoted:
-        registry.set_alias(session, name, keys.ALIAS_CHALLENGER, version)
+        registry.move_alias(session, name, keys.ALIAS_CHALLENGER, version, why)
         if mirror:
             registry.mirror_stage(session, name, version, "Staging")
         return
     if champion is not None and str(champion.version) != str(version):
-        registry.set_alias(session, name, keys.ALIAS_PREVIOUS, champion.version)
+        registry.move_alias(session, name, keys.ALIAS_PREVIOUS, champion.version, why)
         registry.set_version_tags(session, name, champion.version, {VTAG_ARCHIVED: "true"})
         if mirror:
             registry.mirror_stage(session, name, champion.version, "Archived")
-    registry.set_alias(session, name, keys.ALIAS_CHAMPION, version)
+    registry.move_alias(session, name, keys.ALIAS_CHAMPION, version, why)
     if mirror:
         registry.mirror_stage(session, name, version, "Production")
     # A rerun that promotes what an interrupted run had left as challenger (e.g. after the floors changed).
     challenger = registry.alias_version(session, name, keys.ALIAS_CHALLENGER)
     if challenger is not None and str(challenger.version) == str(version):
-        registry.delete_alias(session, name, keys.ALIAS_CHALLENGER)
+        registry.move_alias(session, name, keys.ALIAS_CHALLENGER, None, why)
 
 
 def register_locked(
@@ -337,8 +342,12 @@ def register_locked(
     challenger: Challenger,
     dataset: Dataset,
     split: Split,
+    run_id: str | None = None,
 ) -> Outcome:
-    """Check, register, move aliases, then mark the version done. Call under the registry lock."""
+    """Check, register, move aliases, then mark the version done. Call under the registry lock.
+
+    ``run_id`` is the register run, recorded with each alias move.
+    """
     name = config.registration.model_name
     registry.ensure_registered_model(session, name)
     existing = registry.model_versions_with_tag(session, name, VTAG_OPTIMIZE_RUN, challenger.run_id)
@@ -386,7 +395,13 @@ def register_locked(
             unique_tag=VTAG_OPTIMIZE_RUN,
         )
         version = str(created.version)
-    _move_aliases(config, session, version, champion, decision.promoted)
+    why = registry.MoveReason(
+        keys.STAGE_REGISTER,
+        f"gate {decision.decision} version {version}: {decision.reason}",
+        run_id,
+        runs.git_commit(config.root),
+    )
+    _move_aliases(config, session, version, champion, decision.promoted, why)
     gate_tags: dict[str, Any] = {VTAG_DECISION: decision.decision, VTAG_REASON: decision.reason}
     gate_tags.update(
         {
@@ -480,7 +495,7 @@ def run(
     run_name = f"{keys.STAGE_REGISTER}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with runs.stage_run(session, run_name, tags) as run_id:
         with registry.registry_lock(session, name), runs.quiet_artifact_downloads():
-            outcome = register_locked(config, session, challenger, dataset, split)
+            outcome = register_locked(config, session, challenger, dataset, split, run_id)
         _log_outcome(config, session, run_id, outcome)
     logger.info("%s version %s: %s (%s)", name, outcome.version, outcome.decision, outcome.reason)
     return RegisterResult(

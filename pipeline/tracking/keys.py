@@ -9,6 +9,8 @@ this is the one place their spelling lives. No imports, no logic.
 STAGE_RESEARCH = "research"
 STAGE_OPTIMIZE = "optimize"
 STAGE_REGISTER = "register"
+STAGE_DEPLOY = "deploy"
+STAGE_ROLLBACK = "rollback"
 ROLE_STAGE = "stage"  # the parent run of a stage
 ROLE_CANDIDATE = "candidate"  # a research candidate's child run
 ROLE_TRIAL = "trial"  # an Optuna trial's child run
@@ -65,6 +67,17 @@ TAG_REGISTER_RESUMED = "register.resumed_pending"
 TAG_REGISTER_CHAMPION = "register.champion_version"
 TAG_REGISTER_OTHER_DATA = "register.champion_compared_on_other_data"
 
+# --- Deploy and rollback (tags of their runs) -------------------------------------------------------
+TAG_DEPLOY_MODEL_NAME = "deploy.model_name"
+TAG_DEPLOY_VERSION = "deploy.version"  # the version smoke-tested (and, when it passed, put in production)
+TAG_DEPLOY_FROM_VERSION = "deploy.from_version"  # @production before the run ("" when there was none)
+TAG_DEPLOY_OUTCOME = "deploy.outcome"
+TAG_DEPLOY_REASON = "deploy.reason"
+DEPLOY_DEPLOYED = "deployed"
+DEPLOY_FAILED = "failed"
+ARTIFACT_SMOKE_TEST = "deploy/smoke_test.json"
+ARTIFACT_SERVER_LOG = "deploy/scoring_server.log"
+
 # --- Metrics read across stages ---------------------------------------------------------------------
 METRIC_CV_ROC_AUC_MEAN = "cv_roc_auc_mean"  # research candidates; register's baseline floors
 METRIC_TEST_ROC_AUC = "test_roc_auc"
@@ -90,6 +103,10 @@ STATUS_DONE = "done"  # written last: the registration is complete
 ALIAS_CHAMPION = "champion"
 ALIAS_CHALLENGER = "challenger"
 ALIAS_PREVIOUS = "previous"
+ALIAS_PRODUCTION = "production"  # what the scoring service runs: moved only by deploy and rollback
+# Every move of an alias is one registered-model tag: this prefix + UTC time + alias + a random suffix,
+# its value a JSON record (pipeline.tracking.alias_history). MLflow keeps no alias history itself.
+RMTAG_ALIAS_MOVE_PREFIX = "pipeline.alias_move."
 
 # --- The logged model -------------------------------------------------------------------------------
 MODEL_NAME_IN_RUN = "model"
@@ -99,6 +116,11 @@ META_FAMILIES = "families"
 META_BEST_FAMILY = "best_family"
 META_CALIBRATION = "calibration"
 META_DATASET_DIGEST = "dataset_digest"
+# Models-from-code: the pyfunc's artifacts (names in MLmodel) and the files they are written from.
+MODEL_ARTIFACT_ESTIMATOR = "estimator"
+MODEL_ARTIFACT_SPEC = "scoring_spec"
+MODEL_ESTIMATOR_FILE = "model.skops"
+MODEL_SPEC_FILE = "scoring_spec.json"
 
 # --- Artifact paths ---------------------------------------------------------------------------------
 ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test row positions

@@ -1,7 +1,16 @@
-"""Logged models: written pickle-free (skops), read back trusting only the types listed in code."""
+"""Logged models: written pickle-free as a complete scoring service, read back trusting only code.
+
+A model is logged from code (see :mod:`pipeline.tracking.scorer`): the skops file and the scoring
+spec are artifacts, the signature describes the raw applicant table and the output columns, and the
+``pipeline`` package ships with it. :func:`load_model` reads a logged model's files without running
+any code stored with it; models logged before models-from-code (the ``sklearn`` flavor in skops
+format) still load, so a store's older champion can be compared and scored.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,57 +20,134 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+import pipeline
+from pipeline import scoring
 from pipeline.errors import LookupFailedError, ModelSecurityError
-from pipeline.models import TRUSTED_TYPES
 from pipeline.tracking import keys
+from pipeline.tracking.runs import quiet_artifact_downloads
+from pipeline.tracking.scorer import read_estimator, read_scorer
 from pipeline.tracking.session import TrackingSession
+
+# The model's code file (MLflow runs it on load) and the package shipped beside it.
+_MODEL_CODE = Path(__file__).with_name("model_code.py")
+_PACKAGE = Path(pipeline.__file__).parent
+# MLflow's signature types for the kinds of input column.
+_SIGNATURE_TYPES = {scoring.INTEGER: "long", scoring.NUMBER: "double", scoring.TEXT: "string"}
+_KINDS_OF_TYPES = {
+    "long": scoring.INTEGER,
+    "integer": scoring.INTEGER,
+    "double": scoring.NUMBER,
+    "float": scoring.NUMBER,
+}
+_EXAMPLE_ROWS = 5
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A logged model rebuilt from its skops file, with what was recorded next to it."""
+    """A logged model rebuilt from its files, with what was recorded next to it."""
 
     uri: str
     estimator: Any
     metadata: dict[str, Any]
     signature: Any  # mlflow.models.ModelSignature or None
+    spec: scoring.ScoringSpec | None  # None: an old model that recorded no threshold
+    example: pd.DataFrame | None = None  # the logged input example
+    serving_example: str | None = None  # the same as a scoring-server request body
 
     @property
     def threshold(self) -> float:
-        if keys.META_THRESHOLD not in self.metadata:
+        return self.recorded_spec.threshold
+
+    @property
+    def recorded_spec(self) -> scoring.ScoringSpec:
+        if self.spec is None:
             raise LookupFailedError(f"model {self.uri} has no recorded decision threshold")
-        return float(self.metadata[keys.META_THRESHOLD])
+        return self.spec
+
+    @property
+    def scorer(self) -> scoring.Scorer:
+        """The estimator and spec, ready for :func:`pipeline.scoring.score`."""
+        return scoring.Scorer.of(self.estimator, self.recorded_spec)
+
+
+def signature_of(spec: scoring.ScoringSpec):
+    """The raw input table (integer, number and text columns; optional ones) and the output columns."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    inputs = Schema([ColSpec(_SIGNATURE_TYPES[c.kind], c.name, required=c.required) for c in spec.columns])
+    outputs = Schema(
+        [
+            ColSpec("double", scoring.PROBABILITY_COLUMN),
+            ColSpec("string", scoring.DECISION_COLUMN),
+            ColSpec("double", scoring.THRESHOLD_COLUMN),
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _columns_of(signature) -> tuple[scoring.InputColumn, ...]:
+    """Input columns read from an older model's signature (numbers were all declared double)."""
+    if signature is None or signature.inputs is None:
+        return ()
+    columns = []
+    for spec in signature.inputs.inputs:
+        kind = getattr(getattr(spec, "type", None), "name", str(getattr(spec, "type", "")))
+        columns.append(
+            scoring.InputColumn(spec.name, _KINDS_OF_TYPES.get(kind, scoring.TEXT), bool(spec.required))
+        )
+    return tuple(columns)
 
 
 def log_model(
     session: TrackingSession,
     run_id: str,
     model: Any,
-    input_example: pd.DataFrame,
+    features: pd.DataFrame,
     metadata: Mapping[str, Any],
 ) -> Any:
-    """Log a fitted classifier in the skops format under ``run_id``; returns MLflow's ModelInfo."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
+    """Log a fitted classifier as a models-from-code pyfunc under ``run_id``; returns MLflow's ModelInfo.
 
-    example = input_example.head(5)
-    signature = infer_signature(example, model.predict_proba(example)[:, 1])
+    ``features`` is the table the model was built from (as :mod:`pipeline.data` types it): it decides
+    how each input column is declared, and its first rows are the input example. The threshold comes
+    from ``metadata``.
+    """
+    import mlflow.pyfunc
+    import skops.io
+    from mlflow.models import Model
+
+    spec = scoring.ScoringSpec(
+        threshold=float(metadata[keys.META_THRESHOLD]), columns=scoring.describe_inputs(features)
+    )
     mlflow.set_tracking_uri(session.uri)
     # The logged model is created in the active experiment, not the run's: point it at ours.
     mlflow.set_experiment(experiment_id=session.experiment_id)
-    return mlflow.sklearn.log_model(
-        model,
-        name=keys.MODEL_NAME_IN_RUN,
-        serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
-        skops_trusted_types=list(TRUSTED_TYPES),
-        signature=signature,
-        input_example=example,
-        metadata=dict(metadata),
-        pyfunc_predict_fn="predict_proba",
-        # Declared, not inferred: inference re-imports the model in a subprocess (~15 s).
-        pip_requirements=_model_requirements(),
-        run_id=run_id,
-    )
+    # MLflow validates the input example by loading the model back: no download progress bars.
+    with tempfile.TemporaryDirectory(prefix="loan-model-") as folder, quiet_artifact_downloads():
+        estimator_file = Path(folder) / keys.MODEL_ESTIMATOR_FILE
+        spec_file = Path(folder) / keys.MODEL_SPEC_FILE
+        skops.io.dump(model, estimator_file)
+        spec_file.write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")
+        code = Path(folder) / "code" / _PACKAGE.name
+        shutil.copytree(_PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__"))
+        # pyfunc.log_model has no run_id: Model.log, which it wraps, takes one.
+        return Model.log(
+            artifact_path=None,  # deprecated in MLflow 3; ``name`` is the model's name
+            name=keys.MODEL_NAME_IN_RUN,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            python_model=str(_MODEL_CODE),
+            artifacts={
+                keys.MODEL_ARTIFACT_ESTIMATOR: str(estimator_file),
+                keys.MODEL_ARTIFACT_SPEC: str(spec_file),
+            },
+            code_paths=[str(code)],
+            signature=signature_of(spec),
+            input_example=scoring.raw_rows(features.head(_EXAMPLE_ROWS), spec.columns),
+            metadata=dict(metadata),
+            # Declared, not inferred: inference re-imports the model in a subprocess (~15 s).
+            pip_requirements=_model_requirements(),
+        )
 
 
 def _model_requirements() -> list[str]:
@@ -77,15 +163,48 @@ def _model_requirements() -> list[str]:
     return pins
 
 
+def _inside(folder: Path, relative: str, uri: str) -> Path:
+    path = (folder / relative).resolve()
+    if folder.resolve() not in path.parents:
+        raise ModelSecurityError(f"model {uri} points outside its own folder")
+    return path
+
+
+def _read_files(local: Path, description, uri: str) -> tuple[Any, scoring.ScoringSpec | None]:
+    """The estimator and spec of either layout; ModelSecurityError for anything else."""
+    artifacts = (description.flavors.get("python_function") or {}).get("artifacts") or {}
+    if keys.MODEL_ARTIFACT_ESTIMATOR in artifacts and keys.MODEL_ARTIFACT_SPEC in artifacts:
+        scorer = read_scorer(
+            _inside(local, artifacts[keys.MODEL_ARTIFACT_ESTIMATOR]["path"], uri),
+            _inside(local, artifacts[keys.MODEL_ARTIFACT_SPEC]["path"], uri),
+            uri,
+        )
+        return scorer.estimator, scorer.spec
+    flavor = description.flavors.get("sklearn") or {}
+    if flavor.get("serialization_format") != "skops":
+        raise ModelSecurityError(
+            f"model {uri} is stored as {flavor.get('serialization_format', 'unknown')!r}; "
+            "only the pickle-free skops format is loaded"
+        )
+    estimator = read_estimator(
+        _inside(local, flavor.get("pickled_model", keys.MODEL_ESTIMATOR_FILE), uri), uri
+    )
+    metadata = description.metadata or {}
+    if keys.META_THRESHOLD not in metadata:
+        return estimator, None
+    return estimator, scoring.ScoringSpec(
+        float(metadata[keys.META_THRESHOLD]), _columns_of(description.signature)
+    )
+
+
 def load_model(uri: str, tracking_uri_value: str | None = None) -> LoadedModel:
     """Download a logged model and rebuild it, trusting only ``pipeline.models.TRUSTED_TYPES``.
 
-    Raises ModelSecurityError when the files are not skops or ask for any other type.
+    Runs no code stored with the model. Raises ModelSecurityError when the files are not skops or
+    ask for any other type.
     """
-    import skops.io
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
-    from skops.io.exceptions import UntrustedTypesFoundException
 
     if tracking_uri_value:
         mlflow.set_tracking_uri(tracking_uri_value)
@@ -98,28 +217,20 @@ def load_model(uri: str, tracking_uri_value: str | None = None) -> LoadedModel:
             description = Model.load(str(local))
         except Exception as error:
             raise ModelSecurityError(f"model {uri} has no readable MLmodel file: {error}") from None
-        flavor = description.flavors.get("sklearn") or {}
-        if flavor.get("serialization_format") != "skops":
-            raise ModelSecurityError(
-                f"model {uri} is stored as {flavor.get('serialization_format', 'unknown')!r}; "
-                "only the pickle-free skops format is loaded"
-            )
-        model_file = (local / flavor.get("pickled_model", "model.skops")).resolve()
-        if local.resolve() not in model_file.parents:
-            raise ModelSecurityError(f"model {uri} points outside its own folder")
+        estimator, spec = _read_files(local, description, uri)
         try:
-            estimator = skops.io.load(model_file, trusted=list(TRUSTED_TYPES))
-        except UntrustedTypesFoundException as error:
-            raise ModelSecurityError(
-                f"model {uri} asks for types outside the trusted list: {str(error).splitlines()[0]}"
-            ) from None
-        except Exception as error:  # corrupt or truncated file
-            raise ModelSecurityError(f"model {uri} cannot be read: {str(error).splitlines()[0]}") from None
+            example = description.load_input_example(str(local))
+            serving_example = description.get_serving_input(str(local))
+        except Exception:  # an example is a convenience: a model without one still scores
+            example, serving_example = None, None
     return LoadedModel(
         uri=uri,
         estimator=estimator,
         metadata=dict(description.metadata or {}),
         signature=description.signature,
+        spec=spec,
+        example=example if isinstance(example, pd.DataFrame) else None,
+        serving_example=serving_example,
     )
 
 

@@ -11,13 +11,15 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 import sqlalchemy
 
-from pipeline.settings import redact
+from pipeline.settings import ci_run_url, redact
 from pipeline.tracking import store
+from pipeline.tracking.alias_history import AliasMove, moves_from_tags
 from pipeline.tracking.lookups import quote_filter_value, tag_clause
 from pipeline.tracking.runs import MAX_TAG_LENGTH
 from pipeline.tracking.session import TrackingSession
@@ -130,18 +132,67 @@ def alias_version(session: TrackingSession, name: str, alias: str):
         raise
 
 
-def set_alias(session: TrackingSession, name: str, alias: str, version: str) -> None:
-    _with_registry_retries(
-        lambda: session.client.set_registered_model_alias(name, alias, str(version)),
-        f"moving alias {alias!r} of {name!r}",
-    )
+@dataclass(frozen=True)
+class MoveReason:
+    """Why aliases move: the stage moving them, the reason, its run and the code's commit."""
+
+    actor: str
+    reason: str
+    run_id: str | None
+    git_commit: str
 
 
-def delete_alias(session: TrackingSession, name: str, alias: str) -> None:
-    _with_registry_retries(
-        lambda: session.client.delete_registered_model_alias(name, alias),
-        f"removing alias {alias!r} of {name!r}",
+def move_alias(
+    session: TrackingSession, name: str, alias: str, version: str | None, why: MoveReason
+) -> AliasMove | None:
+    """Point ``alias`` at ``version`` (None removes it) and record the move in the alias history.
+
+    Every alias move of the pipeline goes through here. Returns the recorded move; None when the
+    alias already pointed there (nothing moved, nothing recorded). Call under :func:`registry_lock`.
+    """
+    before = alias_version(session, name, alias)
+    from_version = None if before is None else str(before.version)
+    to_version = None if version is None else str(version)
+    if from_version == to_version:
+        return None
+    if to_version is None:
+        _with_registry_retries(
+            lambda: session.client.delete_registered_model_alias(name, alias),
+            f"removing alias {alias!r} of {name!r}",
+        )
+    else:
+        _with_registry_retries(
+            lambda: session.client.set_registered_model_alias(name, alias, to_version),
+            f"moving alias {alias!r} of {name!r}",
+        )
+    move = AliasMove.now(
+        alias,
+        from_version,
+        to_version,
+        actor=why.actor,
+        reason=redact(why.reason),
+        git_commit=why.git_commit,
+        ci_run_url=ci_run_url(),
+        run_id=why.run_id,
     )
+    key, value = move.tag()
+    _with_registry_retries(
+        lambda: session.client.set_registered_model_tag(name, key, value),
+        f"recording the move of alias {alias!r} of {name!r}",
+    )
+    logger.info("%s: @%s %s -> %s (%s)", name, alias, from_version or "none", to_version or "none", why.actor)
+    return move
+
+
+def alias_history(session: TrackingSession, name: str) -> list[AliasMove]:
+    """Every recorded move of ``name``'s aliases, oldest first (empty for an unknown model)."""
+    try:
+        model = session.client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as error:
+        if getattr(error, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return moves_from_tags(model.tags or {})
 
 
 def set_version_tags(session: TrackingSession, name: str, version: str, tags: Mapping[str, Any]) -> None:

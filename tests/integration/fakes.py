@@ -96,3 +96,12 @@ def fake_optimize_run(
         scores = pd.DataFrame({"row_index": split.test_index, "y_true": test_y, "score": test_scores})
         runs.log_text(session, run_id, scores.to_csv(index=False), keys.ARTIFACT_TEST_SCORES)
     return run_id
+
+
+def weak_then_strong(config: PipelineConfig) -> tuple[str, str]:
+    """A research run, then two optimization runs: a model fitted on one numeric column (weak) and a
+    full logistic regression (strong); their run ids."""
+    research_id = fake_research_run(config, {"dummy": 0.5})
+    weak = fake_optimize_run(config, research_id, numeric_only=["duration_months"])
+    strong = fake_optimize_run(config, research_id)
+    return weak, strong

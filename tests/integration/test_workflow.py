@@ -11,7 +11,9 @@ local PostgreSQL instead of the service container. Stand-ins, all explicit:
   (reinstalling would rewrite the shared environment), checked to still say what they install;
 - GitHub's API is not reachable offline: finding main's latest run (``gh run list``) says run 4242,
   and ``download-artifact`` copies what the main replay uploaded under that artifact's name;
-- the service containers' host, port, user, password and database are throwaway local databases.
+- the service containers' host, port, user, password and database are throwaway local databases;
+- the deploy job runs on a push to main, with the team's store (a secret) a throwaway database that
+  holds a registered champion; its steps that need Docker are not run (``DOCKER_ONLY``, with why).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from tests.github_actions import (
     PIPELINE_WORKFLOW,
     WORKFLOW_DIR,
     actionlint_command,
+    evaluate,
     load_workflow,
     replay_job,
     run_actionlint,
@@ -46,6 +49,18 @@ STAGE_COMMANDS = ["mlflow-loan-rm", "mlflow-loan-om", "mlflow-loan-register", "m
 # Steps replaced by a stand-in: name -> (text the real script must contain, what runs instead).
 STAND_INS = {
     "Install": ("pip install -r requirements.txt", "python -c 'import pipeline, mlflow, optuna, papermill'"),
+}
+# Steps that need a Docker daemon, which this machine lacks: actionlint checks them, the replay does
+# not run them. name -> why. Every other run: step of the deploy job is replayed.
+DOCKER_ONLY = {
+    "Build the serving image of @production (mlflow models build-docker)": "builds a Docker image",
+    "Smoke-test the serving container": (
+        "runs the image as a container; the same smoke test runs against mlflow models serve in the "
+        "deploy step, and `python -m pipeline smoke-test` against a running server in its own test"
+    ),
+    "Push the serving image to ghcr.io": (
+        "pushes to a registry; off unless vars.PIPELINE_PUSH_IMAGE is 'true'"
+    ),
 }
 STEP_TIMEOUT_SECONDS = 1200
 COMMENT_FILES = ["--summary", "pr-summary/summary.md", "--number-file", "pr-summary/number"]
@@ -130,14 +145,21 @@ def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
-def replay_pipeline(
-    postgres_url: str, tmp_path: Path, contexts: dict, uses_stand_ins: dict, stand_ins: dict = STAND_INS
+def replay(
+    job_name: str,
+    services: dict[str, str],
+    tmp_path: Path,
+    contexts: dict,
+    uses_stand_ins: dict | None = None,
+    stand_ins: dict = STAND_INS,
+    skipped: dict[str, str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple:
-    """The pipeline job in a copy of the project against ``postgres_url``; (workspace, steps, GITHUB_ENV)."""
+    """One job in a copy of the project against stand-in services; (workspace, steps, GITHUB_ENV, files)."""
     workflow = load_workflow()
     workspace = Path(contexts["github"]["workspace"])
     shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
-    runner = tmp_path / f"runner-{contexts['github']['event_name']}"
+    runner = tmp_path / f"runner-{job_name}-{contexts['github']['event_name']}"
     runner.mkdir()
     files = {
         name: runner / name for name in ("GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_PATH")
@@ -148,6 +170,7 @@ def replay_pipeline(
     inherited["PATH"] = f"{Path(sys.executable).parent}:{inherited['PATH']}"  # setup-python's stand-in
     base = {
         **inherited,
+        **(extra_env or {}),
         "CI": "true",
         "GITHUB_ACTIONS": "true",
         "GITHUB_WORKSPACE": str(workspace),
@@ -157,22 +180,35 @@ def replay_pipeline(
         "RUNNER_TEMP": str(runner),
         **{name: str(path) for name, path in files.items()},
     }
-    job_env = {
-        k: substitute(v, {**contexts, "env": {}}) for k, v in workflow["jobs"]["pipeline"]["env"].items()
-    }
-    assert job_env["PIPELINE_PROFILE"] == "fast"
-    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
     executed, github_env = replay_job(
         workflow,
-        "pipeline",
+        job_name,
         contexts,
         workspace,
         runner,
         base,
         stand_ins,
-        uses_stand_ins,
+        uses_stand_ins or {},
         STEP_TIMEOUT_SECONDS,
-        services=service_env(postgres_url),
+        services=services,
+        skipped=skipped,
+    )
+    return workspace, executed, github_env, files
+
+
+def replay_pipeline(
+    postgres_url: str, tmp_path: Path, contexts: dict, uses_stand_ins: dict, stand_ins: dict = STAND_INS
+) -> tuple:
+    """The pipeline job against ``postgres_url``; (workspace, steps, GITHUB_ENV)."""
+    workspace = Path(contexts["github"]["workspace"])
+    job_env = {
+        k: substitute(v, {**contexts, "env": {}})
+        for k, v in load_workflow()["jobs"]["pipeline"]["env"].items()
+    }
+    assert job_env["PIPELINE_PROFILE"] == "fast"
+    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
+    workspace, executed, github_env, files = replay(
+        "pipeline", service_env(postgres_url), tmp_path, contexts, uses_stand_ins, stand_ins
     )
     assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
     return workspace, executed, github_env
@@ -348,3 +384,62 @@ def assert_dump_restores(
             )
             cursor.execute(f'DROP DATABASE IF EXISTS "{restored}"')
         admin.close()
+
+
+def test_docker_only_steps_exist_and_are_the_only_ones_using_docker():
+    steps = {step["name"]: step.get("run", "") for step in load_workflow()["jobs"]["deploy"]["steps"]}
+    assert set(DOCKER_ONLY) <= set(steps), "a skipped step was renamed or removed"
+    using_docker = {name for name, script in steps.items() if "docker" in script}
+    assert using_docker == set(DOCKER_ONLY)
+    assert all(reason.strip() for reason in DOCKER_ONLY.values())
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_deploy_job_steps_deploy_the_champion_of_the_team_store(postgres_url, tmp_path):
+    from pipeline.stages import register
+    from tests.conftest import make_config, small_params
+    from tests.integration.fakes import fake_optimize_run, fake_research_run
+
+    # The team's store, as the pipeline job leaves it on main: a registered champion.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", postgres_url)
+        patch.setenv("PIPELINE_ARTIFACT_ROOT", str(tmp_path / "team-artifacts"))
+        config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+        research_id = fake_research_run(config, {"dummy": 0.5})
+        assert register.run(config, optimize_run_id=fake_optimize_run(config, research_id)).version == "1"
+
+    contexts = stand_in_contexts(tmp_path / "deploy-workspace", "push")
+    contexts["secrets"] = {"MLFLOW_TRACKING_URI": postgres_url}
+    job = load_workflow()["jobs"]["deploy"]
+    assert evaluate(job["if"], contexts)  # a push to main
+    job_env = {k: substitute(v, {**contexts, "env": {}}) for k, v in job["env"].items()}
+    assert job_env["TEAM_TRACKING_URI"] == postgres_url and job_env["PUSH_IMAGE"] == "false"
+    extra = {
+        "GITHUB_SERVER_URL": "https://github.com",
+        "GITHUB_REPOSITORY": "Team/Loan-MLOps",
+        "GITHUB_RUN_ID": "77",
+    }
+    workspace, executed, exported, _ = replay(
+        "deploy", service_env(postgres_url), tmp_path, contexts, skipped=DOCKER_ONLY, extra_env=extra
+    )
+    every_run_step = [step["name"] for step in job["steps"] if "run" in step]
+    assert executed == [name for name in every_run_step if name not in DOCKER_ONLY]
+    assert exported["DEPLOY_STORE"] == "team"
+    assert exported["IMAGE"] == "ghcr.io/team/loan-mlops/loan-default-scoring:" + "0" * 40
+    client = MlflowClient(postgres_url)
+    model = client.get_registered_model(exported["MODEL_NAME"])
+    assert {alias: str(version) for alias, version in model.aliases.items()} == {
+        "champion": "1",
+        "production": "1",
+    }
+    [deployed] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.`{keys.TAG_STAGE}` = '{keys.STAGE_DEPLOY}'",
+    )
+    assert deployed.info.status == "FINISHED"
+    assert deployed.data.tags[keys.TAG_DEPLOY_OUTCOME] == keys.DEPLOY_DEPLOYED
+    log = (workspace / "logs" / "deploy.log").read_text()
+    assert "input_example: ok" in log
+    moves = [value for key, value in model.tags.items() if key.startswith(keys.RMTAG_ALIAS_MOVE_PREFIX)]
+    assert any('"https://github.com/Team/Loan-MLOps/actions/runs/77"' in value for value in moves)

@@ -24,6 +24,7 @@ def test_champion_of_and_summary_handle_empty_views():
     text = views.summary_markdown("sqlite:///x", "loan-default", counts, frames, None)
     assert text.startswith("# Model check: no registration yet")
     assert "No research run" in text and "No version holds" in text and "No register run" in text
+    assert "No version has been deployed" in text
     assert "| runs" in text and "1 other tables" in text
 
 

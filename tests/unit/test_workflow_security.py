@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,8 +33,8 @@ def contexts(event: str, profile: str = "", secrets: dict | None = None, variabl
     }
 
 
-def step(name_part: str) -> dict:
-    matches = [s for s in PIPELINE_STEPS if name_part in s.get("name", "")]
+def step(name_part: str, steps: list[dict] = PIPELINE_STEPS) -> dict:
+    matches = [s for s in steps if name_part in s.get("name", "")]
     assert len(matches) == 1, f"expected one step named like {name_part!r}"
     return matches[0]
 
@@ -52,12 +53,14 @@ def test_triggers_are_push_to_main_pull_request_and_dispatch_with_profile():
     assert "profile" in on["workflow_dispatch"]["inputs"]
 
 
-def test_permissions_are_read_only_at_the_top_and_never_widened():
+def test_permissions_are_read_only_at_the_top_and_only_the_deploy_job_may_push_packages():
     assert WORKFLOW["permissions"] == {"contents": "read"}
     for name, job in JOBS.items():
         granted = job.get("permissions", {})
         assert isinstance(granted, dict), f"job {name} uses a permission shorthand"
-        assert "write" not in granted.values(), f"job {name} asks for write access"
+        writes = {scope for scope, level in granted.items() if level == "write"}
+        assert writes == ({"packages"} if name == "deploy" else set()), f"job {name} asks for write access"
+    assert JOBS["deploy"]["permissions"] == {"contents": "read", "packages": "write"}
 
 
 def test_concurrency_groups_by_ref_and_cancels_only_pull_requests():
@@ -267,17 +270,18 @@ def test_the_comment_workflow_runs_after_the_pipeline_and_only_for_pull_requests
     assert condition == "github.event.workflow_run.event == 'pull_request'"
 
 
-def test_only_the_comment_job_may_write_and_only_to_pull_requests():
+def test_only_the_comment_job_writes_to_pull_requests_and_only_deploy_to_packages():
     assert COMMENT_WORKFLOW["permissions"] == {}
-    writers = {
-        (workflow, name): job.get("permissions", {})
+    writes = {
+        (workflow, name): {key for key, value in job.get("permissions", {}).items() if value == "write"}
         for workflow, jobs in ALL_JOBS.items()
         for name, job in jobs.items()
         if "write" in job.get("permissions", {}).values()
     }
-    assert list(writers) == [("pr-comment.yml", "comment")]
-    granted = writers["pr-comment.yml", "comment"]
-    assert {key for key, value in granted.items() if value == "write"} == {"pull-requests"}
+    assert writes == {
+        ("pr-comment.yml", "comment"): {"pull-requests"},
+        ("pipeline.yml", "deploy"): {"packages"},
+    }
     assert JOBS["pipeline"]["permissions"] == {"contents": "read", "actions": "read"}
 
 
@@ -305,3 +309,96 @@ def test_the_pipeline_publishes_the_summary_the_comment_workflow_reads():
     (job,) = COMMENT_WORKFLOW["jobs"].values()
     post = next(s for s in job["steps"] if "run" in s)
     assert "--summary pr-summary/summary.md --number-file pr-summary/number" in post["run"]
+
+
+# --- The deploy job ---------------------------------------------------------------------------------
+
+DEPLOY = JOBS["deploy"]
+DEPLOY_STEPS = DEPLOY["steps"]
+
+
+@pytest.mark.parametrize(
+    ("event", "ref", "runs"),
+    [
+        ("push", "refs/heads/main", True),
+        ("push", "refs/heads/feature", False),
+        ("pull_request", "refs/pull/1/merge", False),
+        ("workflow_dispatch", "refs/heads/main", False),
+    ],
+)
+def test_deploy_runs_after_the_pipeline_on_pushes_to_main_only(event, ref, runs):
+    assert DEPLOY["needs"] == "pipeline"
+    assert DEPLOY["environment"] == "production"  # where a repository can require an approval
+    context = contexts(event)
+    context["github"]["ref"] = ref
+    assert bool(evaluate(DEPLOY["if"], context)) is runs
+
+
+def test_deploy_reads_the_team_store_only_on_pushes():
+    expression = expressions_in(DEPLOY["env"]["TEAM_TRACKING_URI"])[0]
+    secrets = {"MLFLOW_TRACKING_URI": "postgresql+psycopg2://team:pw@db/mlflow"}
+    assert evaluate(expression, contexts("push", secrets=secrets)) == secrets["MLFLOW_TRACKING_URI"]
+    assert evaluate(expression, contexts("pull_request", secrets=secrets)) in ("", None, False)
+
+
+@pytest.mark.parametrize(("variable", "pushed"), [("", False), ("false", False), ("true", True)])
+def test_the_image_is_pushed_only_when_the_repository_variable_says_so(variable, pushed):
+    value = substitute(
+        DEPLOY["env"]["PUSH_IMAGE"], contexts("push", variables={"PIPELINE_PUSH_IMAGE": variable})
+    )
+    condition = step("Push the serving image", DEPLOY_STEPS)["if"]
+    assert evaluate(condition, {"env": {"DEPLOY_STORE": "team", "PUSH_IMAGE": value}}) is pushed
+    assert evaluate(condition, {"env": {"DEPLOY_STORE": "none", "PUSH_IMAGE": value}}) is False
+
+
+def test_every_docker_step_needs_the_team_store_and_the_token_goes_through_stdin():
+    for entry in DEPLOY_STEPS:
+        if "docker" in entry.get("run", ""):
+            assert "env.DEPLOY_STORE == 'team'" in entry["if"], entry["name"]
+    push = step("Push the serving image", DEPLOY_STEPS)
+    assert "--password-stdin" in push["run"]
+    assert "REGISTRY_TOKEN" not in push["run"].split("--password-stdin")[1]
+
+
+def run_configure_step(tmp_path, **env: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    github_env = tmp_path / "github_env"
+    github_env.touch()
+    shutil.copy(PROJECT_ROOT / "params.yaml", tmp_path)  # the step reads the model name from it
+    done = subprocess.run(
+        [
+            "bash",
+            "--noprofile",
+            "--norc",
+            "-eo",
+            "pipefail",
+            "-c",
+            step("team's tracking store", DEPLOY_STEPS)["run"],
+        ],
+        cwd=tmp_path,
+        env=bash_env(GITHUB_ENV=str(github_env), **env),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done, dict(line.split("=", 1) for line in github_env.read_text().splitlines())
+
+
+def test_deploy_without_a_team_store_says_so_and_skips_the_rest(tmp_path):
+    done, exported = run_configure_step(tmp_path, TEAM_TRACKING_URI="")
+    assert exported == {"DEPLOY_STORE": "none"}
+    assert "nothing to deploy" in done.stdout
+    later = DEPLOY_STEPS[DEPLOY_STEPS.index(step("team's tracking store", DEPLOY_STEPS)) + 1 :]
+    assert all("env.DEPLOY_STORE == 'team'" in entry["if"] for entry in later if "run" in entry)
+
+
+def test_deploy_configure_step_masks_the_store_and_names_the_image(tmp_path):
+    team = "postgresql+psycopg2://team:hunter2@db.internal/mlflow"
+    done, exported = run_configure_step(
+        tmp_path, TEAM_TRACKING_URI=team, GITHUB_REPOSITORY="Team/Loan-MLOps", GITHUB_SHA="abc123"
+    )
+    assert exported["MLFLOW_TRACKING_URI"] == team
+    assert exported["DEPLOY_STORE"] == "team"
+    assert exported["MODEL_NAME"] == load_config(PROJECT_ROOT / "params.yaml").registration.model_name
+    assert exported["IMAGE"] == "ghcr.io/team/loan-mlops/loan-default-scoring:abc123"
+    assert f"::add-mask::{team}" in done.stdout
+    assert "hunter2" not in done.stdout.replace(f"::add-mask::{team}", "")

@@ -13,7 +13,6 @@ import pytest
 import yaml
 
 from pipeline import cli
-from pipeline.errors import DataError
 from pipeline.stages import predict, register
 from pipeline.tracking import model_io
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -51,7 +50,7 @@ def test_scores_rows_at_the_recorded_threshold(champion, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="pipeline.stages.predict"):
         result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
     scored = pd.read_csv(output, dtype={"decision": str})
-    assert list(scored.columns) == [*applicants.columns, "default_probability", "decision"]
+    assert list(scored.columns) == [*applicants.columns, "default_probability", "decision", "threshold"]
     assert len(scored) == result.rows == 12
     model = model_io.load_model(CHAMPION)
     features = applicants.drop(columns=["default"]).astype(
@@ -62,6 +61,7 @@ def test_scores_rows_at_the_recorded_threshold(champion, tmp_path, caplog):
     threshold = model_io.model_threshold(CHAMPION)
     assert result.threshold == threshold
     assert (scored["decision"] == np.where(expected >= threshold, "reject", "accept")).all()
+    assert (scored["threshold"] == threshold).all()
     assert result.rejected == int((scored["decision"] == "reject").sum())
     # The target column is not a model input: ignored, and said so.
     assert result.check.extra_columns == ["default"]
@@ -135,54 +135,3 @@ def test_cli_subprocess_scores_and_refuses_empty_file(champion, tmp_path):
     )  # fmt: skip
     assert failed.returncode == 2
     assert failed.stderr.strip() == "data error: input file empty.csv is empty"
-
-
-# --- Pure input checks (no store) ----------------------------------------------------------------
-
-COLUMNS = [("age", "numeric"), ("purpose", "text")]
-
-
-def test_prepare_input_types_columns_and_reports_extras():
-    frame = pd.DataFrame({"purpose": ["car", None], "age": ["30", ""], "id": ["a", "b"]})
-    features, check = predict.prepare_input(frame, COLUMNS, {"purpose": {"car"}})
-    assert list(features.columns) == ["age", "purpose"]
-    assert features["age"].dtype == float
-    assert features["age"].iloc[0] == 30.0
-    assert np.isnan(features["age"].iloc[1])  # missing stays missing: the imputer handles it
-    assert features["purpose"].iloc[0] == "car"
-    assert check.extra_columns == ["id"]
-    assert check.unseen_categories == {}
-
-
-def test_prepare_input_rejects_infinite_numbers():
-    frame = pd.DataFrame({"purpose": ["car"], "age": ["inf"]})
-    with pytest.raises(DataError, match="column 'age' holds infinite values"):
-        predict.prepare_input(frame, COLUMNS, {})
-
-
-def test_decision_is_reject_at_or_above_threshold():
-    scored = predict.score(pd.DataFrame({"x": [1, 2, 3]}), np.array([0.2, 0.3, 0.4]), 0.3)
-    assert scored["decision"].tolist() == ["accept", "reject", "reject"]
-
-
-@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
-def test_known_categories_found_inside_calibrated_models(family):
-    from sklearn.calibration import CalibratedClassifierCV
-
-    from pipeline.models import build_estimator
-
-    frame = pd.read_csv(GERMAN).head(200)
-    target = frame.pop("default")
-    categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    numeric = [c for c in frame.columns if c not in categorical]
-    model = CalibratedClassifierCV(build_estimator(family, {}, categorical, numeric, 0), cv=2)
-    model.fit(frame, target)
-    known = predict.known_categories(model)
-    assert set(known) == set(categorical)
-    assert known["purpose"] == set(frame["purpose"])
-    changed = frame.astype({c: str for c in numeric}).copy()
-    changed.loc[:4, "purpose"] = "spaceship"
-    _, check = predict.prepare_input(
-        changed, [(c, "text" if c in categorical else "numeric") for c in frame], known
-    )
-    assert check.unseen_categories == {"purpose": 5}

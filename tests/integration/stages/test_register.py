@@ -15,7 +15,7 @@ from pipeline.errors import LookupFailedError
 from pipeline.stages import register, research
 from pipeline.tracking import keys, lookups, model_io, registry, runs
 from tests.conftest import PROJECT_ROOT, make_config, small_params
-from tests.integration.fakes import fake_optimize_run, fake_research_run
+from tests.integration.fakes import fake_optimize_run, fake_research_run, weak_then_strong
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,6 @@ def alias(uri: str, name: str) -> str | None:
         return str(MlflowClient(uri).get_model_version_by_alias(NAME, name).version)
     except Exception:
         return None
-
-
-def weak_then_strong(config):
-    """A champion fitted on one numeric column, and a full logistic regression to challenge it."""
-    research_id = fake_research_run(config, {"dummy": 0.5})
-    weak = fake_optimize_run(config, research_id, numeric_only=["duration_months"])
-    strong = fake_optimize_run(config, research_id)
-    return weak, strong
 
 
 def test_first_registration_promotes_then_reruns_and_equal_challengers_are_rejected(
@@ -161,7 +153,7 @@ def register_until_crash(config, monkeypatch, step: str) -> str:
 
 def test_crash_between_register_and_alias_is_finished_on_rerun(sqlite_store, monkeypatch):
     config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
-    optimize_id = register_until_crash(config, monkeypatch, "set_alias")
+    optimize_id = register_until_crash(config, monkeypatch, "move_alias")
     [left] = versions(sqlite_store)
     assert left.tags[keys.VTAG_STATUS] == "pending"
     assert alias(sqlite_store, "champion") is None

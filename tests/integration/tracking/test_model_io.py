@@ -1,10 +1,11 @@
-"""Models are logged pickle-free and loaded only with the trusted-type list kept in code."""
+"""Models are logged pickle-free as models-from-code and read back trusting only the types listed in code."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import skops.io
@@ -13,8 +14,8 @@ from sklearn.preprocessing import FunctionTransformer
 
 from pipeline.data import load_dataset
 from pipeline.errors import LookupFailedError, ModelSecurityError
-from pipeline.models import build_estimator
-from pipeline.tracking import model_io, runs
+from pipeline.models import TRUSTED_TYPES, build_estimator
+from pipeline.tracking import keys, model_io, runs
 
 pytestmark = pytest.mark.integration
 
@@ -33,44 +34,120 @@ def logged(sqlite_store, small_config):
     return session, info, model, dataset
 
 
-def _local_copy(session, info, tmp_path: Path) -> Path:
-    import mlflow
-
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp_path)))
+def local_copy(info, folder: Path) -> Path:
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(folder)))
 
 
-def test_round_trip_reproduces_scores_and_metadata(logged):
+def pyfunc_artifact(folder: Path, name: str) -> Path:
+    description = yaml.safe_load((folder / "MLmodel").read_text())
+    return folder / description["flavors"]["python_function"]["artifacts"][name]["path"]
+
+
+def test_round_trip_reproduces_scores_threshold_and_example(logged):
     _session, info, model, dataset = logged
     loaded = model_io.load_model(f"models:/{info.model_id}")
     expected = model.predict_proba(dataset.features)[:, 1]
     np.testing.assert_array_equal(loaded.estimator.predict_proba(dataset.features)[:, 1], expected)
     assert loaded.threshold == 0.25
-    assert loaded.signature is not None
-    assert set(loaded.signature.inputs.input_names()) == set(dataset.features.columns)
+    assert loaded.metadata["families"] == ["x"]
+    assert [c.name for c in loaded.spec.columns] == list(dataset.features.columns)
+    assert loaded.example is not None and len(loaded.example) == 5
+    assert "dataframe_split" in loaded.serving_example
+
+
+def test_model_is_a_pyfunc_from_code_with_the_package_and_no_pickle(logged, tmp_path):
+    _session, info, _model, _dataset = logged
+    folder = local_copy(info, tmp_path)
+    description = yaml.safe_load((folder / "MLmodel").read_text())
+    assert set(description["flavors"]) == {"python_function"}
+    pyfunc = description["flavors"]["python_function"]
+    assert pyfunc["model_code_path"].endswith("model_code.py")
+    assert (folder / "code" / "pipeline" / "scoring.py").is_file()
+    assert not list(folder.rglob("__pycache__"))
+    assert not [p for p in folder.rglob("*") if p.suffix in {".pkl", ".pickle", ".cloudpickle"}]
+    assert pyfunc_artifact(folder, keys.MODEL_ARTIFACT_ESTIMATOR).name == keys.MODEL_ESTIMATOR_FILE
+
+
+def test_signature_declares_the_raw_table_and_the_outputs(logged):
+    _session, info, _model, dataset = logged
+    signature = model_io.load_model(f"models:/{info.model_id}").signature
+    inputs = {spec.name: (spec.type.name, spec.required) for spec in signature.inputs.inputs}
+    # The shipped data holds whole numbers and no missing value.
+    assert inputs["duration_months"] == ("long", True)
+    assert inputs["purpose"] == ("string", True)
+    assert set(inputs) == set(dataset.features.columns)
+    assert {name for name, (kind, _) in inputs.items() if kind == "long"} == set(dataset.numeric)
+    assert [(s.name, s.type.name) for s in signature.outputs.inputs] == [
+        ("default_probability", "double"),
+        ("decision", "string"),
+        ("threshold", "double"),
+    ]
+
+
+def tamper(folder: Path) -> None:
+    """Swap in a model that needs a type outside the trusted list."""
+    skops.io.dump(
+        FunctionTransformer(func=shutil.rmtree), pyfunc_artifact(folder, keys.MODEL_ARTIFACT_ESTIMATOR)
+    )
 
 
 def test_model_asking_for_untrusted_types_is_refused(logged, tmp_path):
-    session, info, _, _dataset = logged
-    folder = _local_copy(session, info, tmp_path)
-    # Swap in a model that needs a type outside the trusted list, and widen the list in MLmodel
-    # the way an attacker would: the loader must ignore that list.
-    tampered = FunctionTransformer(func=shutil.rmtree)
-    skops.io.dump(tampered, folder / "model.skops")
-    description = yaml.safe_load((folder / "MLmodel").read_text())
-    description["flavors"]["sklearn"]["skops_trusted_types"] = ["shutil.rmtree"]
-    (folder / "MLmodel").write_text(yaml.safe_dump(description))
+    _session, info, _, _dataset = logged
+    folder = local_copy(info, tmp_path)
+    tamper(folder)
     with pytest.raises(ModelSecurityError, match="outside the trusted list"):
         model_io.load_model(str(folder))
 
 
-def test_pickled_model_is_refused(logged, tmp_path):
-    session, info, _, _ = logged
-    folder = _local_copy(session, info, tmp_path)
+def test_model_pointing_outside_its_folder_is_refused(logged, tmp_path):
+    _session, info, _, _dataset = logged
+    folder = local_copy(info, tmp_path / "copy")
     description = yaml.safe_load((folder / "MLmodel").read_text())
-    description["flavors"]["sklearn"]["serialization_format"] = "cloudpickle"
+    description["flavors"]["python_function"]["artifacts"][keys.MODEL_ARTIFACT_SPEC]["path"] = (
+        "../../etc/passwd"
+    )
+    (folder / "MLmodel").write_text(yaml.safe_dump(description))
+    with pytest.raises(ModelSecurityError, match="outside its own folder"):
+        model_io.load_model(str(folder))
+
+
+def test_pickled_model_is_refused(logged, tmp_path):
+    _session, info, _, _ = logged
+    folder = local_copy(info, tmp_path)
+    description = yaml.safe_load((folder / "MLmodel").read_text())
+    pyfunc = description["flavors"]["python_function"]
+    pyfunc.pop("artifacts")
+    pyfunc["python_model"] = "python_model.pkl"
     (folder / "MLmodel").write_text(yaml.safe_dump(description))
     with pytest.raises(ModelSecurityError, match="only the pickle-free skops format"):
         model_io.load_model(str(folder))
+
+
+def test_model_logged_before_models_from_code_still_loads(sqlite_store, small_config):
+    """A store's older champion (sklearn flavor, skops file, doubles in the signature) is still scored."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    dataset = load_dataset(small_config)
+    model = build_estimator("logistic_regression", {}, dataset.categorical, dataset.numeric, 0, 1)
+    model.fit(dataset.features, dataset.target)
+    runs.connect(small_config)
+    example = dataset.features.head(5)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_SKOPS,
+            skops_trusted_types=list(TRUSTED_TYPES),
+            signature=infer_signature(example, model.predict_proba(example)[:, 1]),
+            metadata={"threshold": 0.4},
+        )
+    loaded = model_io.load_model(info.model_uri)
+    assert loaded.threshold == 0.4
+    assert {c.kind for c in loaded.spec.columns} == {"number", "text"}
+    np.testing.assert_array_equal(
+        loaded.estimator.predict_proba(example)[:, 1], model.predict_proba(example)[:, 1]
+    )
 
 
 def test_missing_model_is_a_lookup_error(sqlite_store, small_config):

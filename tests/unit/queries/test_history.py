@@ -3,6 +3,7 @@
 import pytest
 
 from pipeline.queries import history, tables
+from tests.unit.queries.mini_store import CORE_SCHEMA
 
 
 def test_leaderboard_takes_latest_finished_research_run(store):
@@ -37,3 +38,41 @@ def test_views_are_empty_when_registry_tables_are_absent(store):
     assert history.champion_history(store, "loan-default-classifier").empty
     assert history.trials(store, "1").empty
     assert history.gate_decisions(store, "1").empty
+
+
+def test_alias_history_reads_the_moves_recorded_as_registered_model_tags(tmp_path):
+    import sqlite3
+
+    from pipeline.tracking import keys
+    from pipeline.tracking.alias_history import AliasMove
+
+    moves = [
+        AliasMove("2026-01-01T00:00:00+00:00", "champion", None, "1", "register", "promoted", "c1"),
+        AliasMove("2026-01-02T00:00:00+00:00", "production", None, "1", "deploy", "smoke test passed", "c2"),
+    ]
+    rows = [(*move.tag(), "m") for move in moves]
+    rows += [
+        (*AliasMove("2026-01-03T00:00:00+00:00", "champion", None, "4", "register", "x", "c").tag(), "other"),
+        ("owner", "team", "m"),
+        # "_" is a LIKE wildcard: a look-alike key must not be read as a move.
+        (keys.RMTAG_ALIAS_MOVE_PREFIX.replace("_", "X") + "20260101", moves[0].tag()[1], "m"),
+    ]
+    path = tmp_path / "registry.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(CORE_SCHEMA)
+        db.execute(
+            "CREATE TABLE registered_model_tags (key TEXT, value TEXT, name TEXT, PRIMARY KEY (key, name))"
+        )
+        db.executemany("INSERT INTO registered_model_tags VALUES (?, ?, ?)", rows)
+    store = tables.open_store(f"sqlite:///{path}")
+    try:
+        frame = history.alias_history(store, "m")
+        everything = history.alias_history(store, None)
+    finally:
+        store.close()
+    assert frame["alias"].tolist() == ["production", "champion"]  # newest first
+    assert frame["actor"].tolist() == ["deploy", "register"]
+    assert set(frame["name"]) == {"m"}
+    assert frame.loc[0, "time"].year == 2026
+    assert sorted(everything["name"].unique()) == ["m", "other"]
+    assert len(everything) == 3

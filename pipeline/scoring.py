@@ -1,0 +1,305 @@
+"""The one scoring path: applicants as users hold them in, probability and decision out.
+
+Pure: frames and a fitted estimator in, frames out; no files, no tracking. The batch command
+(:mod:`pipeline.stages.predict`) and the logged model's pyfunc (:mod:`pipeline.tracking.scorer`,
+what ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` run) both call :func:`score`, so
+they cannot drift. A column added to the output is added in :func:`score`, for both.
+
+The decision follows :mod:`pipeline.evaluation`: ``reject`` when the probability is at or above the
+model's recorded threshold, else ``accept``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+
+PROBABILITY_COLUMN = "default_probability"
+DECISION_COLUMN = "decision"
+THRESHOLD_COLUMN = "threshold"
+OUTPUT_COLUMNS = (PROBABILITY_COLUMN, DECISION_COLUMN, THRESHOLD_COLUMN)
+ACCEPT, REJECT = "accept", "reject"
+
+# How an input column is held: whole numbers, any number, or text.
+INTEGER, NUMBER, TEXT = "integer", "number", "text"
+KINDS = (INTEGER, NUMBER, TEXT)
+# Whole numbers beyond this are not exact in a float64, so such a column is not called integer.
+_LARGEST_EXACT_INTEGER = 2.0**53
+
+
+@dataclass(frozen=True)
+class InputColumn:
+    """One input the model takes: its name, how it is held, and whether it must be given."""
+
+    name: str
+    kind: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """What scoring needs besides the estimator: the decision threshold and the input columns."""
+
+    threshold: float
+    columns: tuple[InputColumn, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": float(self.threshold),
+            "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoringSpec:
+        """Rebuild a spec; raises ValueError when ``data`` is not one."""
+        try:
+            threshold = float(data["threshold"])
+            columns = tuple(
+                InputColumn(str(c["name"]), str(c["kind"]), bool(c["required"])) for c in data["columns"]
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"not a scoring spec: {error!r}") from None
+        unknown = sorted({c.kind for c in columns} - set(KINDS))
+        if unknown or not columns or not np.isfinite(threshold):
+            raise ValueError(
+                f"not a scoring spec: unknown kinds {unknown}, {len(columns)} columns, threshold {threshold}"
+            )
+        return cls(threshold, columns)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """What :func:`prepare_input` found beyond hard errors."""
+
+    extra_columns: list[str] = field(default_factory=list)
+    unseen_categories: dict[str, int] = field(default_factory=dict)  # column -> rows with a new value
+    absent_optional: list[str] = field(default_factory=list)  # optional columns not given: all missing
+
+    @property
+    def unseen_total(self) -> int:
+        return sum(self.unseen_categories.values())
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A fitted estimator with its spec, and the category values its encoders know."""
+
+    estimator: Any
+    spec: ScoringSpec
+    categories: dict[str, set[str]]
+
+    @classmethod
+    def of(cls, estimator: Any, spec: ScoringSpec) -> Scorer:
+        return cls(predict_on_one_thread(estimator), spec, known_categories(estimator))
+
+    @property
+    def threshold(self) -> float:
+        return self.spec.threshold
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The output columns, one row per input row (same index), and what the input check found."""
+
+    output: pd.DataFrame
+    check: InputCheck
+
+    @property
+    def rejected(self) -> int:
+        return int((self.output[DECISION_COLUMN] == REJECT).sum())
+
+
+def describe_inputs(features: pd.DataFrame) -> tuple[InputColumn, ...]:
+    """Each training column as users hold it: text, whole numbers, or numbers; optional where the
+    training data has missing values.
+
+    A whole-number column with missing values is a number column: an integer column cannot hold a
+    missing value (pandas and MLflow's signature enforcement read it as float).
+    """
+    columns = []
+    for name in features.columns:
+        values = features[name]
+        missing = bool(values.isna().any())
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            present = values.dropna().to_numpy(dtype=float)
+            whole = bool(
+                len(present)
+                and np.isfinite(present).all()
+                and (np.abs(present) < _LARGEST_EXACT_INTEGER).all()
+                and (present == np.floor(present)).all()
+            )
+            kind = INTEGER if whole and not missing else NUMBER
+        else:
+            kind = TEXT
+        columns.append(InputColumn(str(name), kind, required=not missing))
+    return tuple(columns)
+
+
+def raw_rows(features: pd.DataFrame, columns: Sequence[InputColumn]) -> pd.DataFrame:
+    """Rows of the training frame typed as users hold them (integer columns as integers)."""
+    typed = {}
+    for column in columns:
+        values = features[column.name]
+        typed[column.name] = values.astype("int64") if column.kind == INTEGER else values
+    return pd.DataFrame(typed, index=features.index)
+
+
+def _parts(estimator: Any) -> Iterator[Any]:
+    """``estimator`` and every estimator inside it: pipeline steps, column transformers, calibration
+    folds, the members of a soft vote and the trees of a forest."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    seen: set[int] = set()
+    pending = [estimator]
+    while pending:
+        node = pending.pop()
+        if id(node) in seen or node is None or isinstance(node, str):
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, Pipeline):
+            pending.extend(step for _, step in node.steps)
+        if isinstance(node, ColumnTransformer) and hasattr(node, "transformers_"):
+            pending.extend(transformer for _, transformer, _ in node.transformers_)
+        pending.extend(getattr(node, "calibrated_classifiers_", None) or [])
+        pending.extend(getattr(node, "estimators_", None) or [])
+        pending.append(getattr(node, "estimator", None))
+
+
+def known_categories(estimator: Any) -> dict[str, set[str]]:
+    """Category values each fitted encoder inside ``estimator`` has seen, by input column."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    known: dict[str, set[str]] = {}
+    for node in _parts(estimator):
+        if not (isinstance(node, ColumnTransformer) and hasattr(node, "transformers_")):
+            continue
+        for _, transformer, columns in node.transformers_:
+            encoder = transformer.steps[-1][1] if isinstance(transformer, Pipeline) else transformer
+            categories = getattr(encoder, "categories_", None)
+            if categories is None or isinstance(columns, str):
+                continue
+            for column, values in zip(columns, categories, strict=False):
+                known.setdefault(str(column), set()).update(str(v) for v in values if not pd.isna(v))
+    return known
+
+
+def predict_on_one_thread(estimator: Any) -> Any:
+    """Set ``n_jobs=1`` on every scikit-learn part of a fitted estimator; returns it.
+
+    Scoring is a few rows at a time and a scoring server takes requests side by side: joblib's
+    worker threads cost far more than they save there (a forest's 1-row prediction went from about
+    120 ms to a few ms). The probabilities do not change, except that a forest now sums its trees
+    in one fixed order.
+    """
+    for node in _parts(estimator):
+        if type(node).__module__.startswith("sklearn.") and getattr(node, "n_jobs", None) not in (None, 1):
+            node.n_jobs = 1
+    return estimator
+
+
+# Typing works on numpy arrays, column by column: a request is often one row, where pandas'
+# per-operation overhead, not the data, is the cost.
+
+
+def _numeric(name: str, raw: pd.Series) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+        values = raw.to_numpy(dtype=float, na_value=np.nan)
+    else:  # text, as a CSV is read: numbers, blanks (missing) or a mistake to name
+        parsed = pd.to_numeric(raw, errors="coerce")
+        suspect = parsed.isna() & raw.notna()
+        if suspect.any():
+            bad = raw[suspect & (raw.astype(str).str.strip() != "")]
+            if len(bad):
+                raise DataError(
+                    f"column '{name}' must be numeric but holds {len(bad)} non-numeric value(s), "
+                    f"e.g. {str(bad.iloc[0])[:40]!r}"
+                )
+        values = parsed.to_numpy(dtype=float, na_value=np.nan)
+    if np.isinf(values).any():
+        raise DataError(f"column '{name}' holds infinite values")
+    return values
+
+
+def _text(raw: pd.Series) -> np.ndarray:
+    """Plain strings with NaN for missing, as an object array: what the encoders were fitted on."""
+    missing = raw.isna().to_numpy()
+    text = raw.to_numpy(dtype=object).astype(str).astype(object)
+    text[missing] = np.nan
+    return text
+
+
+def prepare_input(
+    frame: pd.DataFrame, columns: Sequence[InputColumn], categories: Mapping[str, set[str]]
+) -> tuple[pd.DataFrame, InputCheck]:
+    """The model's input columns, typed as at training; raises DataError naming the bad column.
+
+    An optional column that is absent counts as missing in every row (the model imputes it).
+    """
+    if frame.empty:
+        raise DataError("the input has no rows to score")
+    missing = [c.name for c in columns if c.required and c.name not in frame.columns]
+    if missing:
+        raise DataError(f"the input lacks column(s) the model needs: {', '.join(missing)}")
+    typed: dict[str, np.ndarray] = {}
+    unseen: dict[str, int] = {}
+    absent: list[str] = []
+    for column in columns:
+        if column.name in frame.columns:
+            raw = frame[column.name]
+        else:
+            absent.append(column.name)
+            raw = pd.Series(np.nan, index=frame.index, dtype=object)
+        if column.kind == TEXT:
+            values = _text(raw)
+            known = categories.get(column.name)
+            if known is not None:
+                new = sum(1 for value in values if isinstance(value, str) and value not in known)
+                if new:
+                    unseen[column.name] = new
+        else:
+            values = _numeric(column.name, raw)
+        typed[column.name] = values
+    names = {c.name for c in columns}
+    extra = [str(c) for c in frame.columns if c not in names]
+    return _frame(typed, columns, frame.index), InputCheck(extra, unseen, absent)
+
+
+def _frame(typed: Mapping[str, np.ndarray], columns: Sequence[InputColumn], index: pd.Index) -> pd.DataFrame:
+    """One float block and one object block (text stays object, not pandas' string type), in order."""
+    blocks = []
+    for text in (False, True):
+        names = [c.name for c in columns if (c.kind == TEXT) is text]
+        if names:
+            values = np.column_stack([typed[name] for name in names])
+            blocks.append(pd.DataFrame(values, index=index, columns=names, dtype=object if text else float))
+    joined = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
+    return joined[[c.name for c in columns]]
+
+
+def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None = None) -> pd.DataFrame:
+    """The output columns for given probabilities: the probability, the decision, the threshold."""
+    probabilities = np.asarray(probabilities, dtype=float)
+    return pd.DataFrame(
+        {
+            PROBABILITY_COLUMN: probabilities,
+            DECISION_COLUMN: np.where(probabilities >= threshold, REJECT, ACCEPT),
+            THRESHOLD_COLUMN: float(threshold),
+        },
+        index=index,
+    )
+
+
+def score(scorer: Scorer, frame: pd.DataFrame) -> Scored:
+    """Score applicants: check and type the input, then probability and decision per row."""
+    features, check = prepare_input(frame, scorer.spec.columns, scorer.categories)
+    probabilities = scorer.estimator.predict_proba(features)[:, 1]
+    return Scored(decide(probabilities, scorer.threshold, frame.index), check)
