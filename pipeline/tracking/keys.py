@@ -9,6 +9,7 @@ this is the one place their spelling lives. No imports, no logic.
 STAGE_RESEARCH = "research"
 STAGE_OPTIMIZE = "optimize"
 STAGE_REGISTER = "register"
+STAGE_MONITOR = "monitor"
 ROLE_STAGE = "stage"  # the parent run of a stage
 ROLE_CANDIDATE = "candidate"  # a research candidate's child run
 ROLE_TRIAL = "trial"  # an Optuna trial's child run
@@ -63,6 +64,16 @@ TAG_REGISTER_RESUMED = "register.resumed_pending"
 TAG_REGISTER_CHAMPION = "register.champion_version"
 TAG_REGISTER_OTHER_DATA = "register.champion_compared_on_other_data"
 
+# --- Monitor (tags of a monitor run: which model version it watched) -------------------------------
+TAG_MONITOR_MODEL_URI = "monitor.model_uri"
+TAG_MONITOR_MODEL_NAME = "monitor.model_name"
+TAG_MONITOR_VERSION = "monitor.version"
+TAG_MONITOR_MODEL_ID = "monitor.model_id"
+TAG_MONITOR_STATUS = "monitor.status"  # stable, watch or shifted: the worst of the score and characteristics
+TAG_MONITOR_INPUT = "monitor.input"
+METRIC_SCORE_PSI = "score_psi"
+METRIC_MAX_CSI = "max_csi"
+
 # --- Metrics read across stages ---------------------------------------------------------------------
 METRIC_CV_ROC_AUC_MEAN = "cv_roc_auc_mean"  # research candidates; register's baseline floors
 METRIC_TEST_ROC_AUC = "test_roc_auc"
@@ -97,6 +108,8 @@ META_FAMILIES = "families"
 META_BEST_FAMILY = "best_family"
 META_CALIBRATION = "calibration"
 META_DATASET_DIGEST = "dataset_digest"
+META_TRAINING_PROFILE = "training_profile"  # pipeline.stability: bins and shares of the training part
+META_SCORECARD_SCALING = "scorecard_scaling"  # a scorecard's points scaling (base_points, base_odds, pdo)
 
 # --- Artifact paths ---------------------------------------------------------------------------------
 ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test row positions
@@ -112,6 +125,11 @@ PLOT_CONFUSION = "plots/confusion_matrix.png"
 PLOT_COST = "plots/cost_vs_threshold.png"
 PLOT_SCORES = "plots/score_distribution.png"
 PLOT_IMPORTANCE = "plots/permutation_importance.png"
+ARTIFACT_SCORECARD = "scorecard/table"  # optimize and research: .csv and .md, when a model is a scorecard
+ARTIFACT_REASON_FREQUENCIES = "evaluation/reason_codes"  # optimize: .csv and .md, rejected test applicants
+ARTIFACT_MONITOR_SUMMARY = "monitor/stability"  # monitor: .csv and .md, PSI and CSI with their status
+ARTIFACT_MONITOR_BINS = "monitor/bins.csv"  # monitor: expected and actual share of every bin
+PLOT_MONITOR = "monitor/stability.png"
 ARTIFACT_GATE_DECISION = "gate/decision.json"  # register
 ARTIFACT_BOOTSTRAP = "gate/bootstrap.csv"
 PLOT_BOOTSTRAP = "plots/bootstrap.png"
