@@ -122,7 +122,7 @@ def substitution_weights(
     base = _log_odds(estimator, features)
     copies, spans = [], {}
     for name in names:
-        start = sum(len(c) for c in copies)
+        start = len(copies)
         for value in candidates[name]:
             copy = features.copy()
             copy[name] = pd.Series([value] * len(features), index=features.index, dtype=features[name].dtype)

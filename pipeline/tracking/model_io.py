@@ -69,7 +69,7 @@ def _model_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("mlflow", "scikit-learn", "skops", "lightgbm", "pandas", "numpy", "scipy"):
+    for package in ("mlflow", "scikit-learn", "skops", "lightgbm", "optbinning", "pandas", "numpy", "scipy"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
