@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # Families that are baselines rather than contenders for stage 2.
 BASELINE_FAMILIES = frozenset({"dummy"})
+# Families whose fitted model is a points scorecard (pipeline.scorecard reads it).
+SCORECARD_FAMILIES = frozenset({"woe_scorecard"})
 
 # The one list of model families. family -> (estimator class as "module:Name", preprocessing kind,
 # whether it takes random_state, whether it takes n_jobs). Classes are imported when first built,

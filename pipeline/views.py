@@ -12,6 +12,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from pipeline.models import SCORECARD_FAMILIES
 from pipeline.queries import history, tables
 from pipeline.settings import redact
 from pipeline.tracking import keys
@@ -34,6 +35,7 @@ class Views:
     trials: pd.DataFrame
     metric_summary: pd.DataFrame
     registered_models: pd.DataFrame
+    monitor_results: pd.DataFrame
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
@@ -65,6 +67,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
             trials=empty,
             metric_summary=empty,
             registered_models=registered_models_frame(uri, model_name),
+            monitor_results=pd.DataFrame(columns=history.MONITOR_COLUMNS),
         )
     return Views(
         leaderboard=history.leaderboard(store, experiment),
@@ -75,6 +78,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
         trials=history.trials(store, experiment),
         metric_summary=history.metric_summary(store, experiment),
         registered_models=registered_models_frame(uri, model_name),
+        monitor_results=history.monitor_results(store, experiment),
     )
 
 
@@ -108,10 +112,9 @@ def champion_text(champion: dict[str, Any] | None) -> str:
     )
 
 
-def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
-    """``{label: (y_true, scores)}`` for the champion and challenger versions, from the
-    ``evaluation/test_scores.csv`` artifact of the optimization run behind each one."""
-    curves: dict[str, tuple] = {}
+def _alias_runs(history: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """``(alias, version, optimization run id)`` of the champion and the challenger, when they exist."""
+    found = []
     for alias in (keys.ALIAS_CHAMPION, keys.ALIAS_CHALLENGER):
         holders = history[history["aliases"].fillna("").str.split(",").map(lambda a, x=alias: x in a)]
         if holders.empty:
@@ -120,10 +123,44 @@ def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
         run_id = (
             row[keys.VTAG_OPTIMIZE_RUN] if isinstance(row[keys.VTAG_OPTIMIZE_RUN], str) else row["run_id"]
         )
-        scores = load_artifact_frame(uri, run_id, keys.ARTIFACT_TEST_SCORES) if run_id else None
+        if run_id:
+            found.append((alias, str(row["version"]), run_id))
+    return found
+
+
+def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
+    """``{label: (y_true, scores)}`` for the champion and challenger versions, from the
+    ``evaluation/test_scores.csv`` artifact of the optimization run behind each one."""
+    curves: dict[str, tuple] = {}
+    for alias, version, run_id in _alias_runs(history):
+        scores = load_artifact_frame(uri, run_id, keys.ARTIFACT_TEST_SCORES)
         if scores is not None and {"y_true", "score"} <= set(scores.columns):
-            curves[f"{alias} v{row['version']}"] = (scores["y_true"].to_numpy(), scores["score"].to_numpy())
+            curves[f"{alias} v{version}"] = (scores["y_true"].to_numpy(), scores["score"].to_numpy())
     return curves
+
+
+def scorecard_tables(uri: str, history: pd.DataFrame, board: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """``{label: table}``: the scorecard of the champion and the challenger when they are or hold one,
+    and of each scorecard candidate of the latest research run."""
+    tables: dict[str, pd.DataFrame] = {}
+    for alias, version, run_id in _alias_runs(history):
+        table = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_SCORECARD}.csv")
+        if table is not None:
+            tables[f"{alias} v{version}"] = table
+    research = board[(board["stage"] == keys.STAGE_RESEARCH) & board["family"].isin(list(SCORECARD_FAMILIES))]
+    for name, run_id in zip(research["name"], research["run_id"], strict=True):
+        table = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_SCORECARD}.csv")
+        if table is not None:
+            tables[f"research candidate {name}"] = table
+    return tables
+
+
+def champion_reason_frequencies(uri: str, history: pd.DataFrame) -> pd.DataFrame | None:
+    """How often each reason code went to the rejected test applicants of the champion."""
+    for alias, _, run_id in _alias_runs(history):
+        if alias == keys.ALIAS_CHAMPION:
+            return load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_REASON_FREQUENCIES}.csv")
+    return None
 
 
 def summary_markdown(

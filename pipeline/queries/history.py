@@ -229,7 +229,7 @@ def gate_decisions(store: Store, experiment: str | None, limit: int = 20) -> pd.
 MONITOR_COLUMNS = [
     "model_name",
     "version",
-    "status",
+    "population",
     keys.METRIC_SCORE_PSI,
     keys.METRIC_MAX_CSI,
     "rows",
@@ -241,11 +241,12 @@ MONITOR_COLUMNS = [
 
 
 def monitor_results(store: Store, experiment: str | None) -> pd.DataFrame:
-    """The latest finished monitor run of every model version (or model URI), newest first."""
+    """The latest finished monitor run of every model version (or model URI), newest first;
+    ``population`` is its reading: stable, watch or shifted."""
     columns = {
         keys.TAG_MONITOR_MODEL_NAME: "model_name",
         keys.TAG_MONITOR_VERSION: "version",
-        keys.TAG_MONITOR_STATUS: "status",
+        keys.TAG_MONITOR_STATUS: "population",
         keys.TAG_MONITOR_INPUT: "input",
         keys.TAG_MONITOR_MODEL_URI: "model_uri",
     }
