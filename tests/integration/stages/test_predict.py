@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import cli
-from pipeline.errors import DataError
+from pipeline import cli, reasons
+from pipeline.applicants import model_inputs
 from pipeline.stages import predict, register
 from pipeline.tracking import model_io
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -48,10 +48,18 @@ def _write(tmp_path, frame: pd.DataFrame, name: str = "applicants.csv"):
 def test_scores_rows_at_the_recorded_threshold(champion, tmp_path, caplog):
     config, _, applicants = champion
     output = tmp_path / "out" / "scored.csv"
-    with caplog.at_level(logging.INFO, logger="pipeline.stages.predict"):
+    with caplog.at_level(logging.INFO, logger="pipeline"):
         result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
     scored = pd.read_csv(output, dtype={"decision": str})
-    assert list(scored.columns) == [*applicants.columns, "default_probability", "decision"]
+    reason_columns = [f"reason_{i}_{part}" for i in range(1, 5) for part in ("code", "text")]
+    assert list(scored.columns) == [
+        *applicants.columns,
+        "default_probability",
+        "decision",
+        *reason_columns,
+        "reason_method",
+    ]
+    assert set(scored["reason_method"]) == {reasons.METHOD_SUBSTITUTION} == {result.reason_method}
     assert len(scored) == result.rows == 12
     model = model_io.load_model(CHAMPION)
     features = applicants.drop(columns=["default"]).astype(
@@ -77,7 +85,7 @@ def test_unseen_categories_are_scored_and_counted(champion, tmp_path, caplog):
     changed.loc[[0, 3], "purpose"] = "spaceship"
     changed.loc[5, "housing"] = "castle"
     output = tmp_path / "scored.csv"
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.predict"):
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
         result = predict.run(config, CHAMPION, _write(tmp_path, changed), output)
     assert result.check.unseen_categories == {"purpose": 2, "housing": 1}
     assert "3 value(s) in 2 column(s) were not seen in training" in caplog.text
@@ -137,52 +145,35 @@ def test_cli_subprocess_scores_and_refuses_empty_file(champion, tmp_path):
     assert failed.stderr.strip() == "data error: input file empty.csv is empty"
 
 
-# --- Pure input checks (no store) ----------------------------------------------------------------
+@pytest.mark.integration
+@pytest.mark.parametrize("family", ["woe_scorecard", "logistic_regression"])
+def test_reasons_are_those_the_served_model_gives(sqlite_store, tmp_path, family):
+    """predict's reasons are exactly ``reasons.explain`` on the loaded model and its metadata, the
+    one call the served model makes; exact points for a scorecard, substitution otherwise."""
+    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    research_id = fake_research_run(config, {"dummy": 0.5})
+    optimize_id = fake_optimize_run(config, research_id, family=family)
+    assert register.run(config, optimize_run_id=optimize_id).decision == "promoted"
+    applicants = pd.read_csv(GERMAN, dtype=str).sample(40, random_state=3)
+    applicants.loc[applicants.index[:2], "purpose"] = "spaceship"  # unseen: no error, WoE 0
+    output = tmp_path / "scored.csv"
+    result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
 
-COLUMNS = [("age", "numeric"), ("purpose", "text")]
+    model = model_io.load_model(CHAMPION)
+    features, _ = model_inputs(applicants.reset_index(drop=True), model.estimator, model.signature)
+    served = reasons.explain(model.estimator, features, model.metadata, config.reason_codes.count).frame()
+    pd.testing.assert_frame_equal(scored[served.columns], served.astype(str), check_dtype=False)
+    expected = reasons.METHOD_SCORECARD if family == "woe_scorecard" else reasons.METHOD_SUBSTITUTION
+    assert result.reason_method == expected
+    rejected = scored[scored["decision"] == "reject"]
+    assert (rejected["reason_1_code"] != "").all()  # every rejected applicant gets a first reason
+    assert set(scored["reason_1_code"]) - {""} <= {reasons.code_for(c) for c in features.columns}
 
 
-def test_prepare_input_types_columns_and_reports_extras():
-    frame = pd.DataFrame({"purpose": ["car", None], "age": ["30", ""], "id": ["a", "b"]})
-    features, check = predict.prepare_input(frame, COLUMNS, {"purpose": {"car"}})
-    assert list(features.columns) == ["age", "purpose"]
-    assert features["age"].dtype == float
-    assert features["age"].iloc[0] == 30.0
-    assert np.isnan(features["age"].iloc[1])  # missing stays missing: the imputer handles it
-    assert features["purpose"].iloc[0] == "car"
-    assert check.extra_columns == ["id"]
-    assert check.unseen_categories == {}
-
-
-def test_prepare_input_rejects_infinite_numbers():
-    frame = pd.DataFrame({"purpose": ["car"], "age": ["inf"]})
-    with pytest.raises(DataError, match="column 'age' holds infinite values"):
-        predict.prepare_input(frame, COLUMNS, {})
+# --- Pure (no store) ------------------------------------------------------------------------------
 
 
 def test_decision_is_reject_at_or_above_threshold():
     scored = predict.score(pd.DataFrame({"x": [1, 2, 3]}), np.array([0.2, 0.3, 0.4]), 0.3)
     assert scored["decision"].tolist() == ["accept", "reject", "reject"]
-
-
-@pytest.mark.parametrize("family", ["logistic_regression", "hist_gradient_boosting"])
-def test_known_categories_found_inside_calibrated_models(family):
-    from sklearn.calibration import CalibratedClassifierCV
-
-    from pipeline.models import build_estimator
-
-    frame = pd.read_csv(GERMAN).head(200)
-    target = frame.pop("default")
-    categorical = [c for c in frame.columns if not pd.api.types.is_numeric_dtype(frame[c])]
-    numeric = [c for c in frame.columns if c not in categorical]
-    model = CalibratedClassifierCV(build_estimator(family, {}, categorical, numeric, 0), cv=2)
-    model.fit(frame, target)
-    known = predict.known_categories(model)
-    assert set(known) == set(categorical)
-    assert known["purpose"] == set(frame["purpose"])
-    changed = frame.astype({c: str for c in numeric}).copy()
-    changed.loc[:4, "purpose"] = "spaceship"
-    _, check = predict.prepare_input(
-        changed, [(c, "text" if c in categorical else "numeric") for c in frame], known
-    )
-    assert check.unseen_categories == {"purpose": 5}
