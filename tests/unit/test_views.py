@@ -27,6 +27,7 @@ def test_champion_of_and_summary_handle_empty_views():
         trials=empty,
         metric_summary=empty,
         registered_models=empty,
+        monitor_results=empty,
     )
     counts = pd.DataFrame({"table": ["runs", "spans"], "rows": [0, 0], "loaded": [True, False]})
     text = views.summary_markdown("sqlite:///x", "loan-default", counts, frames, None)
