@@ -29,6 +29,7 @@ from tests.github_actions import (
     PIPELINE_WORKFLOW,
     WORKFLOW_DIR,
     actionlint_command,
+    evaluate,
     load_workflow,
     run_actionlint,
     substitute,
@@ -130,6 +131,47 @@ def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
+def replay_steps(
+    steps: list[dict], contexts: dict, job_env: dict, base: dict, files: dict, runner: Path, workspace: Path
+) -> list[str]:
+    """Run a job's ``run:`` steps in order as the runner does; returns the names of those run."""
+    executed: list[str] = []
+    failed = False
+    for index, step in enumerate(steps):
+        name = step.get("name", f"step {index}")
+        condition = str(step.get("if", "success()"))
+        if "failure()" in condition and not failed:
+            continue
+        if "run" not in step:
+            continue
+        script = step["run"]
+        if name in STAND_INS:
+            expected_text, script = STAND_INS[name]
+            assert expected_text in step["run"], f"step {name!r} changed; update its stand-in"
+        contexts["env"] = job_env
+        env = {
+            **base,
+            **read_github_env(files["GITHUB_ENV"]),
+            **{k: substitute(v, contexts) for k, v in step.get("env", {}).items()},
+        }
+        script_file = runner / f"step-{len(list(runner.glob('step-*.sh')))}.sh"
+        script_file.write_text(script)
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
+            cwd=workspace,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT_SECONDS,
+        )
+        script_file.with_suffix(".log").write_text(done.stdout + done.stderr)
+        executed.append(name)
+        assert done.returncode == 0, (
+            f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
+        )
+    return executed
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
@@ -168,40 +210,9 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
     assert job_env["PIPELINE_PROFILE"] == "fast"
     assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
 
-    executed: list[str] = []
-    failed = False
-    for index, step in enumerate(job["steps"]):
-        name = step.get("name", f"step {index}")
-        condition = str(step.get("if", "success()"))
-        if "failure()" in condition and not failed:
-            continue
-        if "run" not in step:
-            continue
-        script = step["run"]
-        if name in STAND_INS:
-            expected_text, script = STAND_INS[name]
-            assert expected_text in step["run"], f"step {name!r} changed; update its stand-in"
-        contexts["env"] = {**workflow_env, **job_env}
-        env = {
-            **base,
-            **read_github_env(files["GITHUB_ENV"]),
-            **{k: substitute(v, contexts) for k, v in step.get("env", {}).items()},
-        }
-        script_file = runner / f"step-{index}.sh"
-        script_file.write_text(script)
-        done = subprocess.run(
-            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script_file)],
-            cwd=workspace,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=STEP_TIMEOUT_SECONDS,
-        )
-        (runner / f"step-{index}.log").write_text(done.stdout + done.stderr)
-        executed.append(name)
-        assert done.returncode == 0, (
-            f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
-        )
+    executed = replay_steps(
+        job["steps"], contexts, {**workflow_env, **job_env}, base, files, runner, workspace
+    )
 
     # Order: the four stages, then the notebook, as named steps in that sequence.
     scripts = {step.get("name"): step.get("run", "") for step in job["steps"]}
@@ -249,6 +260,43 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
     models = {m.name: m.aliases for m in client.search_registered_models()}
     assert models, "stage 3 registered nothing"
     assert_dump_restores(dump, postgres_url, expected_runs=len(runs), expected_models=models)
+
+    replay_weekly_monitor(workflow, workspace, runner, files, base, postgres_url)
+
+
+def replay_weekly_monitor(workflow: dict, workspace: Path, runner: Path, files: dict, base: dict, store: str):
+    """The scheduled monitor job against the champion the pipeline job registered: the team's store is
+    the replay's database, the repository variable names the shipped data (the population it was
+    trained on, so stable: exit 0)."""
+    job = workflow["jobs"]["monitor"]
+    contexts = {
+        **stand_in_contexts(workspace),
+        "secrets": {"MLFLOW_TRACKING_URI": store},
+        "vars": {"PIPELINE_MONITOR_DATA": "data/german_credit.csv"},
+    }
+    contexts["github"]["event_name"] = "schedule"
+    assert evaluate(job["if"], contexts)
+    contexts["env"] = workflow_env = {k: substitute(v, contexts) for k, v in workflow.get("env", {}).items()}
+    job_env = {k: substitute(v, contexts) for k, v in job.get("env", {}).items()}
+    assert job_env["MLFLOW_TRACKING_URI"] == store
+    files["GITHUB_ENV"].write_text("")  # a new job starts with an empty GITHUB_ENV
+    monitor_base = {**base, **workflow_env, **job_env, "GITHUB_EVENT_NAME": "schedule"}
+    monitor_base.pop("PIPELINE_PROFILE", None)
+    executed = replay_steps(
+        job["steps"], contexts, {**workflow_env, **job_env}, monitor_base, files, runner, workspace
+    )
+    assert any(
+        "pipeline monitor" in step.get("run", "") for step in job["steps"] if step.get("name") in executed
+    )
+    assert (workspace / "reports" / "monitor" / "stability.csv").is_file()
+    assert "## Population stability" in files["GITHUB_STEP_SUMMARY"].read_text()
+    client = MlflowClient(store)
+    monitored = client.search_runs(
+        [client.get_experiment_by_name("loan-default").experiment_id],
+        filter_string=f"tags.`{keys.TAG_STAGE}` = '{keys.STAGE_MONITOR}'",
+    )
+    assert len(monitored) == 1 and monitored[0].info.status == "FINISHED"
+    assert monitored[0].data.tags[keys.TAG_MONITOR_VERSION] == "1"
 
 
 def assert_dump_restores(
