@@ -28,6 +28,9 @@ def test_report_holds_leaderboard_and_champion(results_store, tmp_path, monkeypa
     html = result.html.read_text()
     assert "Leaderboard" in html and "optimize-3" in html and "logistic_regression" in html
     assert f"Champion: <code>loan-default-classifier</code> version {results_store.champion_version}" in html
+    for heading in ("Scorecard", "Reason codes of the champion", "Stability monitoring"):
+        assert f">{heading}<" in html, heading  # the sections exist, each saying when it has nothing yet
+    assert "No monitor run yet" in html
     assert html.count("data:image/png;base64,") >= 3  # leaderboard bars, ROC curves, hyperparameters
     assert "<script src=" not in html  # nothing fetched from a CDN
     assert "def " not in html and "sql_tables.open_store" not in html  # code cells hidden
