@@ -275,9 +275,16 @@ def test_monitor_gets_the_team_store_only_on_schedule():
     assert substitute(value, contexts("push", secrets=secrets)) in ("", "false")
 
 
-def _monitor_step() -> str:
-    (found,) = [s["run"] for s in MONITOR["steps"] if "pipeline monitor" in s.get("run", "")]
-    return found
+def run_monitor_step(folder, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The monitor job's step script, run as the runner runs it."""
+    (script,) = [s["run"] for s in MONITOR["steps"] if "pipeline monitor" in s.get("run", "")]
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize(("model", "exit_code"), [("", 0), ("models:/m@challenger", 3)])
@@ -290,13 +297,7 @@ def test_monitor_step_passes_the_data_and_model_and_keeps_exit_3(tmp_path, model
         MLFLOW_TRACKING_URI="sqlite:///x.db", MONITOR_DATA="data/new applicants.csv", MONITOR_MODEL=model
     )
     env["PATH"] = f"{fake.parent}:{env['PATH']}"
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _monitor_step()],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    done = run_monitor_step(tmp_path, env)
     assert done.returncode == exit_code  # a shifted population fails the job through tee
     expected = "args:-m pipeline monitor --input data/new applicants.csv"
     assert done.stdout.strip() == expected + (f" --model {model}" if model else "")
@@ -304,13 +305,8 @@ def test_monitor_step_passes_the_data_and_model_and_keeps_exit_3(tmp_path, model
 
 
 def test_monitor_step_without_the_team_store_fails_with_one_error(tmp_path):
-    env = bash_env(MLFLOW_TRACKING_URI="", MONITOR_DATA="x.csv", MONITOR_MODEL="")
-    done = subprocess.run(
-        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", _monitor_step()],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
+    done = run_monitor_step(
+        tmp_path, bash_env(MLFLOW_TRACKING_URI="", MONITOR_DATA="x.csv", MONITOR_MODEL="")
     )
     assert done.returncode == 1
     assert done.stdout.startswith("::error::the monitor needs the team's tracking store")
