@@ -36,7 +36,7 @@ from pipeline.tracking import keys
 METHOD_SCORECARD = "scorecard_points_below_best_bin"
 METHOD_SUBSTITUTION = "best_value_substitution"
 METHOD_COLUMN = "reason_method"
-_MAX_ROWS_PER_CALL = 200_000  # substituted rows scored per predict_proba call
+_SUBSTITUTED_ROWS = 200_000  # substituted copies held and scored at once: bounds memory on big files
 _EPSILON = 1e-9
 
 
@@ -105,11 +105,7 @@ def scorecard_reasons(model: Any, features: pd.DataFrame, count: int, scaling: s
 
 
 def _log_odds(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
-    chunks = [
-        np.asarray(estimator.predict_proba(frame.iloc[i : i + _MAX_ROWS_PER_CALL])[:, 1], dtype=float)
-        for i in range(0, len(frame), _MAX_ROWS_PER_CALL)
-    ]
-    probability = np.clip(np.concatenate(chunks), 1e-12, 1 - 1e-12)
+    probability = np.clip(np.asarray(estimator.predict_proba(frame)[:, 1], dtype=float), 1e-12, 1 - 1e-12)
     return np.log(probability / (1 - probability))
 
 
@@ -117,9 +113,22 @@ def substitution_weights(
     estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per applicant and characteristic: the fall in log-odds at its most favourable candidate value,
-    and that value. All substituted copies are scored in a few large calls."""
+    and that value. Applicants go in batches whose substituted copies are scored in one call each."""
+    per_row = max(sum(len(candidates.get(name) or []) for name in features.columns), 1)
+    step = max(_SUBSTITUTED_ROWS // per_row, 1)
+    parts = [
+        _substitution_batch(estimator, features.iloc[i : i + step], candidates)
+        for i in range(0, len(features), step)
+    ]
+    if not parts:
+        return _substitution_batch(estimator, features, candidates)
+    return pd.concat([w for w, _ in parts]), pd.concat([b for _, b in parts])
+
+
+def _substitution_batch(
+    estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     names = [name for name in features.columns if candidates.get(name)]
-    base = _log_odds(estimator, features)
     copies, spans = [], {}
     for name in names:
         start = len(copies)
@@ -130,8 +139,9 @@ def substitution_weights(
         spans[name] = (start, len(candidates[name]))
     weights = pd.DataFrame(0.0, index=features.index, columns=names)
     best_values = pd.DataFrame("", index=features.index, columns=names, dtype=object)
-    if not copies:
+    if not copies or features.empty:
         return weights, best_values
+    base = _log_odds(estimator, features)
     scored = _log_odds(estimator, pd.concat(copies, ignore_index=True))
     n = len(features)
     for name in names:

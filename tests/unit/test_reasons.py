@@ -45,6 +45,25 @@ def test_hand_built_case_gives_the_expected_reasons_in_order():
     assert best.iloc[0].tolist() == [0.0, 0.0, "north"]
 
 
+def test_applicants_in_batches_get_the_same_weights(monkeypatch):
+    """A big file is explained in batches (bounded memory) with the same result as in one go."""
+    rng = np.random.default_rng(0)
+    applicants = pd.DataFrame(
+        {
+            "debt": rng.integers(0, 4, 25).astype(float),
+            "late_payments": rng.integers(0, 3, 25).astype(float),
+            "region": rng.choice(["north", "south"], 25),
+        }
+    )
+    whole = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
+    monkeypatch.setattr(reasons, "_SUBSTITUTED_ROWS", 12)  # 6 candidates a row: 2 applicants a batch
+    batched = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
+    pd.testing.assert_frame_equal(batched[0], whole[0])
+    pd.testing.assert_frame_equal(batched[1], whole[1])
+    empty = reasons.substitution_weights(LinearModel(), applicants.head(0), CANDIDATES)
+    assert empty[0].empty
+
+
 def test_frame_has_ranked_code_and_text_columns_and_the_method():
     applicants = pd.DataFrame({"debt": [3.0], "late_payments": [1.0], "region": ["south"]})
     frame = reasons.substitution_reasons(LinearModel(), applicants, CANDIDATES, count=2).frame()
