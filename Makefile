@@ -7,7 +7,7 @@ CONFIG ?= params.yaml
 PROFILE ?=
 STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-load bench-serving actionlint ui status clean
+.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-reasons bench-load bench-serving actionlint ui status clean
 
 help:
 	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
@@ -58,6 +58,9 @@ bench-quality: $(STAMP)
 
 bench-results: $(STAMP)
 	$(BIN)/python bench/results_scale.py
+
+bench-reasons: $(STAMP)
+	$(BIN)/python bench/reasons.py
 
 bench-load: $(STAMP)
 	$(BIN)/python bench/load.py

@@ -71,6 +71,12 @@ def _smoke_test(config, args) -> Any:
     return smoke_test.run(config, model_uri=args.model, url=args.url)
 
 
+def _monitor(config, args) -> Any:
+    from pipeline.stages import monitor
+
+    return monitor.run(config, input_path=args.input, model_uri=args.model, output_dir=args.output_dir)
+
+
 def _results(config, args) -> Any:
     from pipeline.stages import results
 
@@ -134,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="model URI, e.g. models:/NAME@champion")
     predict.add_argument("--input", type=Path, required=True, help="CSV or Parquet of applicants")
     predict.add_argument("--output", type=Path, required=True, help="CSV to write")
+    monitor = command(
+        "monitor", _monitor, "population stability (PSI, CSI) of new applicants; exit 3 if shifted"
+    )
+    monitor.add_argument("--input", type=Path, required=True, help="CSV or Parquet of new applicants")
+    monitor.add_argument("--model", help="model URI (default: models:/<register.model_name>@champion)")
+    monitor.add_argument("--output-dir", type=Path, help="default: monitor.output_dir")
     results = command("results", _results, "stage 4: MLflow tables as DataFrames, CSV and summary")
     results.add_argument("--output-dir", type=Path, help="default: results.output_dir")
     report = command("report", _report, "execute the results notebook and render it to HTML")

@@ -221,6 +221,37 @@ class ResultsConfig(_Section):
     mlflow_ui_url: str | None = None
 
 
+class ScorecardConfig(_Section):
+    """Points of a ``woe_scorecard``: ``base_points`` at good:bad odds ``base_odds``, ``pdo`` per doubling."""
+
+    base_points: float = 600.0
+    base_odds: float = Field(50.0, gt=0)
+    pdo: float = Field(20.0, gt=0)
+
+
+class ReasonCodesConfig(_Section):
+    count: int = Field(4, ge=1, le=20, description="reasons per applicant, most important first")
+
+
+class MonitorConfig(_Section):
+    """Population stability of new applicants against the model's training part."""
+
+    watch: float = Field(0.10, gt=0, description="an index at or above this is worth watching")
+    shift: float = Field(0.25, gt=0, description="an index above this means the population shifted")
+    fail_on_shift: bool = True  # exit 3 when the score or any characteristic shifted
+    bins: int = Field(10, ge=2, le=50, description="quantile bins of the score and numeric characteristics")
+    max_categories: int = Field(
+        20, ge=1, le=500, description="categories kept per characteristic, the rest pooled"
+    )
+    output_dir: Path = Path("reports/monitor")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitorConfig:
+        if self.watch >= self.shift:
+            raise ValueError(f"'watch' ({self.watch}) must be below 'shift' ({self.shift})")
+        return self
+
+
 class PipelineConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -235,6 +266,9 @@ class PipelineConfig(_Section):
     registration: RegisterConfig = Field(RegisterConfig(), alias="register")
     deploy: DeployConfig = DeployConfig()
     results: ResultsConfig = ResultsConfig()
+    scorecard: ScorecardConfig = ScorecardConfig()
+    reason_codes: ReasonCodesConfig = ReasonCodesConfig()
+    monitor: MonitorConfig = MonitorConfig()
     # Directory relative paths resolve against (the config file's folder); not a YAML key.
     root: Path = Field(Path("."), exclude=True)
     profile: str | None = Field(None, exclude=True)
@@ -244,7 +278,10 @@ class PipelineConfig(_Section):
     @model_validator(mode="after")
     def _outputs_inside_root(self) -> PipelineConfig:
         # Outputs the pipeline writes must stay inside the project (the config file's folder).
-        outputs = {"results.output_dir": str(self.results.output_dir)}
+        outputs = {
+            "results.output_dir": str(self.results.output_dir),
+            "monitor.output_dir": str(self.monitor.output_dir),
+        }
         location = self.tracking.artifact_location
         if location.startswith("file:"):
             outputs["tracking.artifact_location"] = urllib.parse.urlparse(location).path

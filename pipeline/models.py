@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 # Families that are baselines rather than contenders for stage 2.
 BASELINE_FAMILIES = frozenset({"dummy"})
+# Families whose fitted model is a points scorecard (pipeline.scorecard reads it).
+SCORECARD_FAMILIES = frozenset({"woe_scorecard"})
 
 # The one list of model families. family -> (estimator class as "module:Name", preprocessing kind,
 # whether it takes random_state, whether it takes n_jobs). Classes are imported when first built,
@@ -32,6 +34,8 @@ _FAMILIES: dict[str, tuple[str, str, bool, bool]] = {
     "knn": ("sklearn.neighbors:KNeighborsClassifier", "onehot", False, True),
     "naive_bayes": ("sklearn.naive_bayes:GaussianNB", "onehot", False, False),
     "lightgbm": ("lightgbm:LGBMClassifier", "ordinal", True, True),
+    # Optimal binning of every characteristic, its weight of evidence, a logistic regression on it.
+    "woe_scorecard": ("sklearn.linear_model:LogisticRegression", "woe", True, False),
 }
 
 FAMILIES = tuple(_FAMILIES)
@@ -44,6 +48,9 @@ TRUSTED_TYPES: tuple[str, ...] = (
     "lightgbm.basic.Booster",
     "lightgbm.sklearn.LGBMClassifier",
     "numpy.dtype",
+    "optbinning.binning.binning.OptimalBinning",
+    "optbinning.binning.binning_process.BinningProcess",
+    "optbinning.binning.binning_statistics.BinningTable",
     "sklearn.calibration._CalibratedClassifier",
     "sklearn.calibration._SigmoidCalibration",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -58,6 +65,18 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "dummy": {"strategy": "prior"},
     "logistic_regression": {"max_iter": 2000},
     "lightgbm": {"verbose": -1},
+    "woe_scorecard": {"max_iter": 2000},
+}
+
+# Settings of the binning step rather than the estimator (the ``woe`` preprocessing), with their
+# defaults: at most 5 bins of at least 5 % of the rows each, event rates monotonic in each numeric
+# characteristic (direction chosen per characteristic), characteristics kept when their
+# information value is at least 0.02 (the usual "weak" floor).
+BINNING_DEFAULTS: dict[str, Any] = {
+    "max_n_bins": 5,
+    "min_bin_size": 0.05,
+    "monotonic_trend": "auto_asc_desc",
+    "min_iv": 0.02,
 }
 
 
@@ -66,13 +85,40 @@ def _estimator_class(family: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def _binning(categorical: list[str], numeric: list[str], settings: Mapping[str, Any]):
+    """optbinning's ``BinningProcess`` over the ``woe`` encoder's columns (categorical codes first).
+
+    Categories reach it as ordinal codes, never as text: on pandas' string arrays it would keep
+    ``ArrowStringArray`` objects, which a pickle-free model cannot hold without trusting pyarrow.
+    Missing values get their own bin's empirical WoE (0 when training had none); unseen categories
+    (code -1) get a WoE of 0, the weight of no evidence.
+    """
+    from optbinning import BinningProcess
+
+    names = [*categorical, *numeric]
+    return BinningProcess(
+        variable_names=names,
+        categorical_variables=list(categorical),
+        max_n_bins=int(settings["max_n_bins"]),
+        min_bin_size=float(settings["min_bin_size"]),
+        selection_criteria={"iv": {"min": float(settings["min_iv"])}} if settings["min_iv"] > 0 else None,
+        binning_fit_params={name: {"monotonic_trend": settings["monotonic_trend"]} for name in numeric},
+        binning_transform_params={name: {"metric_missing": "empirical"} for name in names},
+        n_jobs=1,
+    )
+
+
 def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> ColumnTransformer:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
-    if kind == "onehot":
+    if kind == "woe":
+        # Codes for the binning step; missing stays missing (its own bin), unseen becomes -1.
+        numeric_steps = "passthrough"
+        categorical_steps = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    elif kind == "onehot":
         numeric_steps = Pipeline([("impute", SimpleImputer(strategy="median")), ("scale", StandardScaler())])
         categorical_steps = Pipeline(
             [
@@ -119,17 +165,27 @@ def build_estimator(
         # Ordinal-encoded categoricals come first in the ColumnTransformer output.
         settings["categorical_features"] = list(range(len(categorical))) or None
     settings.update(params)
+    binning = (
+        {key: settings.pop(key, default) for key, default in BINNING_DEFAULTS.items()}
+        if kind == "woe"
+        else {}
+    )
     try:
         model = factory(**settings)
     except TypeError as error:
         raise ConfigError(f"invalid parameters for {family}: {error}") from None
-    return Pipeline([("preprocess", _preprocessor(kind, categorical, numeric)), ("model", model)])
+    steps = [("preprocess", _preprocessor(kind, categorical, numeric))]
+    if kind == "woe":
+        steps.append(("binning", _binning(categorical, numeric, binning)))
+    return Pipeline([*steps, ("model", model)])
 
 
 def validate_params(family: str, params: Mapping[str, Any], where: str) -> None:
     """Fail early, before any run starts, on parameter names the estimator does not take."""
     estimator = build_estimator(family, {}, [], [], seed=0)
     known = estimator.named_steps["model"].get_params(deep=False)
+    if "binning" in estimator.named_steps:
+        known = {**known, **BINNING_DEFAULTS}
     unknown = sorted(set(params) - set(known))
     if unknown:
         raise ConfigError(f"{where}: unknown parameter(s) for {family}: {', '.join(unknown)}")

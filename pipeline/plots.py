@@ -160,6 +160,35 @@ def importance_chart(importance: pd.DataFrame, top: int = 20) -> Figure:
     return figure
 
 
+# --- Monitoring ---------------------------------------------------------------------------------------
+
+_STATUS_COLOURS = {"stable": "#55a868", "watch": "#dd8452", "shifted": "#c44e52"}
+
+
+def stability_chart(summary: pd.DataFrame, bins: pd.DataFrame, watch: float, shift: float) -> Figure:
+    """PSI of the score and CSI per characteristic (bars by status), and the score's bins."""
+    import numpy as np
+
+    shown = summary.iloc[::-1]
+    figure, (left, right) = subplots(1, 2, figsize=(12, 0.3 * len(shown) + 2.2))
+    left.barh(shown["name"], shown["index"], color=shown["status"].map(_STATUS_COLOURS).fillna("#4c72b0"))
+    left.axvline(watch, color="#dd8452", linestyle="--", label=f"watch {watch:g}")
+    left.axvline(shift, color="#c44e52", linestyle="--", label=f"shifted {shift:g}")
+    left.set_xlabel("stability index (PSI of the score, CSI of a characteristic)")
+    left.set_title("Population stability against the training part")
+    left.legend(loc="lower right")
+    score = bins[bins["name"] == summary.iloc[0]["name"]]
+    positions = np.arange(len(score))
+    right.bar(positions - 0.2, score["expected"], width=0.4, color="#4c72b0", label="training")
+    right.bar(positions + 0.2, score["actual"], width=0.4, color="#dd8452", label="new applicants")
+    right.set_xticks(positions, score["bin"], rotation=60, ha="right", fontsize=7)
+    right.set_ylabel("share of applicants")
+    right.set_title("Score bins")
+    right.legend()
+    figure.tight_layout()
+    return figure
+
+
 # --- Stage 4: the results report --------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import DEFAULT_CONFIG_PATH, PipelineConfig, load_config
+from pipeline.models import SCORECARD_FAMILIES
 from pipeline.queries import history, tables
 from pipeline.settings import redact, redact_uri, tracking_uri
 from pipeline.tracking import keys
@@ -104,12 +105,11 @@ def _cell(value, digits: int) -> str:
     return str(value)
 
 
-def model_scores(uri: str, champion_history: pd.DataFrame) -> dict[str, tuple]:
-    """``{label: (y_true, scores, threshold)}`` for the champion and the challenger, from the test
-    scores their optimization runs logged (the same held-out rows) and their recorded thresholds."""
-    models: dict[str, tuple] = {}
+def alias_runs(champion_history: pd.DataFrame) -> list[tuple[str, str, str, object]]:
+    """``(alias, version, optimization run id, threshold)`` of the champion and the challenger."""
+    found = []
     if champion_history.empty:
-        return models
+        return found
     for alias in (keys.ALIAS_CHAMPION, keys.ALIAS_CHALLENGER):
         holders = champion_history[
             champion_history["aliases"].fillna("").str.split(",").map(lambda names, a=alias: a in names)
@@ -120,16 +120,57 @@ def model_scores(uri: str, champion_history: pd.DataFrame) -> dict[str, tuple]:
         run_id = (
             row[keys.VTAG_OPTIMIZE_RUN] if isinstance(row[keys.VTAG_OPTIMIZE_RUN], str) else row["run_id"]
         )
-        scores = load_artifact_frame(uri, run_id, keys.ARTIFACT_TEST_SCORES) if run_id else None
-        threshold = row[keys.VTAG_THRESHOLD]
+        if run_id:
+            found.append((alias, str(row["version"]), run_id, row[keys.VTAG_THRESHOLD]))
+    return found
+
+
+def model_scores(uri: str, champion_history: pd.DataFrame) -> dict[str, tuple]:
+    """``{label: (y_true, scores, threshold)}`` for the champion and the challenger, from the test
+    scores their optimization runs logged (the same held-out rows) and their recorded thresholds."""
+    models: dict[str, tuple] = {}
+    for alias, version, run_id, threshold in alias_runs(champion_history):
+        scores = load_artifact_frame(uri, run_id, keys.ARTIFACT_TEST_SCORES)
         if scores is None or not {"y_true", "score"} <= set(scores.columns) or pd.isna(threshold):
             continue
-        models[f"{alias} v{row['version']}"] = (
-            scores["y_true"].to_numpy(),
-            scores["score"].to_numpy(),
-            threshold,
-        )
+        models[f"{alias} v{version}"] = (scores["y_true"].to_numpy(), scores["score"].to_numpy(), threshold)
     return models
+
+
+def scorecard_tables(
+    uri: str, champion_history: pd.DataFrame, board: pd.DataFrame
+) -> dict[str, pd.DataFrame]:
+    """``{label: table}``: the scorecard of the champion and the challenger when they are or hold one,
+    and of each scorecard candidate of the latest research run."""
+    found: dict[str, pd.DataFrame] = {}
+    for alias, version, run_id, _ in alias_runs(champion_history):
+        table = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_SCORECARD}.csv")
+        if table is not None:
+            found[f"{alias} v{version}"] = table
+    research = board[(board["stage"] == keys.STAGE_RESEARCH) & board["family"].isin(list(SCORECARD_FAMILIES))]
+    for name, run_id in zip(research["name"], research["run_id"], strict=True):
+        table = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_SCORECARD}.csv")
+        if table is not None:
+            found[f"research candidate {name}"] = table
+    return found
+
+
+def champion_reason_frequencies(uri: str, champion_history: pd.DataFrame) -> pd.DataFrame | None:
+    """How often each reason code went to the rejected test applicants of the champion."""
+    run_id = champion_run_id_of(champion_history)
+    return (
+        None
+        if run_id is None
+        else load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_REASON_FREQUENCIES}.csv")
+    )
+
+
+def champion_run_id_of(champion_history: pd.DataFrame) -> str | None:
+    """The optimization run behind the champion version."""
+    for alias, _, run_id, _ in alias_runs(champion_history):
+        if alias == keys.ALIAS_CHAMPION:
+            return run_id
+    return None
 
 
 def business_lines(views: Views) -> list[str]:
@@ -163,16 +204,7 @@ def optimize_run_id(views: Views) -> str | None:
 
 def champion_run_id(views: Views) -> str | None:
     """The optimization run behind the champion version."""
-    history_frame = views.champion_history
-    if history_frame.empty:
-        return None
-    holders = history_frame[
-        history_frame["aliases"].fillna("").str.split(",").map(lambda names: keys.ALIAS_CHAMPION in names)
-    ]
-    if holders.empty:
-        return None
-    run_id = holders.iloc[0][keys.VTAG_OPTIMIZE_RUN]
-    return run_id if isinstance(run_id, str) and run_id else None
+    return champion_run_id_of(views.champion_history)
 
 
 def tuning_table(uri: str, run_id: str | None) -> pd.DataFrame:

@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline import reasons
 from pipeline.errors import DataError
 
 PROBABILITY_COLUMN = "default_probability"
 DECISION_COLUMN = "decision"
 THRESHOLD_COLUMN = "threshold"
 OUTPUT_COLUMNS = (PROBABILITY_COLUMN, DECISION_COLUMN, THRESHOLD_COLUMN)
+REASON_COUNT = "count"  # in ScoringSpec.reasons: how many reasons per applicant
 ACCEPT, REJECT = "accept", "reject"
 
 # How an input column is held: whole numbers, any number, or text.
@@ -48,12 +50,18 @@ class ScoringSpec:
 
     threshold: float
     columns: tuple[InputColumn, ...]
+    # What reason codes need (pipeline.reasons.explain): the count, the training profile and the
+    # scorecard scaling, as recorded at training; None for a model logged before reason codes.
+    reasons: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "threshold": float(self.threshold),
             "columns": [{"name": c.name, "kind": c.kind, "required": c.required} for c in self.columns],
         }
+        if self.reasons is not None:
+            data["reasons"] = self.reasons
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ScoringSpec:
@@ -70,7 +78,8 @@ class ScoringSpec:
             raise ValueError(
                 f"not a scoring spec: unknown kinds {unknown}, {len(columns)} columns, threshold {threshold}"
             )
-        return cls(threshold, columns)
+        reasons = data.get("reasons")
+        return cls(threshold, columns, dict(reasons) if isinstance(reasons, Mapping) else None)
 
 
 @dataclass(frozen=True)
@@ -299,7 +308,13 @@ def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None =
 
 
 def score(scorer: Scorer, frame: pd.DataFrame) -> Scored:
-    """Score applicants: check and type the input, then probability and decision per row."""
+    """Score applicants: check and type the input, then probability, decision and, when the model
+    recorded what they need, the top reasons per row."""
     features, check = prepare_input(frame, scorer.spec.columns, scorer.categories)
     probabilities = scorer.estimator.predict_proba(features)[:, 1]
-    return Scored(decide(probabilities, scorer.threshold, frame.index), check)
+    output = decide(probabilities, scorer.threshold, frame.index)
+    if scorer.spec.reasons is not None:
+        recorded = scorer.spec.reasons
+        given = reasons.explain(scorer.estimator, features, recorded, int(recorded[REASON_COUNT]))
+        output = pd.concat([output, given.frame().set_axis(frame.index)], axis=1)
+    return Scored(output, check)

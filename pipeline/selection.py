@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline import tuning
+from pipeline import scorecard, tuning
 from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
@@ -92,6 +92,20 @@ def leaderboard_frame(
     if run_ids is not None:
         frame["run_id"] = frame["candidate"].map(run_ids)
     return frame
+
+
+def fitted_scorecards(config: PipelineConfig, dataset: Dataset, split: Split) -> dict[str, object]:
+    """Every scorecard candidate of the portfolio fitted on the whole training part, for its table."""
+    features = dataset.features.iloc[split.train_index]
+    target = dataset.target.iloc[split.train_index]
+    fitted = {}
+    for name, candidate in config.research.portfolio.items():
+        model = build_estimator(
+            candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
+        )
+        if scorecard.is_scorecard(model):
+            fitted[name] = model.fit(features, target)
+    return fitted
 
 
 def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
@@ -252,18 +266,21 @@ def fit_final(
 ) -> tuple[object, CalibrationChoice]:
     """Refit ``estimator`` on the whole training part, calibrated only if out-of-fold log loss improves.
 
+    A scorecard is never calibrated: its logistic regression is fitted on the log-odds scale already,
+    and its published points must add up to the very score it gives.
     The threshold (in the returned choice) is chosen on the final form's out-of-fold scores.
     Pure: the training part in, a fitted model out; the test part is not an argument.
     """
     settings = config.optimize
     if uncalibrated is None:
         uncalibrated = cross_validate(estimator, train_x, train_y, splits, config.costs, n_jobs=1)
+    methods = [] if scorecard.is_scorecard(estimator) else settings.calibration_methods
     choice = select_calibration(
         estimator,
         train_x,
         train_y,
         splits,
-        settings.calibration_methods,
+        methods,
         config.costs,
         uncalibrated=uncalibrated,
         max_auc_loss=settings.calibration_max_auc_loss,

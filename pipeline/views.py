@@ -43,6 +43,8 @@ class Views:
     baseline: pd.DataFrame
     # Every move of an alias (register, deploy, rollback), newest first.
     alias_history: pd.DataFrame
+    # The latest monitor run per model version.
+    monitor_results: pd.DataFrame
 
     @classmethod
     def empty(cls, **given: pd.DataFrame) -> Views:
@@ -52,6 +54,7 @@ class Views:
         frames["comparison"] = pd.DataFrame(columns=COLUMNS)
         frames["confusion"] = pd.DataFrame(columns=CONFUSION_COLUMNS)
         frames["baseline"] = baseline_frame(None)
+        frames["monitor_results"] = pd.DataFrame(columns=history.MONITOR_COLUMNS)
         return cls(**{**frames, **given})
 
     def frames(self) -> dict[str, pd.DataFrame]:
@@ -79,6 +82,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
             champion_history=history.champion_history(store, model_name),
             registered_models=registered,
             alias_history=history.alias_history(store, model_name),
+            monitor_results=pd.DataFrame(columns=history.MONITOR_COLUMNS),
         )
     gates = history.gate_decisions(store, experiment)
     return Views(
@@ -94,6 +98,7 @@ def build_views(store: tables.Store, uri: str, experiment: str | None, model_nam
         baseline=baseline_frame(tables.experiment_tags(store, experiment).get(keys.TAG_BASELINE)),
         comparison=latest_gate_artifact(uri, gates, keys.ARTIFACT_COMPARISON, COLUMNS),
         confusion=latest_gate_artifact(uri, gates, keys.ARTIFACT_CONFUSION, CONFUSION_COLUMNS),
+        monitor_results=history.monitor_results(store, experiment),
     )
 
 

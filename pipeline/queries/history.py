@@ -276,6 +276,44 @@ def gate_decisions(store: Store, experiment: str | None, limit: int = 20) -> pd.
     return frame.rename(columns=columns)
 
 
+MONITOR_COLUMNS = [
+    "model_name",
+    "version",
+    "population",
+    keys.METRIC_SCORE_PSI,
+    keys.METRIC_MAX_CSI,
+    "rows",
+    "input",
+    "model_uri",
+    "run_id",
+    "start_time",
+]
+
+
+def monitor_results(store: Store, experiment: str | None) -> pd.DataFrame:
+    """The latest finished monitor run of every model version (or model URI), newest first;
+    ``population`` is its reading: stable, watch or shifted."""
+    columns = {
+        keys.TAG_MONITOR_MODEL_NAME: "model_name",
+        keys.TAG_MONITOR_VERSION: "version",
+        keys.TAG_MONITOR_STATUS: "population",
+        keys.TAG_MONITOR_INPUT: "input",
+        keys.TAG_MONITOR_MODEL_URI: "model_uri",
+    }
+    frame = stage_runs(
+        store,
+        experiment,
+        keys.STAGE_MONITOR,
+        tag_keys=tuple(columns),
+        metric_keys=(keys.METRIC_SCORE_PSI, keys.METRIC_MAX_CSI, "rows"),
+    ).rename(columns=columns)
+    if frame.empty:
+        return pd.DataFrame(columns=MONITOR_COLUMNS)
+    watched = frame["version"].fillna(frame["model_uri"])
+    latest = frame.assign(watched=watched).drop_duplicates(subset=["model_name", "watched"], keep="first")
+    return latest.reindex(columns=MONITOR_COLUMNS).reset_index(drop=True)
+
+
 def run_durations(store: Store, experiment: str | None) -> pd.DataFrame:
     """Per stage: how many parent runs, how many finished or failed, and their wall-clock seconds."""
     runs, tags = store.table("runs"), store.table("tags")

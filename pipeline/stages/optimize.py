@@ -21,7 +21,7 @@ from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from pipeline import plots, tuning
+from pipeline import plots, reasons, scorecard, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
@@ -268,6 +268,20 @@ def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, 
     )
 
 
+def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
+    """The scorecard table when the model is or holds a scorecard, and how often each reason code
+    is given to the rejected applicants of the test part."""
+    card = scorecard.find_scorecard(final)
+    if card is not None:
+        table = scorecard.scorecard_table(card, scorecard.Scaling(**config.scorecard.model_dump()))
+        runs.log_frame(session, run_id, table, keys.ARTIFACT_SCORECARD)
+    if rejected.empty:
+        return
+    given = reasons.explain(final, rejected, metadata, config.reason_codes.count)
+    counts = reasons.frequencies(given).assign(method=given.method, rejected=len(rejected))
+    runs.log_frame(session, run_id, counts, keys.ARTIFACT_REASON_FREQUENCIES)
+
+
 def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeResult:
     """Run stage 2 and return the winner's summary; raises PipelineError on bad input."""
     dataset = load_dataset(config)
@@ -342,20 +356,26 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
         oof_curve = cost_curve(train_y.to_numpy(), choice.oof_scores, config.costs)
-        model_info = model_io.log_model(
-            session,
-            run_id,
-            final,
-            features=dataset.features,
-            metadata={
-                keys.META_THRESHOLD: threshold,
-                keys.META_RESEARCH_RUN: research_id,
-                keys.META_FAMILIES: families,
-                keys.META_BEST_FAMILY: candidate.name,
-                keys.META_CALIBRATION: choice.method,
-                keys.META_DATASET_DIGEST: dataset.digest,
-            },
-        )
+        metadata = {
+            keys.META_THRESHOLD: threshold,
+            keys.META_RESEARCH_RUN: research_id,
+            keys.META_FAMILIES: families,
+            keys.META_BEST_FAMILY: candidate.name,
+            keys.META_CALIBRATION: choice.method,
+            keys.META_DATASET_DIGEST: dataset.digest,
+            # What monitoring compares new applicants with; out-of-fold scores, as new rows are scored.
+            keys.META_TRAINING_PROFILE: stability.build_profile(
+                train_x,
+                choice.oof_scores,
+                dataset.categorical,
+                dataset.numeric,
+                config.monitor.bins,
+                config.monitor.max_categories,
+            ),
+            keys.META_SCORECARD_SCALING: config.scorecard.model_dump(),
+            keys.META_REASON_COUNT: config.reason_codes.count,
+        }
+        model_info = model_io.log_model(session, run_id, final, features=dataset.features, metadata=metadata)
         model_uri = f"models:/{model_info.model_id}"
         runs.log_batch(
             session,
@@ -401,6 +421,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         # Reporting only, after the evaluation: nothing below feeds a choice.
         importance = _importance(final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed)
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
+        _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
             keys.PLOT_ROC: plots.roc_chart(test_y, test_scores, candidate.name),

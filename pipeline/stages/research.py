@@ -15,12 +15,13 @@ from datetime import UTC, datetime
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline import plots
+from pipeline import plots, scorecard
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.selection import (
     CandidateOutcome,
     evaluate_portfolio,
+    fitted_scorecards,
     leaderboard_frame,
     ranked_families,
     validate_portfolio,
@@ -135,6 +136,11 @@ def run(config: PipelineConfig) -> ResearchResult:
             },
         )
         runs.log_frame(session, run_id, leaderboard, keys.ARTIFACT_LEADERBOARD)
+        # A scorecard candidate's table (fitted on the whole training part) in its own child run.
+        scaling = scorecard.Scaling(**config.scorecard.model_dump())
+        for name, model in fitted_scorecards(config, dataset, split).items():
+            table = scorecard.scorecard_table(model, scaling)
+            runs.log_frame(session, child_ids[name], table, keys.ARTIFACT_SCORECARD)
         figure = plots.leaderboard_chart(leaderboard)
         runs.log_figure(session, run_id, figure, keys.ARTIFACT_RESEARCH_CHART)
         plots.close(figure)

@@ -11,6 +11,7 @@ STAGE_OPTIMIZE = "optimize"
 STAGE_REGISTER = "register"
 STAGE_DEPLOY = "deploy"
 STAGE_ROLLBACK = "rollback"
+STAGE_MONITOR = "monitor"
 ROLE_STAGE = "stage"  # the parent run of a stage
 ROLE_CANDIDATE = "candidate"  # a research candidate's child run
 ROLE_TRIAL = "trial"  # an Optuna trial's child run
@@ -77,6 +78,15 @@ DEPLOY_DEPLOYED = "deployed"
 DEPLOY_FAILED = "failed"
 ARTIFACT_SMOKE_TEST = "deploy/smoke_test.json"
 ARTIFACT_SERVER_LOG = "deploy/scoring_server.log"
+# --- Monitor (tags of a monitor run: which model version it watched) -------------------------------
+TAG_MONITOR_MODEL_URI = "monitor.model_uri"
+TAG_MONITOR_MODEL_NAME = "monitor.model_name"
+TAG_MONITOR_VERSION = "monitor.version"
+TAG_MONITOR_MODEL_ID = "monitor.model_id"
+TAG_MONITOR_STATUS = "monitor.status"  # stable, watch or shifted: the worst of the score and characteristics
+TAG_MONITOR_INPUT = "monitor.input"
+METRIC_SCORE_PSI = "score_psi"
+METRIC_MAX_CSI = "max_csi"
 
 # --- Metrics read across stages ---------------------------------------------------------------------
 METRIC_CV_ROC_AUC_MEAN = "cv_roc_auc_mean"  # research candidates; register's baseline floors
@@ -121,6 +131,9 @@ MODEL_ARTIFACT_ESTIMATOR = "estimator"
 MODEL_ARTIFACT_SPEC = "scoring_spec"
 MODEL_ESTIMATOR_FILE = "model.skops"
 MODEL_SPEC_FILE = "scoring_spec.json"
+META_TRAINING_PROFILE = "training_profile"  # pipeline.stability: bins and shares of the training part
+META_REASON_COUNT = "reason_codes_count"  # how many reasons per applicant the scoring path gives
+META_SCORECARD_SCALING = "scorecard_scaling"  # a scorecard's points scaling (base_points, base_odds, pdo)
 
 # --- Artifact paths ---------------------------------------------------------------------------------
 ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test row positions
@@ -136,6 +149,11 @@ PLOT_CONFUSION = "plots/confusion_matrix.png"
 PLOT_COST = "plots/cost_vs_threshold.png"
 PLOT_SCORES = "plots/score_distribution.png"
 PLOT_IMPORTANCE = "plots/permutation_importance.png"
+ARTIFACT_SCORECARD = "scorecard/table"  # optimize and research: .csv and .md, when a model is a scorecard
+ARTIFACT_REASON_FREQUENCIES = "evaluation/reason_codes"  # optimize: .csv and .md, rejected test applicants
+ARTIFACT_MONITOR_SUMMARY = "monitor/stability"  # monitor: .csv and .md, PSI and CSI with their status
+ARTIFACT_MONITOR_BINS = "monitor/bins.csv"  # monitor: expected and actual share of every bin
+PLOT_MONITOR = "monitor/stability.png"
 ARTIFACT_GATE_DECISION = "gate/decision.json"  # register
 ARTIFACT_BOOTSTRAP = "gate/bootstrap.csv"
 ARTIFACT_COMPARISON = "gate/comparison.csv"  # champion vs challenger, every metric with its interval

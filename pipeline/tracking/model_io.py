@@ -70,19 +70,42 @@ class LoadedModel:
         return scoring.Scorer.of(self.estimator, self.recorded_spec)
 
 
+def reason_columns(count: int) -> list[str]:
+    """The reason columns the scoring path adds: code and text per rank, then the method."""
+    from pipeline.reasons import METHOD_COLUMN
+
+    return [f"reason_{rank}_{part}" for rank in range(1, count + 1) for part in ("code", "text")] + [
+        METHOD_COLUMN
+    ]
+
+
+def reason_settings(metadata: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What the scoring path needs for reason codes, from the model's metadata; None without a profile."""
+    if keys.META_TRAINING_PROFILE not in metadata:
+        return None
+    return {
+        scoring.REASON_COUNT: int(metadata.get(keys.META_REASON_COUNT, 4)),
+        keys.META_TRAINING_PROFILE: metadata[keys.META_TRAINING_PROFILE],
+        keys.META_SCORECARD_SCALING: metadata.get(keys.META_SCORECARD_SCALING) or {},
+    }
+
+
 def signature_of(spec: scoring.ScoringSpec):
     """The raw input table (integer, number and text columns; optional ones) and the output columns."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     inputs = Schema([ColSpec(_SIGNATURE_TYPES[c.kind], c.name, required=c.required) for c in spec.columns])
-    outputs = Schema(
-        [
-            ColSpec("double", scoring.PROBABILITY_COLUMN),
-            ColSpec("string", scoring.DECISION_COLUMN),
-            ColSpec("double", scoring.THRESHOLD_COLUMN),
+    outputs = [
+        ColSpec("double", scoring.PROBABILITY_COLUMN),
+        ColSpec("string", scoring.DECISION_COLUMN),
+        ColSpec("double", scoring.THRESHOLD_COLUMN),
+    ]
+    if spec.reasons is not None:
+        outputs += [
+            ColSpec("string", name) for name in reason_columns(int(spec.reasons[scoring.REASON_COUNT]))
         ]
-    )
+    outputs = Schema(outputs)
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
@@ -117,7 +140,9 @@ def log_model(
     from mlflow.models import Model
 
     spec = scoring.ScoringSpec(
-        threshold=float(metadata[keys.META_THRESHOLD]), columns=scoring.describe_inputs(features)
+        threshold=float(metadata[keys.META_THRESHOLD]),
+        columns=scoring.describe_inputs(features),
+        reasons=reason_settings(metadata),
     )
     mlflow.set_tracking_uri(session.uri)
     # The logged model is created in the active experiment, not the run's: point it at ours.
@@ -155,7 +180,7 @@ def _model_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for package in ("mlflow", "scikit-learn", "skops", "lightgbm", "pandas", "numpy", "scipy"):
+    for package in ("mlflow", "scikit-learn", "skops", "lightgbm", "optbinning", "pandas", "numpy", "scipy"):
         try:
             pins.append(f"{package}=={version(package)}")
         except PackageNotFoundError:

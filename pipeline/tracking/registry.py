@@ -17,6 +17,7 @@ from typing import Any
 import mlflow
 import sqlalchemy
 
+from pipeline.errors import LookupFailedError
 from pipeline.settings import ci_run_url, redact
 from pipeline.tracking import store
 from pipeline.tracking.alias_history import AliasMove, moves_from_tags
@@ -222,3 +223,35 @@ def registry_lock(session: TrackingSession, name: str) -> Iterator[None]:
                 "no cross-process registry lock for %s; relying on tags and retries", session.safe_uri
             )
         yield
+
+
+@dataclass(frozen=True)
+class ModelReference:
+    """What a model URI points to in the registry (all None for a URI outside it)."""
+
+    name: str | None = None
+    version: str | None = None
+    model_id: str | None = None
+
+
+def resolve_model_uri(session: TrackingSession, uri: str) -> ModelReference:
+    """The registered version behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; a logged
+    model's id for ``models:/m-...``; nothing for other URIs."""
+    prefix = "models:/"
+    if not uri.startswith(prefix):
+        return ModelReference()
+    rest = uri[len(prefix) :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = alias_version(session, name, alias)
+        if version is None:
+            raise LookupFailedError(f"registered model {name!r} has no alias @{alias}")
+    elif "/" in rest:
+        name, number = rest.rsplit("/", 1)
+        try:
+            version = get_model_version(session, name, number)
+        except mlflow.exceptions.MlflowException:
+            raise LookupFailedError(f"registered model {name!r} has no version {number}") from None
+    else:
+        return ModelReference(model_id=rest)
+    return ModelReference(version.name, str(version.version), getattr(version, "model_id", None))

@@ -10,6 +10,7 @@ import json
 
 import pandas as pd
 
+from pipeline import stability
 from pipeline.config import PipelineConfig
 from pipeline.data import load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, best_threshold
@@ -79,6 +80,9 @@ def fake_optimize_run(
                 "research_run_id": research_run_id,
                 "families": [family],
                 "dataset_digest": dataset.digest,
+                keys.META_TRAINING_PROFILE: stability.build_profile(
+                    train_x, model.predict_proba(train_x)[:, 1], categorical, numeric
+                ),
             },
         )
         runs.log_batch(

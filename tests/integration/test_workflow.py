@@ -116,7 +116,7 @@ def stand_in_contexts(workspace: Path, event: str, number: int | None = None) ->
     """A push to main, or a pull request, with the pull-request budgets as the repository's profile."""
     github = {
         "event_name": event,
-        "ref": "refs/heads/main" if event == "push" else f"refs/pull/{number}/merge",
+        "ref": f"refs/pull/{number}/merge" if event == "pull_request" else "refs/heads/main",
         "workspace": str(workspace),
         "sha": "0" * 40,
         "token": "stand-in-token",
@@ -291,6 +291,8 @@ def test_main_publishes_its_store_and_a_pull_request_compares_against_its_champi
     ]
     assert_dump_restores(dump, postgres_url, expected_runs=len(runs), expected_models=models)
 
+    replay_weekly_monitor(postgres_url, tmp_path)
+
     # --- A pull request: main's store restored into its own database, then compared against. ---
     def download(step: dict, contexts: dict) -> None:
         """download-artifact from main's run: what main uploaded under that name."""
@@ -443,3 +445,29 @@ def test_deploy_job_steps_deploy_the_champion_of_the_team_store(postgres_url, tm
     assert "input_example: ok" in log
     moves = [value for key, value in model.tags.items() if key.startswith(keys.RMTAG_ALIAS_MOVE_PREFIX)]
     assert any('"https://github.com/Team/Loan-MLOps/actions/runs/77"' in value for value in moves)
+
+
+def replay_weekly_monitor(store: str, tmp_path: Path) -> None:
+    """The scheduled monitor job against the champion the main replay registered: the team's store is
+    that database, the repository variable names the shipped data (the population it was trained on,
+    so stable: exit 0)."""
+    job = load_workflow()["jobs"]["monitor"]
+    contexts = stand_in_contexts(tmp_path / "monitor-workspace", "schedule")
+    contexts["secrets"] = {"MLFLOW_TRACKING_URI": store}
+    contexts["vars"] = {"PIPELINE_MONITOR_DATA": "data/german_credit.csv"}
+    assert evaluate(job["if"], {**contexts, "env": {}})
+    job_env = {k: substitute(v, {**contexts, "env": {}}) for k, v in job["env"].items()}
+    assert job_env["MLFLOW_TRACKING_URI"] == store
+    workspace, executed, _, files = replay("monitor", {}, tmp_path, contexts)
+    assert any(
+        "pipeline monitor" in step.get("run", "") for step in job["steps"] if step.get("name") in executed
+    )
+    assert (workspace / "reports" / "monitor" / "stability.csv").is_file()
+    assert "## Population stability" in files["GITHUB_STEP_SUMMARY"].read_text()
+    client = MlflowClient(store)
+    monitored = client.search_runs(
+        [client.get_experiment_by_name("loan-default").experiment_id],
+        filter_string=f"tags.`{keys.TAG_STAGE}` = '{keys.STAGE_MONITOR}'",
+    )
+    assert len(monitored) == 1 and monitored[0].info.status == "FINISHED"
+    assert monitored[0].data.tags[keys.TAG_MONITOR_VERSION] == "1"

@@ -45,9 +45,11 @@ def bash_env(**extra: str) -> dict[str, str]:
     return {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), **extra}
 
 
-def test_triggers_are_push_to_main_pull_request_and_dispatch_with_profile():
+def test_triggers_are_push_to_main_pull_request_dispatch_with_profile_and_a_weekly_schedule():
     on = WORKFLOW["on"]
-    assert set(on) == {"push", "pull_request", "workflow_dispatch"}
+    assert set(on) == {"push", "pull_request", "workflow_dispatch", "schedule"}
+    (schedule,) = on["schedule"]
+    assert schedule["cron"].split()[2:] == ["*", "*", "1"]  # weekly, on Mondays
     assert "pull_request_target" not in on  # would run PR code with the base repo's secrets
     assert on["push"]["branches"] == ["main"]
     assert "profile" in on["workflow_dispatch"]["inputs"]
@@ -402,3 +404,67 @@ def test_deploy_configure_step_masks_the_store_and_names_the_image(tmp_path):
     assert exported["IMAGE"] == "ghcr.io/team/loan-mlops/loan-default-scoring:abc123"
     assert f"::add-mask::{team}" in done.stdout
     assert "hunter2" not in done.stdout.replace(f"::add-mask::{team}", "")
+
+
+# --- The weekly stability monitor ---------------------------------------------------------------------
+
+MONITOR = JOBS["monitor"]
+
+
+@pytest.mark.parametrize(
+    ("event", "data", "runs"),
+    [("schedule", "data/new.csv", True), ("schedule", "", False), ("push", "data/new.csv", False)],
+)
+def test_monitor_runs_only_on_schedule_when_a_variable_names_the_data(event, data, runs):
+    variables = {"PIPELINE_MONITOR_DATA": data} if data else {}
+    assert bool(evaluate(MONITOR["if"], contexts(event, variables=variables))) is runs  # truthiness, as `if:`
+
+
+@pytest.mark.parametrize("job", ["test", "pipeline"])
+def test_the_schedule_runs_nothing_but_the_monitor(job):
+    assert evaluate(JOBS[job]["if"], contexts("schedule")) is False
+    assert evaluate(JOBS[job]["if"], contexts("push")) is True
+
+
+def test_monitor_gets_the_team_store_only_on_schedule():
+    secrets = {"MLFLOW_TRACKING_URI": SENTINEL}
+    value = MONITOR["env"]["MLFLOW_TRACKING_URI"]
+    assert substitute(value, contexts("schedule", secrets=secrets)) == SENTINEL
+    assert substitute(value, contexts("push", secrets=secrets)) in ("", "false")
+
+
+def run_monitor_step(folder, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The monitor job's step script, run as the runner runs it."""
+    (script,) = [s["run"] for s in MONITOR["steps"] if "pipeline monitor" in s.get("run", "")]
+    return subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(("model", "exit_code"), [("", 0), ("models:/m@challenger", 3)])
+def test_monitor_step_passes_the_data_and_model_and_keeps_exit_3(tmp_path, model, exit_code):
+    fake = tmp_path / "bin" / "python"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/usr/bin/env bash\necho "args:$*"\nexit {exit_code}\n')
+    fake.chmod(0o755)
+    env = bash_env(
+        MLFLOW_TRACKING_URI="sqlite:///x.db", MONITOR_DATA="data/new applicants.csv", MONITOR_MODEL=model
+    )
+    env["PATH"] = f"{fake.parent}:{env['PATH']}"
+    done = run_monitor_step(tmp_path, env)
+    assert done.returncode == exit_code  # a shifted population fails the job through tee
+    expected = "args:-m pipeline monitor --input data/new applicants.csv"
+    assert done.stdout.strip() == expected + (f" --model {model}" if model else "")
+    assert (tmp_path / "logs" / "monitor.log").read_text() == done.stdout
+
+
+def test_monitor_step_without_the_team_store_fails_with_one_error(tmp_path):
+    done = run_monitor_step(
+        tmp_path, bash_env(MLFLOW_TRACKING_URI="", MONITOR_DATA="x.csv", MONITOR_MODEL="")
+    )
+    assert done.returncode == 1
+    assert done.stdout.startswith("::error::the monitor needs the team's tracking store")

@@ -368,3 +368,46 @@ def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
         )
     )
     assert families.loc[0, "stopped_by"] == "time" and families.loc[0, "trials_cap"] == 500
+
+
+def test_scorecard_family_is_researched_tuned_and_its_points_reproduce_the_logged_model(sqlite_store):
+    """The woe_scorecard family through stages 1 and 2 on the default data: never calibrated, its
+    table logged beside the model, and the points of that table give back the model's test scores."""
+    from pipeline import reasons, scorecard, stability
+    from pipeline.data import load_dataset, split_dataset
+    from pipeline.tracking import model_io
+
+    config = make_config(
+        small_params(
+            research={"use": ["dummy_prior", "woe_scorecard"]},
+            optimize={"top_k": 1, "n_trials": 2, "ensemble": False},
+        )
+    )
+    found = research.run(config)
+    assert found.ranked_families == ["woe_scorecard"]
+    uri = sqlite_store
+    candidate_run = found.leaderboard.set_index("candidate").loc["woe_scorecard", "run_id"]
+    assert runs.load_artifact_frame(uri, candidate_run, f"{keys.ARTIFACT_SCORECARD}.csv") is not None
+
+    result = optimize.run(config)
+    assert result.best_family == "woe_scorecard" and result.calibration == "none"
+    table = runs.load_artifact_frame(uri, result.run_id, f"{keys.ARTIFACT_SCORECARD}.csv")
+    test_scores = runs.load_artifact_frame(uri, result.run_id, keys.ARTIFACT_TEST_SCORES)
+    model = model_io.load_model(result.model_uri)
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    test_x = dataset.features.iloc[test_scores["row_index"]]
+    labels = scorecard.bin_labels(model.estimator, test_x)
+    points = table.set_index(["characteristic", "bin"])["points"]
+    score = sum(points.loc[list(zip([c] * len(labels), labels[c], strict=True))].to_numpy() for c in labels)
+    scaling = scorecard.Scaling(**config.scorecard.model_dump())
+    recomputed = scorecard.probability_from_score(score, scaling)
+    assert abs(recomputed - test_scores["score"].to_numpy()).max() < 1e-6
+    assert sorted(test_scores["row_index"]) == sorted(split.test_index)
+
+    profile = stability.profile_from_metadata(model.metadata)
+    assert set(profile["characteristics"]) == set(dataset.features.columns)
+    frequencies = runs.load_artifact_frame(uri, result.run_id, f"{keys.ARTIFACT_REASON_FREQUENCIES}.csv")
+    assert set(frequencies["method"]) == {reasons.METHOD_SCORECARD}
+    rejected = int(frequencies["rejected"].iloc[0])
+    assert frequencies["as_first_reason"].sum() == rejected  # every rejected applicant has a first reason

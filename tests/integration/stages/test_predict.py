@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import cli
+from pipeline import cli, reasons
 from pipeline.stages import predict, register
 from pipeline.tracking import model_io
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -47,10 +47,19 @@ def _write(tmp_path, frame: pd.DataFrame, name: str = "applicants.csv"):
 def test_scores_rows_at_the_recorded_threshold(champion, tmp_path, caplog):
     config, _, applicants = champion
     output = tmp_path / "out" / "scored.csv"
-    with caplog.at_level(logging.INFO, logger="pipeline.stages.predict"):
+    with caplog.at_level(logging.INFO, logger="pipeline"):
         result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
     scored = pd.read_csv(output, dtype={"decision": str})
-    assert list(scored.columns) == [*applicants.columns, "default_probability", "decision", "threshold"]
+    reason_columns = [f"reason_{i}_{part}" for i in range(1, 5) for part in ("code", "text")]
+    assert list(scored.columns) == [
+        *applicants.columns,
+        "default_probability",
+        "decision",
+        "threshold",
+        *reason_columns,
+        "reason_method",
+    ]
+    assert set(scored["reason_method"]) == {reasons.METHOD_SUBSTITUTION} == {result.reason_method}
     assert len(scored) == result.rows == 12
     model = model_io.load_model(CHAMPION)
     features = applicants.drop(columns=["default"]).astype(
@@ -77,7 +86,7 @@ def test_unseen_categories_are_scored_and_counted(champion, tmp_path, caplog):
     changed.loc[[0, 3], "purpose"] = "spaceship"
     changed.loc[5, "housing"] = "castle"
     output = tmp_path / "scored.csv"
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.predict"):
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
         result = predict.run(config, CHAMPION, _write(tmp_path, changed), output)
     assert result.check.unseen_categories == {"purpose": 2, "housing": 1}
     assert "3 value(s) in 2 column(s) were not seen in training" in caplog.text
@@ -135,3 +144,36 @@ def test_cli_subprocess_scores_and_refuses_empty_file(champion, tmp_path):
     )  # fmt: skip
     assert failed.returncode == 2
     assert failed.stderr.strip() == "data error: input file empty.csv is empty"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("family", ["woe_scorecard", "logistic_regression"])
+def test_reasons_are_those_the_served_model_gives(sqlite_store, tmp_path, family):
+    """predict's reasons are exactly what MLflow's own loader answers with the logged model: exact
+    points for a scorecard, substitution otherwise."""
+    import mlflow.pyfunc
+
+    config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
+    research_id = fake_research_run(config, {"dummy": 0.5})
+    optimize_id = fake_optimize_run(config, research_id, family=family)
+    assert register.run(config, optimize_run_id=optimize_id).decision == "promoted"
+    applicants = pd.read_csv(GERMAN, dtype=str).sample(40, random_state=3)
+    applicants.loc[applicants.index[:2], "purpose"] = "spaceship"  # unseen: no error, WoE 0
+    output = tmp_path / "scored.csv"
+    result = predict.run(config, CHAMPION, _write(tmp_path, applicants), output)
+    scored = pd.read_csv(output, dtype=str, keep_default_na=False)
+
+    raw = pd.read_csv(GERMAN).loc[applicants.index]  # as users hold the table: numbers typed
+    raw.loc[raw.index[:2], "purpose"] = "spaceship"
+    served = mlflow.pyfunc.load_model(CHAMPION).predict(raw)
+    columns = [c for c in served.columns if c.startswith("reason_")]
+    assert len(columns) == 2 * config.reason_codes.count + 1
+    pd.testing.assert_frame_equal(
+        scored[columns], served[columns].reset_index(drop=True).astype(str), check_dtype=False
+    )
+    expected = reasons.METHOD_SCORECARD if family == "woe_scorecard" else reasons.METHOD_SUBSTITUTION
+    assert result.reason_method == expected
+    rejected = scored[scored["decision"] == "reject"]
+    assert (rejected["reason_1_code"] != "").all()  # every rejected applicant gets a first reason
+    known = {reasons.code_for(c) for c in applicants.columns}
+    assert set(scored["reason_1_code"]) - {""} <= known

@@ -40,6 +40,9 @@ def test_report_holds_leaderboard_and_champion(results_store, tmp_path, monkeypa
     assert "optimize-3" in html and "logistic_regression" in html
     assert html.count("data:image/png;base64,") >= 3  # diagnostics, score distributions, leaderboard
     assert "<th>" in html and not re.search(r"<td>(?:nan|NaN|None|NaT)</td>", html)  # tables for people
+    for heading in ("Scorecard", "Reason codes of the champion", "Stability monitoring"):
+        assert f">{heading}<" in html, heading  # the sections exist, each saying when it has nothing yet
+    assert "No monitor run yet" in html
     assert "<script src=" not in html  # nothing fetched from a CDN
     assert "def " not in html and "sql_tables.open_store" not in html  # code cells hidden
 

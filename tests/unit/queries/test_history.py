@@ -76,3 +76,40 @@ def test_alias_history_reads_the_moves_recorded_as_registered_model_tags(tmp_pat
     assert frame.loc[0, "time"].year == 2026
     assert sorted(everything["name"].unique()) == ["m", "other"]
     assert len(everything) == 3
+
+
+def test_monitor_results_keep_the_latest_run_per_version(store):
+    import sqlite3
+
+    from pipeline.tracking import keys
+    from tests.unit.queries.mini_store import MS
+
+    path = store.safe_uri.removeprefix("sqlite:///")
+    assert history.monitor_results(store, "1").empty
+    with sqlite3.connect(path) as db:
+        for run_id, version, reading, psi, start in (
+            ("m1", "1", "stable", 0.02, 100),
+            ("m2", "1", "shifted", 0.31, 200),  # the latest for version 1
+            ("m3", "2", "watch", 0.12, 150),
+        ):
+            db.execute("INSERT INTO runs VALUES (?, ?, 'FINISHED', ?, ?, 'active', 'file:///a', 1)",
+                       (run_id, run_id, MS + start, MS + start + 5))  # fmt: skip
+            db.executemany(
+                "INSERT INTO tags VALUES (?, ?, ?)",
+                [
+                    (keys.TAG_STAGE, keys.STAGE_MONITOR, run_id),
+                    (keys.TAG_ROLE, "stage", run_id),
+                    (keys.TAG_MONITOR_MODEL_NAME, "loan-default-classifier", run_id),
+                    (keys.TAG_MONITOR_VERSION, version, run_id),
+                    (keys.TAG_MONITOR_STATUS, reading, run_id),
+                ],
+            )
+            db.execute(
+                "INSERT INTO latest_metrics VALUES (?, ?, 0, 0, 0, ?)", (keys.METRIC_SCORE_PSI, psi, run_id)
+            )
+    latest = history.monitor_results(store, "1")
+    assert latest[["version", "population", "run_id"]].values.tolist() == [
+        ["1", "shifted", "m2"],
+        ["2", "watch", "m3"],
+    ]
+    assert latest[keys.METRIC_SCORE_PSI].tolist() == [0.31, 0.12]

@@ -1,0 +1,210 @@
+"""Reason codes: per applicant, the characteristics that pushed the score most towards default.
+
+Two methods, each named in the output (``reason_method``) so a reader knows which one spoke:
+
+- ``scorecard_points_below_best_bin`` (a ``woe_scorecard`` model, exact): a characteristic's
+  weight is the points the applicant's bin earns below the best bin of that characteristic, the
+  "points below maximum" method of adverse-action practice. The points add up to the score, so
+  these are exactly the points the applicant lost.
+- ``best_value_substitution`` (every other model, calibrated or a soft vote): a characteristic's
+  weight is how much the model's own log-odds of default fall when that characteristic alone
+  takes, instead of the applicant's value, the most favourable of its typical training values
+  (the medians of its training bins, or its frequent categories; stored with the model). It asks
+  the model itself, so it is faithful to whatever the model does, interactions included; on a
+  scorecard, with a candidate value in every bin, its weights are exactly the lost points divided
+  by ``pdo / ln 2`` (the tests check it).
+
+Characteristics with no positive weight are never reasons. Codes are the characteristic's name
+in upper case (stable across model versions); texts say the value and how much it cost.
+Pure: a fitted model and applicant rows in, codes and texts out. The served model adds them
+with one call: ``reasons.explain(estimator, features, metadata, count).frame()``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import scorecard, stability
+from pipeline.tracking import keys
+
+METHOD_SCORECARD = "scorecard_points_below_best_bin"
+METHOD_SUBSTITUTION = "best_value_substitution"
+METHOD_COLUMN = "reason_method"
+_SUBSTITUTED_ROWS = 200_000  # substituted copies held and scored at once: bounds memory on big files
+_EPSILON = 1e-9
+
+
+@dataclass(frozen=True)
+class Reasons:
+    """Top reasons per applicant (``""`` where an applicant has fewer), and the method used."""
+
+    codes: pd.DataFrame  # columns 1..count
+    texts: pd.DataFrame
+    method: str
+
+    def frame(self) -> pd.DataFrame:
+        """``reason_1_code``, ``reason_1_text``, ... then ``reason_method``, one row per applicant."""
+        columns = {}
+        for rank in self.codes.columns:
+            columns[f"reason_{rank}_code"] = self.codes[rank]
+            columns[f"reason_{rank}_text"] = self.texts[rank]
+        out = pd.DataFrame(columns, index=self.codes.index)
+        out[METHOD_COLUMN] = self.method
+        return out
+
+
+def code_for(characteristic: str) -> str:
+    """The stable code of a characteristic: its name in upper case, other signs as ``_``."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", characteristic).strip("_").upper() or "UNNAMED"
+
+
+def top_reasons(weights: pd.DataFrame, describe, count: int, method: str) -> Reasons:
+    """The ``count`` largest positive weights of each row, most important first (ties: column order).
+
+    ``describe(row_label, characteristic, weight)`` gives the text of one reason.
+    """
+    values = weights.to_numpy(dtype=float)
+    order = np.argsort(-values, axis=1, kind="stable")[:, :count]
+    names = list(weights.columns)
+    ranks = range(1, count + 1)
+    codes = pd.DataFrame("", index=weights.index, columns=ranks, dtype=object)
+    texts = pd.DataFrame("", index=weights.index, columns=ranks, dtype=object)
+    for row, (label, positions) in enumerate(zip(weights.index, order, strict=True)):
+        for rank, position in zip(ranks, positions, strict=False):
+            weight = values[row, position]
+            if not weight > _EPSILON:
+                break
+            codes.iat[row, rank - 1] = code_for(names[position])
+            texts.iat[row, rank - 1] = describe(label, names[position], weight)
+    return Reasons(codes=codes, texts=texts, method=method)
+
+
+# --- Exact: the scorecard's points --------------------------------------------------------------------
+
+
+def scorecard_reasons(model: Any, features: pd.DataFrame, count: int, scaling: scorecard.Scaling) -> Reasons:
+    """Points below the best bin of each characteristic, from the scorecard's own table."""
+    table = scorecard.scorecard_table(model, scaling)
+    best = scorecard.best_points(table)
+    lost = (best - scorecard.points(model, features, scaling)).clip(lower=0.0)
+    bins = scorecard.bin_labels(model, features)
+
+    def describe(label, characteristic: str, weight: float) -> str:
+        return f"{characteristic} in {bins.at[label, characteristic]}: {weight:.1f} points below its best bin"
+
+    return top_reasons(lost, describe, count, METHOD_SCORECARD)
+
+
+# --- Model-agnostic: substitution of the most favourable typical value -------------------------------
+
+
+def _log_odds(estimator: Any, frame: pd.DataFrame) -> np.ndarray:
+    probability = np.clip(np.asarray(estimator.predict_proba(frame)[:, 1], dtype=float), 1e-12, 1 - 1e-12)
+    return np.log(probability / (1 - probability))
+
+
+def substitution_weights(
+    estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per applicant and characteristic: the fall in log-odds at its most favourable candidate value,
+    and that value. Applicants go in batches whose substituted copies are scored in one call each."""
+    per_row = max(sum(len(candidates.get(name) or []) for name in features.columns), 1)
+    step = max(_SUBSTITUTED_ROWS // per_row, 1)
+    parts = [
+        _substitution_batch(estimator, features.iloc[i : i + step], candidates)
+        for i in range(0, len(features), step)
+    ]
+    if not parts:
+        return _substitution_batch(estimator, features, candidates)
+    return pd.concat([w for w, _ in parts]), pd.concat([b for _, b in parts])
+
+
+def _substitution_batch(
+    estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    names = [name for name in features.columns if candidates.get(name)]
+    copies, spans = [], {}
+    for name in names:
+        start = len(copies)
+        for value in candidates[name]:
+            copy = features.copy()
+            copy[name] = pd.Series([value] * len(features), index=features.index, dtype=features[name].dtype)
+            copies.append(copy)
+        spans[name] = (start, len(candidates[name]))
+    weights = pd.DataFrame(0.0, index=features.index, columns=names)
+    best_values = pd.DataFrame("", index=features.index, columns=names, dtype=object)
+    if not copies or features.empty:
+        return weights, best_values
+    base = _log_odds(estimator, features)
+    scored = _log_odds(estimator, pd.concat(copies, ignore_index=True))
+    n = len(features)
+    for name in names:
+        start, k = spans[name]
+        block = scored[start * n : (start + k) * n].reshape(k, n)
+        lowest = block.argmin(axis=0)
+        weights[name] = np.maximum(base - block[lowest, np.arange(n)], 0.0)
+        best_values[name] = [candidates[name][i] for i in lowest]
+    return weights, best_values
+
+
+def substitution_reasons(
+    estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list], count: int
+) -> Reasons:
+    """Reasons of any model by :func:`substitution_weights`."""
+    weights, best_values = substitution_weights(estimator, features, candidates)
+
+    def describe(label, characteristic: str, weight: float) -> str:
+        value, best = features.at[label, characteristic], best_values.at[label, characteristic]
+        return (
+            f"{characteristic} = {_shown(value)}: log-odds of default {weight:.2f} above "
+            f"its most favourable typical value {_shown(best)}"
+        )
+
+    return top_reasons(weights, describe, count, METHOD_SUBSTITUTION)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return "missing" if np.isnan(value) else f"{value:g}"
+    return str(value)
+
+
+# --- The one entry point -----------------------------------------------------------------------------
+
+
+def explain(estimator: Any, features: pd.DataFrame, metadata: Mapping[str, Any], count: int) -> Reasons:
+    """Reason codes for ``features`` (typed model inputs) scored by a logged model and its metadata.
+
+    The exact method for a scorecard (points scaled as recorded at training), substitution
+    otherwise (its candidate values come from the training profile in the metadata).
+    Rows come back in the order given, labelled 0..n-1.
+    """
+    features = features.reset_index(drop=True)
+    if scorecard.is_scorecard(estimator):
+        scaling = scorecard.Scaling(**dict(metadata.get(keys.META_SCORECARD_SCALING) or {}))
+        return scorecard_reasons(estimator, features, count, scaling)
+    profile = stability.profile_from_metadata(metadata)
+    return substitution_reasons(estimator, features, stability.reference_values(profile), count)
+
+
+def frequencies(reasons: Reasons) -> pd.DataFrame:
+    """How often each code is the first reason and among the top reasons, most frequent first."""
+    first = reasons.codes[reasons.codes.columns[0]]
+    anywhere = reasons.codes.stack()
+    anywhere = anywhere[anywhere != ""]
+    frame = pd.DataFrame(
+        {"as_first_reason": first[first != ""].value_counts(), "in_top_reasons": anywhere.value_counts()}
+    ).fillna(0)
+    frame = frame.astype(int).rename_axis("code").reset_index()
+    rows = max(len(reasons.codes), 1)
+    frame["share_first"] = frame["as_first_reason"] / rows
+    frame["share_top"] = frame["in_top_reasons"] / rows
+    return frame.sort_values(
+        ["in_top_reasons", "as_first_reason", "code"], ascending=[False, False, True]
+    ).reset_index(drop=True)
