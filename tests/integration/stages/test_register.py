@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -89,7 +91,19 @@ def test_first_registration_promotes_then_reruns_and_equal_challengers_are_rejec
     assert decision["decision"] == "rejected"
     assert decision["champion_version"] == "1"
     artifacts = {a.path for a in client.list_artifacts(rejected.run_id, "gate")}
-    assert artifacts == {keys.ARTIFACT_GATE_DECISION, keys.ARTIFACT_BOOTSTRAP}
+    assert artifacts == {
+        keys.ARTIFACT_GATE_DECISION,
+        keys.ARTIFACT_BOOTSTRAP,
+        keys.ARTIFACT_COMPARISON,
+        keys.ARTIFACT_CONFUSION,
+    }
+    # Equal challenger and champion: every difference is zero, and no side is named better.
+    comparison = pd.read_csv(
+        io.StringIO(
+            runs.download_artifact_text(runs.connect(small_config), rejected.run_id, keys.ARTIFACT_COMPARISON)
+        )
+    )
+    assert (comparison["difference"] == 0).all() and (comparison["better"] == "unclear").all()
     assert [a.path for a in client.list_artifacts(rejected.run_id, "plots")] == [keys.PLOT_BOOTSTRAP]
     metrics = client.get_run(rejected.run_id).data.metrics
     assert metrics["champion_test_roc_auc"] == pytest.approx(metrics["challenger_test_roc_auc"])
