@@ -45,3 +45,15 @@ class SchemaOutdatedError(PipelineError):
     """The tracking database was created by an older MLflow and needs a migration."""
 
     kind = "tracking schema outdated"
+
+
+class AuthenticationFailedError(PipelineError):
+    """The tracking server refused the credentials (HTTP 401)."""
+
+    kind = "authentication failed"
+
+
+class PermissionDeniedError(PipelineError):
+    """The tracking server knows the user but refuses the operation (HTTP 403)."""
+
+    kind = "permission denied"

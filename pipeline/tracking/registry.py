@@ -2,10 +2,17 @@
 
 Aliases only (``models:/<name>@champion``); deprecated registry stages are mirrored on request.
 Every write retries the errors a racing registration can cause.
+
+One registration at a time: on a database store, a cross-process lock. Through a tracking server
+there is none, so registrations order themselves with the registry's own primitives: each version
+carries a deterministic marker tag (the optimization run it came from), is re-read after it is
+created, and a losing duplicate is deleted; then versions move the aliases in the order of their
+numbers, each waiting while a lower-numbered version is still pending.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -17,7 +24,7 @@ import mlflow
 import sqlalchemy
 
 from pipeline.settings import redact
-from pipeline.tracking import store
+from pipeline.tracking import keys, store
 from pipeline.tracking.lookups import quote_filter_value, tag_clause
 from pipeline.tracking.runs import MAX_TAG_LENGTH
 from pipeline.tracking.session import TrackingSession
@@ -33,6 +40,10 @@ _RETRYABLE_REGISTRY_CODES = {
 }
 _REGISTRY_ATTEMPTS = 5
 _REGISTRY_BACKOFF_SECONDS = 0.2
+# A pending version younger than this may belong to a registration still in progress; an older one
+# was left by a crash (its rerun finishes it). Registrations take seconds; clocks may differ a little.
+IN_PROGRESS_SECONDS = store.LOCK_TIMEOUT_SECONDS
+_POLL_SECONDS = 0.5
 
 
 def _retryable_registry_error(error: BaseException) -> bool:
@@ -162,12 +173,96 @@ def mirror_stage(session: TrackingSession, name: str, version: str, stage: str) 
         session.client.transition_model_version_stage(name, str(version), stage)
 
 
+def link_logged_model(session: TrackingSession, name: str, version: str, model_id: str | None) -> None:
+    """List the version in its logged model's ``mlflow.modelVersions`` tag, which the UI shows as
+    "registered". A tracking server adds it itself; a database store does not."""
+    if not model_id:
+        return
+    model = session.client.get_logged_model(model_id)
+    listed = json.loads(model.tags.get(keys.TAG_MODEL_VERSIONS) or "[]")
+    if any((entry.get("name"), str(entry.get("version"))) == (name, str(version)) for entry in listed):
+        return
+    entry = {"name": name, "version": str(version)}
+    session.client.set_logged_model_tags(model_id, {keys.TAG_MODEL_VERSIONS: json.dumps([*listed, entry])})
+
+
+# --- One registration at a time ------------------------------------------------------------------
+
+
 @contextmanager
-def registry_lock(session: TrackingSession, name: str) -> Iterator[None]:
-    """One registration at a time per registered model, across processes."""
+def registry_lock(session: TrackingSession, name: str) -> Iterator[bool]:
+    """One registration at a time per registered model, across processes, where the store has a lock.
+
+    Yields whether it holds one; without (a tracking server), the caller orders itself with
+    :func:`claim_version` and :func:`wait_for_turn`.
+    """
     with store.cross_process_lock(session.uri, f"mlflow-registry:{name}") as locked:
         if not locked:
-            logger.warning(
-                "no cross-process registry lock for %s; relying on tags and retries", session.safe_uri
+            logger.info(
+                "%s offers no lock: registrations order themselves by version marker tags", session.safe_uri
             )
-        yield
+        yield locked
+
+
+def in_progress(version, now: float | None = None) -> bool:
+    """A pending version recent enough to belong to a registration that is still running."""
+    if version.tags.get(keys.VTAG_STATUS) != keys.STATUS_PENDING:
+        return False
+    age = (now if now is not None else time.time()) - (version.creation_timestamp or 0) / 1000
+    return age < IN_PROGRESS_SECONDS
+
+
+def claim_version(session: TrackingSession, name: str, created, unique_tag: str):
+    """The version that keeps a registration, re-read after ``created`` was made: the lowest-numbered
+    version carrying the same marker. A later duplicate (another process registered the same run at
+    the same moment) is deleted. Returns ``(kept version, whether it is ours)``."""
+    same = model_versions_with_tag(session, name, unique_tag, created.tags[unique_tag])
+    kept = same[0] if same else created
+    if str(kept.version) == str(created.version):
+        return kept, True
+    logger.info(
+        "version %s duplicates version %s of the same run: deleting it", created.version, kept.version
+    )
+    try:
+        session.client.delete_model_version(name, str(created.version))
+    except mlflow.exceptions.MlflowException as error:
+        logger.warning("could not delete duplicate version %s of %r: %s", created.version, name, error)
+    return kept, False
+
+
+def _poll(condition, timeout_seconds: float, what: str) -> bool:
+    """Call ``condition()`` until it is true or the time is up; whether it became true."""
+    deadline = time.monotonic() + timeout_seconds
+    while not condition():
+        if time.monotonic() >= deadline:
+            logger.warning("still waiting for %s after %.0f s; carrying on", what, timeout_seconds)
+            return False
+        time.sleep(_POLL_SECONDS)
+    return True
+
+
+def wait_for_turn(
+    session: TrackingSession, name: str, version: str, timeout_seconds: float = IN_PROGRESS_SECONDS
+) -> None:
+    """Wait while a lower-numbered version of ``name`` is pending and recent: registrations racing
+    through a server then judge and move the aliases one at a time, in version order."""
+
+    def first_in_line() -> bool:
+        pending = model_versions_with_tag(session, name, keys.VTAG_STATUS, keys.STATUS_PENDING)
+        return not [v for v in pending if int(v.version) < int(version) and in_progress(v)]
+
+    _poll(first_in_line, timeout_seconds, f"the registrations ahead of version {version} of {name!r}")
+
+
+def wait_until_done(
+    session: TrackingSession, name: str, version: str, timeout_seconds: float = IN_PROGRESS_SECONDS
+):
+    """The version once another registration has marked it done (or as it is when the time is up)."""
+    latest = {}
+
+    def done() -> bool:
+        latest["version"] = get_model_version(session, name, version)
+        return latest["version"].tags.get(keys.VTAG_STATUS) == keys.STATUS_DONE
+
+    _poll(done, timeout_seconds, f"version {version} of {name!r} to be registered by another process")
+    return latest["version"]
