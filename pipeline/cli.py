@@ -159,6 +159,10 @@ def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    # MLflow prints a "View run at <tracking URI>" line for every run a server ends: stdout is the
+    # command's report, and a URI may carry credentials. MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false
+    # brings the links back.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     previous_thread_hook, threading.excepthook = threading.excepthook, report_thread_failure
     try:
         with handling_sigterm():

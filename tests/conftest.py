@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +92,9 @@ def _postgres_admin():
     return connection
 
 
-@pytest.fixture
-def postgres_url():
-    """Create a throwaway database on the local server; drop it afterwards.
+@contextmanager
+def throwaway_database(prefix: str = "loan_mlops_test") -> Iterator[str]:
+    """Create a database on the local server and yield its URL; drop it afterwards.
 
     Skips when no server answers, unless PIPELINE_REQUIRE_POSTGRES=1 (as in CI).
     """
@@ -102,7 +104,7 @@ def postgres_url():
         if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
             pytest.fail(f"PostgreSQL required but unreachable: {error}")
         pytest.skip(f"PostgreSQL not reachable: {error}")
-    name = f"loan_mlops_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
@@ -115,6 +117,13 @@ def postgres_url():
             )
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway database on the local PostgreSQL server, for one test."""
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -154,3 +163,21 @@ def results_store(tmp_path_factory):
         patch.setenv(TRACKING_URI_ENV, uri)
         patch.setenv(ARTIFACT_ROOT_ENV, str(folder / "artifacts"))
         return populate(make_config(small_params()), uri)
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory):
+    """A real ``mlflow server`` with basic auth, a PostgreSQL backend store in a throwaway database and
+    proxied artifacts (tests/integration/servers.py), shared by the session; users ``writer`` (creates
+    what it uses) and ``reader`` (may read everything, change nothing). Tests keep to their own
+    experiment and registered model names."""
+    from tests.integration.servers import READER, WRITER, start_server
+
+    with throwaway_database("loan_mlops_server") as backend:
+        server = start_server(backend, tmp_path_factory.mktemp("mlflow-server"), auth=True)
+        try:
+            server.add_user(WRITER)
+            server.add_user(READER)
+            yield server
+        finally:
+            server.stop()

@@ -91,9 +91,7 @@ class Store:
 def open_store(uri: str) -> Store:
     """Connect and introspect; raises TrackingUnavailableError with a redacted one-line reason."""
     if not tracking_store.is_database(uri):
-        raise TrackingUnavailableError(
-            f"the results stage reads the tracking database directly; {redact_uri(uri)} is not a database URI"
-        )
+        raise TrackingUnavailableError(f"{redact_uri(uri)} is not a database URL to read by SQL")
     engine = tracking_store.engine(uri)
     try:
         names = sorted(sa.inspect(engine).get_table_names())
@@ -204,6 +202,15 @@ def experiment_id(store: Store, name: str) -> str | None:
     return str(ids[0]) if ids else None
 
 
+def of_experiment(store: Store, table: sa.Table, experiment: str) -> Any:
+    """``table.experiment_id = experiment``, bound as the column's type (an integer in MLflow's
+    databases; text in a copy of a store whose ids are not numbers, such as Azure ML's)."""
+    numeric = isinstance(table.c.experiment_id.type, sa.Integer)
+    return table.c.experiment_id == sa.bindparam(
+        "experiment", value=int(experiment) if numeric else experiment
+    )
+
+
 def tag_exists(store: Store, runs: sa.Table, key: str, value: str) -> Any:
     tags = store.table("tags")
     return sa.exists().where(tags.c.run_uuid == runs.c.run_uuid, tags.c.key == key, tags.c.value == value)
@@ -252,7 +259,7 @@ def runs_frame(
         columns += [_value_of(latest, runs, key) for key in metric_keys]
     statement = sa.select(*columns).where(runs.c.lifecycle_stage == "active")
     if experiment is not None:
-        statement = statement.where(runs.c.experiment_id == sa.bindparam("experiment", value=int(experiment)))
+        statement = statement.where(of_experiment(store, runs, experiment))
     for key, value in (where_tags or {}).items():
         statement = statement.where(tag_exists(store, runs, key, value))
     if run_ids is not None:

@@ -53,12 +53,15 @@ def _retryable_registry_error(error: BaseException) -> bool:
     return isinstance(error, mlflow.exceptions.MlflowException) and code in _RETRYABLE_REGISTRY_CODES
 
 
-def _with_registry_retries(action, what: str):
-    """Run ``action()``; on an integrity or busy error, retry with exponential back-off."""
+def _with_registry_retries(session: TrackingSession, action, what: str):
+    """Run ``action()``; on an integrity or busy error, retry with exponential back-off. A server's
+    refusal (401/403) is one line naming the user and the call."""
     for attempt in range(_REGISTRY_ATTEMPTS):
         try:
             return action()
         except Exception as error:
+            if (refused := store.access_error(error, session.uri)) is not None:
+                raise refused from None
             if attempt == _REGISTRY_ATTEMPTS - 1 or not _retryable_registry_error(error):
                 raise
             delay = _REGISTRY_BACKOFF_SECONDS * 2**attempt
@@ -84,7 +87,7 @@ def ensure_registered_model(session: TrackingSession, name: str) -> None:
                 if getattr(created, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
                     raise
 
-    _with_registry_retries(attempt, f"creating registered model {name!r}")
+    _with_registry_retries(session, attempt, f"creating registered model {name!r}")
 
 
 def model_versions_with_tag(session: TrackingSession, name: str, key: str, value: str) -> list:
@@ -124,7 +127,7 @@ def create_model_version(
                 return existing[0]
             raise
 
-    return _with_registry_retries(attempt, f"registering a version of {name!r}")
+    return _with_registry_retries(session, attempt, f"registering a version of {name!r}")
 
 
 def get_model_version(session: TrackingSession, name: str, version: str):
@@ -143,6 +146,7 @@ def alias_version(session: TrackingSession, name: str, alias: str):
 
 def set_alias(session: TrackingSession, name: str, alias: str, version: str) -> None:
     _with_registry_retries(
+        session,
         lambda: session.client.set_registered_model_alias(name, alias, str(version)),
         f"moving alias {alias!r} of {name!r}",
     )
@@ -150,6 +154,7 @@ def set_alias(session: TrackingSession, name: str, alias: str, version: str) -> 
 
 def delete_alias(session: TrackingSession, name: str, alias: str) -> None:
     _with_registry_retries(
+        session,
         lambda: session.client.delete_registered_model_alias(name, alias),
         f"removing alias {alias!r} of {name!r}",
     )
@@ -159,6 +164,7 @@ def set_version_tags(session: TrackingSession, name: str, version: str, tags: Ma
     """Set tags on a model version in order (the registry has no batch call)."""
     for key, value in tags.items():
         _with_registry_retries(
+            session,
             lambda key=key, value=value: session.client.set_model_version_tag(
                 name, str(version), key, redact(str(value))[:MAX_TAG_LENGTH]
             ),

@@ -118,6 +118,8 @@ def base_tags(
 ) -> dict[str, str]:
     """Tags every run of a stage carries: provenance and the data it saw."""
     commit = git_commit(config.root)
+    if commit == "unknown":  # a config outside the checkout: the commit of the code itself
+        commit = git_commit(Path(pipeline.__file__).resolve().parent)
     tags = {
         **source_tags(commit, stage),
         keys.TAG_STAGE: stage,

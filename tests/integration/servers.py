@@ -1,0 +1,180 @@
+"""A real ``mlflow server`` for tests: PostgreSQL backend store, proxied artifacts, optional basic auth.
+
+The server gets its store URI through the environment (``MLFLOW_BACKEND_STORE_URI``), never its
+command line, listens on a free loopback port, and is stopped with its whole process group.
+MLflow's GenAI job runner is switched off: the pipeline needs none of it, and it would start a
+dozen worker processes on a two-core machine. The fixtures that use this live in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.settings import (
+    TRACKING_PASSWORD_ENV,
+    TRACKING_TOKEN_ENV,
+    TRACKING_URI_ENV,
+    TRACKING_USERNAME_ENV,
+    temporary_environment,
+)
+
+ADMIN, WRITER, READER = "admin", "writer", "reader"
+START_TIMEOUT_SECONDS = 180
+# Variables a test's own environment must not pass to the server or to the commands it runs.
+CLIENT_PREFIXES = ("MLFLOW_", "PIPELINE_")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def clean_environment() -> dict[str, str]:
+    """This process's environment without any MLflow or pipeline setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(CLIENT_PREFIXES)}
+
+
+@dataclass
+class MlflowServer:
+    url: str
+    backend_uri: str
+    artifacts: Path
+    log: Path
+    process: subprocess.Popen
+    passwords: dict[str, str] = field(default_factory=dict)  # user -> password; empty without auth
+
+    def env(self, user: str | None = None, password: str | None = None) -> dict[str, str]:
+        """A client's variables: the server's URI and, with auth, ``user``'s credentials."""
+        values = {TRACKING_URI_ENV: self.url}
+        if user is not None:
+            values[TRACKING_USERNAME_ENV] = user
+            values[TRACKING_PASSWORD_ENV] = password if password is not None else self.passwords[user]
+        return values
+
+    def command_env(self, user: str | None = None, **extra: str) -> dict[str, str]:
+        """A whole environment for a command run as ``user`` (nothing inherited from MLflow or us)."""
+        return {**clean_environment(), **self.env(user), **extra}
+
+    @contextmanager
+    def as_user(self, user: str | None = None) -> Iterator[None]:
+        """This process talks to the server as ``user`` inside the block (MLflow reads the variables
+        on every request)."""
+        cleared = {name: "" for name in (TRACKING_USERNAME_ENV, TRACKING_PASSWORD_ENV, TRACKING_TOKEN_ENV)}
+        with temporary_environment(**{**cleared, **self.env(user)}):
+            yield
+
+    def add_user(self, user: str, password: str | None = None) -> str:
+        """Create a user (as the admin); returns its password."""
+        from mlflow.server.auth.client import AuthServiceClient
+
+        password = password or f"{user}-{secrets.token_hex(8)}"
+        with self.as_user(ADMIN):
+            AuthServiceClient(self.url).create_user(user, password)
+        self.passwords[user] = password
+        return password
+
+    def grant(self, user: str, resource_type: str, resource_id: str, permission: str) -> None:
+        from mlflow.server.auth.client import AuthServiceClient
+
+        with self.as_user(ADMIN):
+            AuthServiceClient(self.url).grant_user_permission(user, resource_type, resource_id, permission)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+
+
+def _auth_config(folder: Path) -> Path:
+    """MLflow's basic-auth settings: users in a SQLite file; anyone signed in may read. Checked
+    credentials are cached for a minute: without it every request pays a password hash (~0.5 s here)."""
+    path = folder / "basic_auth.ini"
+    path.write_text(
+        "[mlflow]\n"
+        "default_permission = READ\n"
+        f"database_uri = sqlite:///{folder / 'basic_auth.db'}\n"
+        f"admin_username = {ADMIN}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"
+    )
+    return path
+
+
+def start_server(backend_uri: str, folder: Path, auth: bool = False, workers: int = 2) -> MlflowServer:
+    """Start ``mlflow server`` on ``backend_uri`` with artifacts under ``folder``; wait until it answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    artifacts = folder / "artifacts"
+    env = {
+        **clean_environment(),
+        "MLFLOW_BACKEND_STORE_URI": backend_uri,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+    ]
+    passwords = {}
+    if auth:
+        passwords[ADMIN] = f"admin-{secrets.token_hex(8)}"
+        env.update(
+            {
+                "MLFLOW_AUTH_CONFIG_PATH": str(_auth_config(folder)),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": passwords[ADMIN],
+                # One secret for every worker, so a session cookie or CSRF token works on any of them.
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+            }
+        )
+        command += ["--app-name", "basic-auth"]
+    log = folder / "server.log"
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            command, env=env, stdout=stream, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True
+        )
+    server = MlflowServer(
+        url=f"http://127.0.0.1:{port}",
+        backend_uri=backend_uri,
+        artifacts=artifacts,
+        log=log,
+        process=process,
+        passwords=passwords,
+    )
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(
+        f"mlflow server did not answer in {START_TIMEOUT_SECONDS} s:\n{log.read_text()[-3000:]}"
+    )
