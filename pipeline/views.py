@@ -197,7 +197,9 @@ def roc_inputs(uri: str, history: pd.DataFrame) -> dict[str, tuple]:
     return curves
 
 
-def summary_markdown(source: Source, experiment_name: str, counts: pd.DataFrame, views: Views) -> str:
+def summary_markdown(
+    source: Source, experiment_name: str, counts: pd.DataFrame, views: Views, experiment_id: str | None = None
+) -> str:
     """A page short enough for ``$GITHUB_STEP_SUMMARY``: top of the leaderboard, champion,
     last gate decision and row counts of the tables people read."""
     parts = [
@@ -205,6 +207,11 @@ def summary_markdown(source: Source, experiment_name: str, counts: pd.DataFrame,
         f"Store `{source.safe_uri}`, experiment `{experiment_name}`, "
         f"schema revision `{source.schema_revision or 'unknown'}`, MLflow {mlflow.__version__}.",
         f"Read through {source.description}.",
+    ]
+    link = tracking_store.ui_url(source.uri, experiment_id) if experiment_id is not None else None
+    if link is not None:
+        parts.append(f"[Open the experiment in MLflow's UI]({link}) (model training view).")
+    parts += [
         "",
         "## Leaderboard",
     ]

@@ -136,7 +136,7 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
     finally:
         source.close()
 
-    summary = summary_markdown(source, config.tracking.experiment, counts, views)
+    summary = summary_markdown(source, config.tracking.experiment, counts, views, experiment)
     path = write_text_atomic(output / "summary.md", summary)
     files.append(_entry(output, path, None))
     seconds = time.perf_counter() - started

@@ -237,6 +237,8 @@ def stage_run(session: TrackingSession, run_name: str, tags: Mapping[str, str]) 
     except Exception as error:
         raise_if_store_failed(error, session, run_id=run_id, marked=False)
         raise
+    if (link := store.ui_url(session.uri, session.experiment_id, run_id)) is not None:
+        logger.info("run %s in MLflow's UI: %s", run_id, link)
 
 
 def _mark_ended(

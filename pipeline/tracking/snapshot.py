@@ -270,7 +270,8 @@ def _add_run(rows: Rows, run) -> None:
 
 def _add_logged_model(rows: Rows, model) -> None:
     mid, eid = model.model_id, model.experiment_id
-    status = getattr(model.status, "name", model.status)
+    # The database keeps the status as its protobuf number (READY is 2).
+    status = model.status.to_proto() if hasattr(model.status, "to_proto") else model.status
     rows["logged_models"].append(
         (
             mid,
@@ -279,7 +280,7 @@ def _add_logged_model(rows: Rows, model) -> None:
             model.artifact_location,
             model.creation_timestamp,
             model.last_updated_timestamp,
-            str(status),
+            status,
             "active",  # searches return active models only
             model.model_type,
             model.source_run_id,

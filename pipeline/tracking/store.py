@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +46,7 @@ DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres", "mysql", "mssq
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
 # Stores MLflow reaches over HTTP: a tracking server, Databricks, Azure ML.
 SERVER_SCHEMES = frozenset({"http", "https", "databricks", "azureml"})
+UI_MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 CONNECT_TIMEOUT_SECONDS = 5
 LOCK_TIMEOUT_SECONDS = 120.0
 
@@ -83,9 +85,24 @@ def is_server(uri: str) -> bool:
     return scheme(uri) in SERVER_SCHEMES
 
 
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """A page of MLflow's UI on a tracking server (None for other stores), without credentials.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view unless the link asks for the model
+    training view (``workflowType=machine_learning``); the experiment's kind tag alone does not.
+    """
+    if scheme(uri) not in {"http", "https"}:
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    base = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/{page}?{UI_MODEL_TRAINING_VIEW}"
+
+
 def is_local_location(location: str) -> bool:
     """An artifact location on this machine's disk (a path or a ``file:`` URI)."""
-    return "://" not in location or scheme(location) == "file"
+    return urllib.parse.urlsplit(location).scheme in {"", "file"}
 
 
 def sqlite_file(uri: str) -> Path | None:
