@@ -181,3 +181,12 @@ def auth_server(tmp_path_factory):
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_pipeline(auth_server, tmp_path_factory):
+    """Every command of the pipeline run once through ``auth_server`` as its writer (in order, each
+    in its own process, with every process command line on the machine recorded meanwhile)."""
+    from tests.integration.servers import serve_pipeline
+
+    return serve_pipeline(auth_server, tmp_path_factory.mktemp("server-pipeline"))

@@ -61,7 +61,7 @@ def _with_registry_retries(session: TrackingSession, action, what: str):
             return action()
         except Exception as error:
             if (refused := store.access_error(error, session.uri)) is not None:
-                raise refused from None
+                raise refused from error  # the cause keeps the call for a stage run to add its outcome
             if attempt == _REGISTRY_ATTEMPTS - 1 or not _retryable_registry_error(error):
                 raise
             delay = _REGISTRY_BACKOFF_SECONDS * 2**attempt

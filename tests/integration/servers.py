@@ -178,3 +178,125 @@ def start_server(backend_uri: str, folder: Path, auth: bool = False, workers: in
     raise RuntimeError(
         f"mlflow server did not answer in {START_TIMEOUT_SECONDS} s:\n{log.read_text()[-3000:]}"
     )
+
+
+# --- The whole pipeline through a server ------------------------------------------------------------
+
+
+@contextmanager
+def watching_command_lines(interval_seconds: float = 0.25) -> Iterator[set[str]]:
+    """Every process command line on this machine (``ps -eo args``), sampled until the block ends."""
+    import threading
+
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
+            seen.update(line.strip() for line in listed.stdout.splitlines()[1:])
+            stop.wait(interval_seconds)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+@dataclass
+class ServedPipeline:
+    """Every command of the pipeline, run through ``server`` as the writer, and what they left."""
+
+    server: MlflowServer
+    folder: Path
+    config: Path
+    experiment: str
+    model_name: str
+    completed: dict[str, subprocess.CompletedProcess]
+    command_lines: set[str]
+
+    @property
+    def reports(self) -> Path:
+        return self.folder / "reports"
+
+    @property
+    def scores(self) -> Path:
+        return self.folder / "scores.csv"
+
+    def run(self, *args: str, user: str | None = WRITER, **env: str) -> subprocess.CompletedProcess:
+        return run_command(self.server, self.config, *args, user=user, **env)
+
+
+def write_config(folder: Path, **overrides) -> Path:
+    """The small test params (tests/conftest.py) with absolute data and notebook paths, in ``folder``."""
+    import yaml
+
+    from tests.conftest import PROJECT_ROOT, small_params
+
+    raw = small_params(**overrides)
+    raw["dataset"]["path"] = str(PROJECT_ROOT / raw["dataset"]["path"])
+    raw["results"]["notebook"] = str(PROJECT_ROOT / raw["results"]["notebook"])
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def run_command(
+    server: MlflowServer,
+    config: Path,
+    *args: str,
+    user: str | None = WRITER,
+    timeout: float = 900,
+    **env: str,
+) -> subprocess.CompletedProcess:
+    """``python -m pipeline <args> --config <config>`` as ``user``, in the config's folder."""
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args, "--config", str(config)],
+        env=server.command_env(user, **env),
+        cwd=config.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def serve_pipeline(server: MlflowServer, folder: Path) -> ServedPipeline:
+    """research, optimize, register, results, report and predict through ``server``, in order, while
+    every process command line is recorded. Stops at the first command that fails."""
+    import pandas as pd
+
+    from tests.conftest import PROJECT_ROOT
+
+    experiment, model_name = "server-pipeline", "server-pipeline-model"
+    config = write_config(folder, tracking={"experiment": experiment}, register={"model_name": model_name})
+    applicants = folder / "applicants.csv"
+    pd.read_csv(PROJECT_ROOT / "data" / "german_credit.csv").drop(columns=["default"]).head(40).to_csv(
+        applicants, index=False
+    )
+    reports = ["--output-dir", str(folder / "reports")]
+    commands = {
+        "research": ["research"],
+        "optimize": ["optimize"],
+        "register": ["register"],
+        "results": ["results", *reports],
+        "report": ["report", *reports],
+        "predict": [
+            "predict",
+            "--model",
+            f"models:/{model_name}@champion",
+            "--input",
+            str(applicants),
+            "--output",
+            str(folder / "scores.csv"),
+        ],
+    }
+    completed: dict[str, subprocess.CompletedProcess] = {}
+    with watching_command_lines() as command_lines:
+        for name, args in commands.items():
+            completed[name] = run_command(server, config, *args)
+            if completed[name].returncode != 0:
+                break
+    return ServedPipeline(server, folder, config, experiment, model_name, completed, set(command_lines))
