@@ -185,7 +185,7 @@ def start_server(backend_uri: str, folder: Path, auth: bool = False, workers: in
 
 @contextmanager
 def watching_command_lines(interval_seconds: float = 0.25) -> Iterator[set[str]]:
-    """Every process command line on this machine (``ps -eo args``), sampled until the block ends."""
+    """Every process command line on this machine (``ps -e -ww -o args=``), sampled until the block ends."""
     import threading
 
     seen: set[str] = set()
@@ -193,8 +193,11 @@ def watching_command_lines(interval_seconds: float = 0.25) -> Iterator[set[str]]
 
     def sample() -> None:
         while not stop.is_set():
-            listed = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=False)
-            seen.update(line.strip() for line in listed.stdout.splitlines()[1:])
+            # -ww: whole command lines (ps cuts them at 80 columns when not on a terminal).
+            listed = subprocess.run(
+                ["ps", "-e", "-ww", "-o", "args="], capture_output=True, text=True, check=False
+            )
+            seen.update(line.strip() for line in listed.stdout.splitlines())
             stop.wait(interval_seconds)
 
     thread = threading.Thread(target=sample, daemon=True)
