@@ -3,9 +3,10 @@
 
 Writes ``reports/mlflow_status_report.json`` (atomically) and prints a short summary.
 Exit 0 when the store answers, 1 when it cannot be reached (one line on stderr, password masked),
-2 on a bad config. The CI workflow also uses it to wait for the database service.
+2 on a bad config, or with ``--team`` when a team's database store would keep artifacts on this
+machine. The CI workflow also uses it to wait for the database service, and before stage 1.
 
-    python scripts/check_mlflow_status.py [--config params.yaml] [--output PATH] [--retries N]
+    python scripts/check_mlflow_status.py [--config params.yaml] [--output PATH] [--retries N] [--team]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pipeline.errors import PipelineError, TrackingUnavailableError
 from pipeline.files import write_json_atomic
 from pipeline.settings import redact, redact_uri, tracking_uri
 from pipeline.tracking import status, store
+from pipeline.tracking.session import team_artifact_problem
 
 REPORT_NAME = "mlflow_status_report.json"
 
@@ -35,6 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help=f"default: <results.output_dir>/{REPORT_NAME}")
     parser.add_argument("--retries", type=int, help="connection retries (default: tracking.connect_retries)")
     parser.add_argument("--backoff", type=float, help="first retry delay in seconds, doubling")
+    parser.add_argument(
+        "--team", action="store_true", help="the store is a team's: its artifacts must outlive this machine"
+    )
     return parser.parse_args(argv)
 
 
@@ -110,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary(report))
     print(f"report: {output}")
+    if args.team:
+        existing = {e["name"]: e["artifact_location"] for e in report.get("experiments", [])}
+        problem = team_artifact_problem(config, uri, existing.get(config.tracking.experiment))
+        if problem is not None:
+            print(f"config error: {problem}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -61,6 +61,37 @@ def artifact_location(config: PipelineConfig, uri: str | None = None) -> str | N
     return config.resolve(location).as_uri()
 
 
+def team_artifact_problem(
+    config: PipelineConfig, uri: str, existing_location: str | None = None
+) -> str | None:
+    """Why a team's store would lose the files of its runs, or None.
+
+    A database store shared by a team with an artifact root on this machine (a CI runner's folder,
+    gone after the job) keeps runs whose files nobody can read later: the next gate could not load
+    the champion. ``existing_location``: where the experiment already keeps them, if it exists.
+    A tracking server keeps the files itself; a SQLite file is one machine's store anyway.
+    """
+    if not store.is_database(uri) or store.sqlite_file(uri) is not None:
+        return None
+    if existing_location is not None:
+        if not store.is_local_location(existing_location):
+            return None
+        return (
+            f"experiment '{config.tracking.experiment}' on the team store {redact_uri(uri)} keeps its "
+            f"artifacts in {existing_location}, a folder of the machine that created it: choose a new "
+            f"tracking.experiment with {ARTIFACT_ROOT_ENV} set to shared storage, or track through an "
+            "MLflow server"
+        )
+    location = artifact_location(config, uri)
+    if location is None or not store.is_local_location(location):
+        return None
+    return (
+        f"the team store {redact_uri(uri)} is a database and artifacts would stay in {location} on this "
+        f"machine: set {ARTIFACT_ROOT_ENV} to shared storage (s3://, gs://, wasbs://), or track through an "
+        "MLflow server (https://…) that keeps them"
+    )
+
+
 def open_session(config: PipelineConfig) -> TrackingSession:
     """Point MLflow at the configured store and make sure the experiment exists."""
     uri = tracking_uri(config.root)

@@ -116,11 +116,14 @@ def _auth_config(folder: Path) -> Path:
     return path
 
 
-def start_server(backend_uri: str, folder: Path, auth: bool = False, workers: int = 2) -> MlflowServer:
-    """Start ``mlflow server`` on ``backend_uri`` with artifacts under ``folder``; wait until it answers."""
+def start_server(
+    backend_uri: str, folder: Path, auth: bool = False, workers: int = 2, artifacts: Path | None = None
+) -> MlflowServer:
+    """Start ``mlflow server`` on ``backend_uri``, serving artifacts from ``artifacts`` (default: under
+    ``folder``, which also holds its log and users); wait until it answers."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    artifacts = folder / "artifacts"
+    artifacts = artifacts or folder / "artifacts"
     env = {
         **clean_environment(),
         "MLFLOW_BACKEND_STORE_URI": backend_uri,
@@ -231,6 +234,26 @@ class ServedPipeline:
 
     def run(self, *args: str, user: str | None = WRITER, **env: str) -> subprocess.CompletedProcess:
         return run_command(self.server, self.config, *args, user=user, **env)
+
+    def runs(self, status: str | None = None) -> list:
+        """Every run of the pipeline's experiment, asked of the server as its admin."""
+        from mlflow.tracking import MlflowClient
+
+        with self.server.as_user(ADMIN):
+            client = MlflowClient(self.server.url)
+            experiment = client.get_experiment_by_name(self.experiment)
+            clause = f"attributes.status = '{status}'" if status else ""
+            return client.search_runs([experiment.experiment_id], filter_string=clause, max_results=5000)
+
+    def stage_runs(self) -> dict:
+        """The first parent run of each stage: what :func:`serve_pipeline` ran."""
+        from pipeline.tracking import keys
+
+        found: dict = {}
+        for run in sorted(self.runs(), key=lambda r: r.info.start_time):
+            if run.data.tags.get(keys.TAG_ROLE) == keys.ROLE_STAGE:
+                found.setdefault(run.data.tags[keys.TAG_STAGE], run)
+        return found
 
 
 def write_config(folder: Path, **overrides) -> Path:

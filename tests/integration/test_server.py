@@ -23,24 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.server,
 COMMANDS = ["research", "optimize", "register", "results", "report", "predict"]
 
 
-def experiment_runs(pipeline, status: str | None = None) -> list:
-    """Every run of the pipeline's experiment, asked of the server as its admin."""
-    with pipeline.server.as_user(ADMIN):
-        client = MlflowClient(pipeline.server.url)
-        experiment = client.get_experiment_by_name(pipeline.experiment)
-        clause = f"attributes.status = '{status}'" if status else ""
-        return client.search_runs([experiment.experiment_id], filter_string=clause, max_results=5000)
-
-
-def stage_runs(pipeline) -> dict[str, object]:
-    """The first parent run of each stage in the pipeline's experiment (what ``server_pipeline`` ran)."""
-    found = {}
-    for run in sorted(experiment_runs(pipeline), key=lambda r: r.info.start_time):
-        if run.data.tags.get(keys.TAG_ROLE) == keys.ROLE_STAGE:
-            found.setdefault(run.data.tags[keys.TAG_STAGE], run)
-    return found
-
-
 def one_line(done) -> str:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -61,9 +43,9 @@ def test_every_command_runs_through_the_server(server_pipeline):
 
 def test_the_server_holds_the_runs_the_model_and_its_artifacts(server_pipeline):
     server = server_pipeline.server
-    first = stage_runs(server_pipeline)
+    first = server_pipeline.stage_runs()
     assert {keys.STAGE_RESEARCH, keys.STAGE_OPTIMIZE, keys.STAGE_REGISTER} <= set(first)
-    assert experiment_runs(server_pipeline, "RUNNING") == []
+    assert server_pipeline.runs("RUNNING") == []
     with server.as_user(ADMIN):
         client = MlflowClient(server.url)
         experiment = client.get_experiment_by_name(server_pipeline.experiment)
@@ -132,7 +114,7 @@ def test_no_credential_reaches_output_reports_runs_artifacts_or_command_lines(se
     assert any(p.name == "results.html" for p in written)
     for path in [*written, *(p for p in server.artifacts.rglob("*") if p.is_file())]:
         assert password.encode() not in path.read_bytes(), path
-    for run in experiment_runs(server_pipeline):
+    for run in server_pipeline.runs():
         assert password not in json.dumps([run.data.params, run.data.tags]), run.info.run_id
     lines = server_pipeline.command_lines
     assert any("-m pipeline optimize" in line for line in lines)  # the sampler saw the commands
@@ -145,7 +127,7 @@ def test_optimize_says_where_its_studies_are_and_that_they_are_not_shared(server
     stderr = server_pipeline.completed["optimize"].stderr
     said = [line for line in stderr.splitlines() if "workers elsewhere do not share them" in line]
     assert len(said) == 1 and "PIPELINE_OPTUNA_URL" in said[0]
-    optimize = stage_runs(server_pipeline)[keys.STAGE_OPTIMIZE]
+    optimize = server_pipeline.stage_runs()[keys.STAGE_OPTIMIZE]
     assert optimize.data.tags[keys.TAG_OPTUNA_SHARED] == "false"
     assert optimize.data.tags[keys.TAG_OPTUNA_STORAGE] == f"sqlite:///{server_pipeline.folder / 'optuna.db'}"
 
@@ -161,15 +143,15 @@ def test_a_reader_reads_the_results_but_may_not_register_or_move_an_alias(
         "champion: server-pipeline-model v1" in server_pipeline.run("results", *reports, user=READER).stdout
     )
 
-    before = len(experiment_runs(server_pipeline))
+    before = len(server_pipeline.runs())
     refused = server_pipeline.run("register", "--quiet", user=READER)
     assert refused.returncode == 2
     assert one_line(refused) == (
         f"permission denied: user 'reader' may not call runs/create on {server_pipeline.server.url}; "
         "ask its admin for the permission"
     )
-    assert len(experiment_runs(server_pipeline)) == before
-    assert experiment_runs(server_pipeline, "RUNNING") == []
+    assert len(server_pipeline.runs()) == before
+    assert server_pipeline.runs("RUNNING") == []
 
     monkeypatch.chdir(tmp_path)
     with server_pipeline.server.as_user(READER):
@@ -179,7 +161,7 @@ def test_a_reader_reads_the_results_but_may_not_register_or_move_an_alias(
 
 
 def test_wrong_or_missing_credentials_are_one_line_and_change_nothing(server_pipeline):
-    before = len(experiment_runs(server_pipeline))
+    before = len(server_pipeline.runs())
     url = server_pipeline.server.url
     wrong = server_pipeline.run(
         "research",
@@ -197,8 +179,8 @@ def test_wrong_or_missing_credentials_are_one_line_and_change_nothing(server_pip
         f"authentication failed: {url} asks for credentials: set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
     )
-    assert len(experiment_runs(server_pipeline)) == before
-    assert experiment_runs(server_pipeline, "RUNNING") == []
+    assert len(server_pipeline.runs()) == before
+    assert server_pipeline.runs("RUNNING") == []
 
 
 def test_a_user_who_may_run_but_not_register_is_stopped_and_its_run_marked_failed(
@@ -208,7 +190,7 @@ def test_a_user_who_may_run_but_not_register_is_stopped_and_its_run_marked_faile
 
     server = server_pipeline.server
     server.add_user("experimenter")
-    research = stage_runs(server_pipeline)[keys.STAGE_RESEARCH]
+    research = server_pipeline.stage_runs()[keys.STAGE_RESEARCH]
     server.grant("experimenter", "experiment", research.info.experiment_id, "EDIT")  # the model stays READ
     monkeypatch.chdir(server_pipeline.folder)
     with server.as_user("experimenter"):
@@ -226,10 +208,10 @@ def test_a_user_who_may_run_but_not_register_is_stopped_and_its_run_marked_faile
         line,
     )
     assert match, line
-    failed = next(r for r in experiment_runs(server_pipeline) if r.info.run_id == match[1])
+    failed = next(r for r in server_pipeline.runs() if r.info.run_id == match[1])
     assert failed.info.status == "FAILED" and failed.data.tags[keys.TAG_STAGE] == keys.STAGE_REGISTER
     assert "PermissionDeniedError" in failed.data.tags[keys.TAG_FAILURE_REASON]
-    assert experiment_runs(server_pipeline, "RUNNING") == []
+    assert server_pipeline.runs("RUNNING") == []
     assert experiment_versions(server_pipeline) == versions_before
 
 

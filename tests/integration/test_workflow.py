@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -130,14 +131,30 @@ def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
-@pytest.mark.slow
-@pytest.mark.postgres
-def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
+@dataclass
+class Replay:
+    workspace: Path
+    files: dict[str, Path]
+    job_env: dict[str, str]
+    steps: list[tuple[str, subprocess.CompletedProcess]]  # the run: steps that ran, in order
+
+    @property
+    def executed(self) -> list[str]:
+        return [name for name, _ in self.steps]
+
+    @property
+    def github_env(self) -> dict[str, str]:
+        return read_github_env(self.files["GITHUB_ENV"])
+
+
+def replay_pipeline_job(tmp_path: Path, postgres_url: str, contexts_for=stand_in_contexts) -> Replay:
+    """Run the ``pipeline`` job's ``run:`` steps as the runner does, in a copy of the project, with the
+    local throwaway database as its service; after a failing step only ``if: failure()`` steps run."""
     workflow = load_workflow()
     job = workflow["jobs"]["pipeline"]
     workspace = tmp_path / "workspace"
     shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
-    contexts = stand_in_contexts(workspace)
+    contexts = contexts_for(workspace)
     runner = tmp_path / "runner"
     runner.mkdir()
     files = {
@@ -165,17 +182,12 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
         "RUNNER_TEMP": str(runner),
         **{name: str(path) for name, path in files.items()},
     }
-    assert job_env["PIPELINE_PROFILE"] == "fast"
-    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
-
-    executed: list[str] = []
+    steps: list[tuple[str, subprocess.CompletedProcess]] = []
     failed = False
     for index, step in enumerate(job["steps"]):
         name = step.get("name", f"step {index}")
         condition = str(step.get("if", "success()"))
-        if "failure()" in condition and not failed:
-            continue
-        if "run" not in step:
+        if ("failure()" in condition) != failed or "run" not in step:
             continue
         script = step["run"]
         if name in STAND_INS:
@@ -198,10 +210,24 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
             timeout=STEP_TIMEOUT_SECONDS,
         )
         (runner / f"step-{index}.log").write_text(done.stdout + done.stderr)
-        executed.append(name)
+        steps.append((name, done))
+        failed = failed or done.returncode != 0
+    return Replay(workspace, files, job_env, steps)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path):
+    job = load_workflow()["jobs"]["pipeline"]
+    replay = replay_pipeline_job(tmp_path, postgres_url)
+    workspace, files, job_env, executed = replay.workspace, replay.files, replay.job_env, replay.executed
+    for name, done in replay.steps:
         assert done.returncode == 0, (
             f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
         )
+    assert job_env["PIPELINE_PROFILE"] == "fast"
+    artifact_root = replay.github_env["PIPELINE_ARTIFACT_ROOT"]
+    assert artifact_root == f"{workspace}/mlartifacts"
 
     # Order: the four stages, then the notebook, as named steps in that sequence.
     scripts = {step.get("name"): step.get("run", "") for step in job["steps"]}
@@ -231,7 +257,7 @@ def test_pipeline_job_steps_run_in_order_against_postgres(postgres_url, tmp_path
     for model in logged:
         assert model.experiment_id == experiment.experiment_id, f"{model.model_id} in another experiment"
         location = model.artifact_location.removeprefix("file://")
-        assert location.startswith(job_env["PIPELINE_ARTIFACT_ROOT"]), f"model files at {location}"
+        assert location.startswith(artifact_root), f"model files at {location}"
 
     assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
     assert (workspace / "reports" / "mlflow_status_report.json").is_file()
@@ -295,3 +321,34 @@ def assert_dump_restores(
             )
             cursor.execute(f'DROP DATABASE IF EXISTS "{restored}"')
         admin.close()
+
+
+def team_database_contexts(team_uri: str):
+    """A push to main with a team store that is a database and no shared artifact root configured."""
+
+    def contexts(workspace: Path) -> dict:
+        values = stand_in_contexts(workspace)
+        values["github"]["event_name"] = "push"
+        values["secrets"] = {"MLFLOW_TRACKING_URI": team_uri}
+        return values
+
+    return contexts
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_team_database_without_shared_artifacts_stops_the_job_before_stage_1(postgres_url, tmp_path):
+    team = postgres_url.replace("://postgres@", "://postgres:t3am-db-pw@")  # trust auth ignores it
+    replay = replay_pipeline_job(tmp_path, postgres_url, team_database_contexts(team))
+    name, done = next((n, d) for n, d in replay.steps if d.returncode != 0)
+    assert name == "Wait for the store"
+    assert replay.github_env["TRACKING_STORE"] == "team"
+    assert "PIPELINE_ARTIFACT_ROOT" not in replay.github_env
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("config error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("config error: the team store postgresql+psycopg2://postgres:***@")
+    assert "set PIPELINE_ARTIFACT_ROOT to shared storage" in errors[0] and "MLflow server" in errors[0]
+    assert "t3am-db-pw" not in done.stdout + done.stderr
+    scripts = {step.get("name"): step.get("run", "") for step in load_workflow()["jobs"]["pipeline"]["steps"]}
+    ran = " ".join(scripts[n] for n in replay.executed)
+    assert not [command for command in STAGE_COMMANDS if command in ran], replay.executed
