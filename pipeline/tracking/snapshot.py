@@ -16,7 +16,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pandas as pd
@@ -24,6 +24,7 @@ from mlflow.entities import ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.settings import redact_uri
 from pipeline.tracking import keys, store
 
 logger = logging.getLogger(__name__)
@@ -149,8 +150,13 @@ def _pages(fetch: Callable[[str | None], Any]) -> Iterator[Any]:
 
 
 def read_tables(uri: str) -> dict[str, pd.DataFrame]:
-    """Every core table of the store at ``uri``, read through MLflow's client."""
+    """Every core table of the store at ``uri``, read through MLflow's client.
+
+    Metric histories are asked for while the runs are still being paged through (each full batch of
+    100 runs logging a key as soon as it is known), so the server works on both at once.
+    """
     client = MlflowClient(uri)
+    histories = _Histories(uri, client)
     rows: Rows = defaultdict(list)
     experiments = list(
         _pages(
@@ -161,36 +167,43 @@ def read_tables(uri: str) -> dict[str, pd.DataFrame]:
     )
     for experiment in experiments:
         _add_experiment(rows, experiment)
-    latest: dict[str, list[str]] = defaultdict(list)  # metric key -> runs that logged it
-    for experiment in experiments:
-        runs = _pages(
-            lambda token, e=experiment.experiment_id: client.search_runs(
-                [e], run_view_type=ViewType.ALL, max_results=RUNS_PER_PAGE, page_token=token
+    with ThreadPoolExecutor(max_workers=HISTORY_THREADS, thread_name_prefix="metric-history") as pool:
+        asked: list[Future] = []
+        for experiment in experiments:
+            waiting: dict[str, list[str]] = defaultdict(list)  # metric key -> runs not yet asked about
+            runs = _pages(
+                lambda token, e=experiment.experiment_id: client.search_runs(
+                    [e], run_view_type=ViewType.ALL, max_results=RUNS_PER_PAGE, page_token=token
+                )
             )
-        )
-        for run in runs:
-            _add_run(rows, run)
-            for key in run.data.metrics:
-                latest[key].append(run.info.run_id)
-    rows["metrics"] = list(_metric_histories(uri, client, latest))
-    ids = [e.experiment_id for e in experiments]
-    for start in range(0, len(ids), 100):
-        batch = ids[start : start + 100]
-        models = _pages(lambda token, b=batch: client.search_logged_models(b, page_token=token))
-        for model in models:
-            _add_logged_model(rows, model)
-    models = _pages(lambda token: client.search_registered_models(max_results=1000, page_token=token))
-    for model in models:
-        _add_registered_model(rows, model)
-    versions = _pages(lambda token: client.search_model_versions(max_results=10_000, page_token=token))
-    for version in versions:
-        _add_model_version(rows, version)
+            for run in runs:
+                _add_run(rows, run)
+                for key in run.data.metrics:
+                    waiting[key].append(run.info.run_id)
+                    if len(waiting[key]) == HISTORY_RUNS_PER_REQUEST:
+                        asked.append(pool.submit(histories.read, key, waiting.pop(key)))
+            asked += [pool.submit(histories.read, key, run_ids) for key, run_ids in waiting.items()]
+        _add_models(rows, client, [e.experiment_id for e in experiments])
+        for future in asked:
+            rows["metrics"] += future.result()
     frames = {
         name: pd.DataFrame(rows.get(name, []), columns=list(columns)) for name, columns in COLUMNS.items()
     }
     frames["datasets"] = frames["datasets"].drop_duplicates("dataset_uuid", ignore_index=True)
     frames["latest_metrics"] = latest_metrics(frames["metrics"])
     return frames
+
+
+def _add_models(rows: Rows, client: MlflowClient, experiment_ids: list[str]) -> None:
+    """Logged models, registered models and their versions."""
+    for start in range(0, len(experiment_ids), 100):
+        batch = experiment_ids[start : start + 100]
+        for model in _pages(lambda token, b=batch: client.search_logged_models(b, page_token=token)):
+            _add_logged_model(rows, model)
+    for model in _pages(lambda token: client.search_registered_models(max_results=1000, page_token=token)):
+        _add_registered_model(rows, model)
+    for version in _pages(lambda token: client.search_model_versions(max_results=10_000, page_token=token)):
+        _add_model_version(rows, version)
 
 
 def latest_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -352,9 +365,12 @@ def _metric_row(key: str, value: float, timestamp: int, run_id: str, step: int) 
     return (key, value, timestamp, run_id, step, nan)
 
 
+class _NoBulkEndpoint(Exception):
+    """The server answers the bulk metric-history endpoint with 404 (not an MLflow server's UI API)."""
+
+
 def _bulk_history(uri: str, key: str, run_ids: list[str]) -> list[tuple] | None:
-    """One request for the history of ``key`` in up to 100 runs; None when the server has no bulk
-    endpoint or the answer may be cut short."""
+    """One request for the history of ``key`` in up to 100 runs; None when the answer may be cut short."""
     from mlflow.utils.credentials import get_default_host_creds
     from mlflow.utils.rest_utils import http_request, verify_rest_response
 
@@ -365,7 +381,7 @@ def _bulk_history(uri: str, key: str, run_ids: list[str]) -> list[tuple] | None:
     ]
     response = http_request(get_default_host_creds(uri), BULK_HISTORY_ENDPOINT, "GET", params=params)
     if response.status_code == 404:
-        return None
+        raise _NoBulkEndpoint(BULK_HISTORY_ENDPOINT)
     found = verify_rest_response(response, BULK_HISTORY_ENDPOINT).json().get("metrics", [])
     if len(found) >= HISTORY_ROWS_PER_REQUEST:
         return None
@@ -380,29 +396,26 @@ def _history_one_by_one(client: MlflowClient, key: str, run_ids: Iterable[str]) 
     ]
 
 
-def _metric_histories(uri: str, client: MlflowClient, runs_by_key: dict[str, list[str]]) -> Iterator[tuple]:
-    """Every logged value of every metric: in bulk from an MLflow server, run by run from others."""
-    batches = [
-        (key, run_ids[start : start + HISTORY_RUNS_PER_REQUEST])
-        for key, run_ids in sorted(runs_by_key.items())
-        for start in range(0, len(run_ids), HISTORY_RUNS_PER_REQUEST)
-    ]
-    bulk = store.scheme(uri) in {"http", "https"}
+class _Histories:
+    """Every logged value of a metric in some runs: in bulk from an MLflow server, run by run from
+    others (or once an MLflow server turns out to have no bulk endpoint)."""
 
-    def history(batch: tuple[str, list[str]]) -> list[tuple]:
-        key, run_ids = batch
-        if bulk:
+    def __init__(self, uri: str, client: MlflowClient):
+        self.uri, self.client = uri, client
+        self.bulk = store.scheme(uri) in {"http", "https"}
+
+    def read(self, key: str, run_ids: list[str]) -> list[tuple]:
+        if self.bulk:
             try:
-                found = _bulk_history(uri, key, run_ids)
-            except MlflowException as error:
+                found = _bulk_history(self.uri, key, run_ids)
+            except (MlflowException, _NoBulkEndpoint) as error:
                 if store.access_error(error) is not None:
                     raise
-                logger.debug("bulk metric history refused (%s); reading run by run", error)
+                logger.info(
+                    "no bulk metric history at %s (%s): reading run by run", redact_uri(self.uri), error
+                )
+                self.bulk = False
                 found = None
             if found is not None:
                 return found
-        return _history_one_by_one(client, key, run_ids)
-
-    with ThreadPoolExecutor(max_workers=HISTORY_THREADS, thread_name_prefix="metric-history") as pool:
-        for found in pool.map(history, batches):
-            yield from found
+        return _history_one_by_one(self.client, key, run_ids)
