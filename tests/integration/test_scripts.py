@@ -278,3 +278,22 @@ def test_status_of_an_empty_database_reports_the_schema_mlflow_created(tmp_path)
     assert report["schema_revision"] == report["schema_expected"]
     assert report["runs_by_status"] == {}
     assert report["registered_models"] == []
+
+
+@pytest.mark.postgres
+def test_status_with_team_refuses_a_database_whose_artifacts_stay_on_this_machine(postgres_url, tmp_path):
+    local, report = run_status(postgres_url, tmp_path, "--team")
+    assert local.returncode == 2
+    last = local.stderr.strip().splitlines()[-1]  # after MLflow's own lines as it creates its tables
+    assert last.startswith("config error: the team store postgresql+psycopg2://")
+    assert "set PIPELINE_ARTIFACT_ROOT to shared storage" in last
+    assert report["reachable"] is True  # the report is still written
+    shared = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--team", "--output", str(tmp_path / "s.json")],
+        cwd=PROJECT_ROOT,
+        env={**script_env(postgres_url, tmp_path), ARTIFACT_ROOT_ENV: "s3://bucket/mlflow"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shared.returncode == 0, shared.stderr
