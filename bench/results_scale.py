@@ -32,7 +32,7 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.tracking import keys
+from pipeline.tracking import keys, snapshot
 from tests.integration.servers import start_server
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -112,21 +112,7 @@ def fill(dsn: str, experiment_id: int, artifact_root: str) -> dict[str, int]:
         counts["runs"] = copy_rows(
             cursor,
             "runs",
-            (
-                "run_uuid",
-                "name",
-                "source_type",
-                "source_name",
-                "entry_point_name",
-                "user_id",
-                "status",
-                "start_time",
-                "end_time",
-                "source_version",
-                "lifecycle_stage",
-                "artifact_uri",
-                "experiment_id",
-            ),
+            tuple(column for column in snapshot.COLUMNS["runs"] if column != "deleted_time"),
             (
                 (
                     rid,

@@ -3,8 +3,9 @@
 
 Writes ``reports/mlflow_status_report.json`` (atomically) and prints a short summary.
 Exit 0 when the store answers, 1 when it cannot be reached (one line on stderr, password masked),
-2 on a bad config, or with ``--team`` when a team's database store would keep artifacts on this
-machine. The CI workflow also uses it to wait for the database service, and before stage 1.
+2 on a bad config, when a tracking server refuses the credentials or the user, or with ``--team``
+when a team's database store would keep artifacts on this machine. The CI workflow uses it to wait
+for the store before stage 1.
 
     python scripts/check_mlflow_status.py [--config params.yaml] [--output PATH] [--retries N] [--team]
 """
@@ -65,7 +66,15 @@ def collect(uri: str, retries: int, backoff: float) -> dict:
         # MLflow refuses to open an out-of-date store; reading it would fail, so say what to do.
         report["error"] = "schema out of date: back up and run `python -m pipeline db-upgrade`"
         return report
-    report.update(status.store_overview(uri))
+    try:
+        report.update(status.store_overview(uri))
+    except mlflow.exceptions.MlflowException as error:
+        refused = store.access_error(error, uri)  # a tracking server that will not let us in
+        if refused is None:
+            raise
+        report["error"] = f"{refused.kind}: {refused}"
+        report["refused"] = True
+        return report
     if current is None and store.schema_revisions(uri)[0] == expected:
         # An empty database: MLflow created its tables on first contact.
         report["schema_revision"] = expected
@@ -113,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     if not report["reachable"]:
         print(f"tracking store unreachable: {redact(report['error'])}", file=sys.stderr)
         return 1
+    if report.get("refused"):
+        print(redact(report["error"]), file=sys.stderr)
+        return 2
     print(summary(report))
     print(f"report: {output}")
     if args.team:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from pipeline.config import PipelineConfig, config_from_mapping
-from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_URI_ENV
+from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_URI_ENV, TRACKING_USERNAME_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -31,6 +31,20 @@ def drop_command_log_handlers():
         if type(handler) is logging.StreamHandler and handler not in before:  # basicConfig's, not pytest's
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def no_ci(monkeypatch):
+    """No GitHub Actions variables, and the tracking server's user ``writer``."""
+    for name in (
+        "GITHUB_SERVER_URL",
+        "GITHUB_REPOSITORY",
+        "GITHUB_RUN_ID",
+        "GITHUB_RUN_ATTEMPT",
+        "GITHUB_ACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TRACKING_USERNAME_ENV, "writer")
 
 
 def project_params() -> dict:

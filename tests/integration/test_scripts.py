@@ -297,3 +297,36 @@ def test_status_with_team_refuses_a_database_whose_artifacts_stay_on_this_machin
         timeout=120,
     )
     assert shared.returncode == 0, shared.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.server
+def test_status_of_a_server_that_refuses_the_credentials_is_one_line(auth_server, tmp_path):
+    from tests.integration.servers import WRITER
+
+    env = {**auth_server.command_env(WRITER), TRACKING_PASSWORD_ENV: "not-the-Passw0rd"}
+    done = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--output", str(tmp_path / "status.json")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"authentication failed: {auth_server.url} refused the credentials of user 'writer'"
+    )
+    report = json.loads((tmp_path / "status.json").read_text())
+    assert report["reachable"] is True and "not-the-Passw0rd" not in json.dumps(report) + done.stdout
+    with_password = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--output", str(tmp_path / "ok.json")],
+        cwd=PROJECT_ROOT,
+        env=auth_server.command_env(WRITER),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert with_password.returncode == 0, with_password.stderr
+    assert json.loads((tmp_path / "ok.json").read_text())["schema_revision"] is None  # a server's

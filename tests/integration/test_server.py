@@ -23,7 +23,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.server,
 COMMANDS = ["research", "optimize", "register", "results", "report", "predict"]
 
 
-def one_line(done) -> str:
+def assert_nothing_changed(pipeline, runs_before: int) -> None:
+    """No run was added, and none is left RUNNING."""
+    assert len(pipeline.runs()) == runs_before
+    assert pipeline.runs("RUNNING") == []
+
+
+def refusal(done) -> str:
+    """The one stderr line of a command that ended with exit 2."""
+    assert done.returncode == 2, done.stderr[-3000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     return lines[0]
@@ -145,13 +153,11 @@ def test_a_reader_reads_the_results_but_may_not_register_or_move_an_alias(
 
     before = len(server_pipeline.runs())
     refused = server_pipeline.run("register", "--quiet", user=READER)
-    assert refused.returncode == 2
-    assert one_line(refused) == (
+    assert refusal(refused) == (
         f"permission denied: user 'reader' may not call runs/create on {server_pipeline.server.url}; "
         "ask its admin for the permission"
     )
-    assert len(server_pipeline.runs()) == before
-    assert server_pipeline.runs("RUNNING") == []
+    assert_nothing_changed(server_pipeline, before)
 
     monkeypatch.chdir(tmp_path)
     with server_pipeline.server.as_user(READER):
@@ -170,17 +176,14 @@ def test_wrong_or_missing_credentials_are_one_line_and_change_nothing(server_pip
         MLFLOW_TRACKING_USERNAME=WRITER,
         MLFLOW_TRACKING_PASSWORD="n0t-the-password",
     )
-    assert wrong.returncode == 2
-    assert one_line(wrong) == f"authentication failed: {url} refused the credentials of user 'writer'"
+    assert refusal(wrong) == f"authentication failed: {url} refused the credentials of user 'writer'"
     assert "n0t-the-password" not in wrong.stdout + wrong.stderr
     anonymous = server_pipeline.run("research", "--quiet", user=None)
-    assert anonymous.returncode == 2
-    assert one_line(anonymous) == (
+    assert refusal(anonymous) == (
         f"authentication failed: {url} asks for credentials: set MLFLOW_TRACKING_USERNAME and "
         "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
     )
-    assert len(server_pipeline.runs()) == before
-    assert server_pipeline.runs("RUNNING") == []
+    assert_nothing_changed(server_pipeline, before)
 
 
 def test_a_user_who_may_run_but_not_register_is_stopped_and_its_run_marked_failed(
@@ -200,8 +203,7 @@ def test_a_user_who_may_run_but_not_register_is_stopped_and_its_run_marked_faile
     refused = server_pipeline.run(
         "register", "--quiet", "--optimize-run-id", optimize_id, user="experimenter"
     )
-    assert refused.returncode == 2
-    line = one_line(refused)
+    line = refusal(refused)
     match = re.fullmatch(
         rf"permission denied: user 'experimenter' may not call model-versions/create on {server.url}; "
         r"ask its admin for the permission; run (\w+) marked FAILED",

@@ -28,18 +28,10 @@ def test_a_short_secret_is_not_masked_inside_words(monkeypatch):
     assert redact("the pwd folder") == "the pwd folder"
 
 
-def test_ci_run_url_and_the_user_runs_record(monkeypatch):
+def test_ci_run_url_and_the_user_runs_record(no_ci, monkeypatch):
     from pipeline.settings import TRACKING_USERNAME_ENV, ci_repository_url, ci_run_url, run_user
 
-    for name in (
-        "GITHUB_SERVER_URL",
-        "GITHUB_REPOSITORY",
-        "GITHUB_RUN_ID",
-        "GITHUB_RUN_ATTEMPT",
-        "GITHUB_ACTOR",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv(TRACKING_USERNAME_ENV, raising=False)
+    monkeypatch.delenv(TRACKING_USERNAME_ENV)
     assert ci_run_url() is None and ci_repository_url() is None
     monkeypatch.setenv("GITHUB_SERVER_URL", "https://github.com")
     monkeypatch.setenv("GITHUB_REPOSITORY", "acme/loan-mlops")

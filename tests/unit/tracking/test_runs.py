@@ -1,25 +1,9 @@
 """pipeline.tracking.runs: MLflow's standard run tags, which its UI shows as the run's user and source."""
 
-import pytest
-
-from pipeline.settings import TRACKING_USERNAME_ENV
 from pipeline.tracking import keys
 from pipeline.tracking.runs import source_tags
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-@pytest.fixture
-def no_ci(monkeypatch):
-    for name in (
-        "GITHUB_SERVER_URL",
-        "GITHUB_REPOSITORY",
-        "GITHUB_RUN_ID",
-        "GITHUB_RUN_ATTEMPT",
-        "GITHUB_ACTOR",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(TRACKING_USERNAME_ENV, "writer")
 
 
 def test_a_local_run_names_its_user_command_and_commit(no_ci):
