@@ -23,6 +23,7 @@ from typing import Any
 import mlflow
 import sqlalchemy
 
+from pipeline.errors import first_line
 from pipeline.settings import redact
 from pipeline.tracking import keys, store
 from pipeline.tracking.lookups import quote_filter_value, tag_clause
@@ -184,12 +185,20 @@ def link_logged_model(session: TrackingSession, name: str, version: str, model_i
     "registered". A tracking server adds it itself; a database store does not."""
     if not model_id:
         return
-    model = session.client.get_logged_model(model_id)
-    listed = json.loads(model.tags.get(keys.TAG_MODEL_VERSIONS) or "[]")
-    if any((entry.get("name"), str(entry.get("version"))) == (name, str(version)) for entry in listed):
-        return
-    entry = {"name": name, "version": str(version)}
-    session.client.set_logged_model_tags(model_id, {keys.TAG_MODEL_VERSIONS: json.dumps([*listed, entry])})
+    try:
+        model = session.client.get_logged_model(model_id)
+        listed = json.loads(model.tags.get(keys.TAG_MODEL_VERSIONS) or "[]")
+        if any((entry.get("name"), str(entry.get("version"))) == (name, str(version)) for entry in listed):
+            return
+        entry = {"name": name, "version": str(version)}
+        session.client.set_logged_model_tags(
+            model_id, {keys.TAG_MODEL_VERSIONS: json.dumps([*listed, entry])}
+        )
+    except (mlflow.exceptions.MlflowException, ValueError) as error:
+        # What the UI shows must not stop a registration.
+        logger.warning(
+            "could not list version %s on logged model %s: %s", version, model_id, redact(first_line(error))
+        )
 
 
 # --- One registration at a time ------------------------------------------------------------------
