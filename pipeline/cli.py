@@ -173,13 +173,13 @@ def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
-def _lost_store(error: Exception) -> PipelineError | None:
-    """The one-line error for a tracking store lost outside a stage run, if that is what happened."""
+def _store_failure(error: Exception) -> PipelineError | None:
+    """The one-line error for a tracking store lost or refusing us outside a stage run, if that is it."""
     if "mlflow" not in sys.modules:  # nothing reached the store yet
         return None
     from pipeline.tracking import store
 
-    return store.connection_lost_error(error, os.environ.get(TRACKING_URI_ENV, ""))
+    return store.store_error(error, os.environ.get(TRACKING_URI_ENV, ""))
 
 
 def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
@@ -191,7 +191,7 @@ def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
     if error is None or isinstance(error, SystemExit):
         return
     name = failure.thread.name if failure.thread is not None else "?"
-    if isinstance(error, Exception) and _lost_store(error) is not None:
+    if isinstance(error, Exception) and _store_failure(error) is not None:
         logger.debug("thread %s lost the tracking store: %s", name, redact(str(error)))
         return
     verbose = logger.isEnabledFor(logging.DEBUG)
@@ -207,6 +207,10 @@ def report_thread_failure(failure: threading.ExceptHookArgs) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    # MLflow prints a "View run at <tracking URI>" line for every run a server ends: stdout is the
+    # command's report, and a URI may carry credentials. MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=false
+    # brings the links back.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     previous_thread_hook, threading.excepthook = threading.excepthook, report_thread_failure
     try:
         with handling_sigterm():
@@ -238,7 +242,7 @@ def _run(args: argparse.Namespace) -> int:
             return _terminated(error)
         if args.verbose:
             logger.exception("unexpected failure")
-        if (mapped := _lost_store(error)) is not None:
+        if (mapped := _store_failure(error)) is not None:
             print(f"{mapped.kind}: {redact(str(mapped))}", file=sys.stderr)
             return mapped.exit_code
         reason = redact(first_line(error, default=""))

@@ -57,3 +57,15 @@ class DeployError(PipelineError):
     """A version failed its smoke test, or ``@production`` moved under a deploy: nothing was moved."""
 
     kind = "deploy failed"
+
+
+class AuthenticationFailedError(PipelineError):
+    """The tracking server refused the credentials (HTTP 401)."""
+
+    kind = "authentication failed"
+
+
+class PermissionDeniedError(PipelineError):
+    """The tracking server knows the user but refuses the operation (HTTP 403)."""
+
+    kind = "permission denied"

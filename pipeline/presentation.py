@@ -21,7 +21,7 @@ from pipeline.queries import history, tables
 from pipeline.settings import redact, redact_uri, tracking_uri
 from pipeline.tracking import keys
 from pipeline.tracking.runs import load_artifact_frame
-from pipeline.views import Views, build_views
+from pipeline.views import Source, Views, build_views, open_source
 
 # Tables fit the page (long cells wrap), images never overflow it, numbers line up.
 PAGE_STYLE = """<style>
@@ -41,16 +41,20 @@ class ReportContext:
 
     config: PipelineConfig
     uri: str
-    store: tables.Store
+    source: Source
     experiment: str | None
     views: Views
+
+    @property
+    def store(self) -> tables.Store:
+        return self.source.store
 
     @property
     def safe_uri(self) -> str:
         return redact_uri(self.uri)
 
     def close(self) -> None:
-        self.store.close()
+        self.source.close()
 
 
 def find_config(start: Path | None = None) -> Path:
@@ -68,9 +72,11 @@ def open_report(
     """The store the commands would use, with the views of ``experiment_name`` and ``model_name``."""
     config = load_config(Path(config_path) if config_path else find_config(), profile=profile)
     uri = tracking_uri(config.root)
-    store = tables.open_store(uri)
-    experiment = tables.experiment_id(store, experiment_name)
-    return ReportContext(config, uri, store, experiment, build_views(store, uri, experiment, model_name))
+    source = open_source(uri)
+    experiment = tables.experiment_id(source.store, experiment_name)
+    return ReportContext(
+        config, uri, source, experiment, build_views(source.store, uri, experiment, model_name)
+    )
 
 
 def readable(frame: pd.DataFrame, digits: int = 4, links: dict[str, str] | None = None) -> str:

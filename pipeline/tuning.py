@@ -45,6 +45,8 @@ class StorageLocation:
     url: str
     engine_kwargs: dict[str, Any]
     schema: str | None = None
+    # Whether workers on other machines reach the same studies (a database server, not a file).
+    shared: bool = False
 
     @property
     def safe_url(self) -> str:
@@ -114,7 +116,9 @@ def storage_location(tracking_uri: str, root: Path) -> StorageLocation:
         options = store.engine_options(
             url, connect_args={"options": f"-csearch_path={OPTUNA_SCHEMA}"}, pool_size=1, max_overflow=1
         )
-        return StorageLocation(url=store.sqlalchemy_url(url), engine_kwargs=options, schema=OPTUNA_SCHEMA)
+        return StorageLocation(
+            url=store.sqlalchemy_url(url), engine_kwargs=options, schema=OPTUNA_SCHEMA, shared=True
+        )
     database = store.sqlite_file(url)
     if database is not None:
         if url == tracking_uri:
@@ -146,7 +150,15 @@ def _create_schema(location: StorageLocation) -> None:
 def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage beside the tracking store; creates its schema or file on first use."""
     location = storage_location(tracking_uri, root)
-    logger.info("optuna studies in %s", location.safe_url)
+    if location.shared or not store.is_server(tracking_uri):
+        logger.info("optuna studies in %s", location.safe_url)
+    else:
+        logger.warning(
+            "optuna studies in %s, on this machine only: workers elsewhere do not share them "
+            "(set %s to a PostgreSQL URL to share them)",
+            location.safe_url,
+            OPTUNA_URL_ENV,
+        )
     # Workers starting together would race to create Optuna's tables: one at a time.
     with store.cross_process_lock(location.url, "optuna-storage-setup"), warnings.catch_warnings():
         if location.schema:

@@ -1,25 +1,40 @@
-"""The derived tables people read, built from the SQL in :mod:`pipeline.queries` and the registry.
+"""The derived tables people read, built from the SQL in :mod:`pipeline.queries` and the registry,
+and the source they are read from.
 
 The results stage writes them to ``reports/``; the report notebook displays them. Both import
 this module, so a view is computed one way wherever it is shown.
+
+The source (:func:`open_source`): a tracking database is read by SQL. A tracking server's core
+tables are read through MLflow's API (:mod:`pipeline.tracking.snapshot`) into a local SQLite copy
+(:mod:`pipeline.queries.mirror`) that the same SQL then reads; with ``PIPELINE_STORE_DB_URL``, the
+server's own database is read by SQL instead.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
 import pandas as pd
 
 from pipeline.comparison import COLUMNS, CONFUSION_COLUMNS, comparison_markdown
-from pipeline.queries import history, tables
-from pipeline.settings import redact
-from pipeline.tracking import keys
+from pipeline.errors import ConfigError
+from pipeline.queries import history, mirror, tables
+from pipeline.settings import STORE_DB_URL_ENV, redact, redact_uri, store_db_url
+from pipeline.tracking import keys, snapshot
+from pipeline.tracking import store as tracking_store
 from pipeline.tracking.runs import load_artifact_frame
 from pipeline.tracking.status import registered_models_frame
 
+logger = logging.getLogger(__name__)
+
+SOURCE_SQL = "sql"
+SOURCE_API = "api"
 SUMMARY_LEADERBOARD_ROWS = 5
 _SUMMARY_LEADERBOARD_COLUMNS = ["stage", "name", "family", "cv_roc_auc", "test_roc_auc", "test_expected_cost"]
 
@@ -59,6 +74,62 @@ class Views:
 
     def frames(self) -> dict[str, pd.DataFrame]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass
+class Source:
+    """Where the tables come from: ``store`` answers the SQL; ``uri`` is the tracking store itself."""
+
+    store: tables.Store
+    uri: str
+    kind: str  # SOURCE_SQL or SOURCE_API
+    database_uri: str | None  # the database read by SQL (None when read through the API)
+    schema_revision: str | None
+    _copy: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def safe_uri(self) -> str:
+        return redact_uri(self.uri)
+
+    @property
+    def description(self) -> str:
+        if self.kind == SOURCE_API:
+            return f"MLflow's REST API of {self.safe_uri} (its core tables, copied locally for the SQL)"
+        if self.database_uri != self.uri:
+            return f"SQL over {redact_uri(self.database_uri)}, the database of {self.safe_uri}"
+        return f"SQL over the tracking database {self.safe_uri}"
+
+    def close(self) -> None:
+        self.store.close()
+        if self._copy is not None:
+            self._copy.cleanup()
+
+
+def open_source(uri: str) -> Source:
+    """The tables of the store at ``uri``: by SQL from a database (``uri`` itself, or the server's in
+    ``PIPELINE_STORE_DB_URL``), else through a tracking server's API."""
+    database = store_db_url() or (uri if tracking_store.is_database(uri) else None)
+    if database is not None:
+        if not tracking_store.is_database(database):
+            raise ConfigError(f"{STORE_DB_URL_ENV}={redact_uri(database)} is not a database URL")
+        return Source(
+            store=tables.open_store(database),
+            uri=uri,
+            kind=SOURCE_SQL,
+            database_uri=database,
+            schema_revision=tracking_store.schema_revision(database),
+        )
+    logger.info("reading %s through its API (set %s to read its database)", redact_uri(uri), STORE_DB_URL_ENV)
+    folder = tempfile.TemporaryDirectory(prefix="mlflow-api-copy-")
+    try:
+        copy = mirror.write_copy(snapshot.read_tables(uri), Path(folder.name) / "tables.db")
+        store = tables.open_store(copy)
+    except BaseException:
+        folder.cleanup()
+        raise
+    return Source(
+        store=store, uri=uri, kind=SOURCE_API, database_uri=None, schema_revision=None, _copy=folder
+    )
 
 
 def format_number(value: Any, digits: int = 4) -> str:
@@ -217,15 +288,15 @@ def comparison_lines(views: Views) -> list[str]:
 
 
 def summary_markdown(
-    safe_uri: str,
-    experiment_name: str,
-    counts: pd.DataFrame,
-    views: Views,
-    revision: str | None,
+    source: Source, experiment_name: str, counts: pd.DataFrame, views: Views, experiment_id: str | None = None
 ) -> str:
     """A page short enough for ``$GITHUB_STEP_SUMMARY`` and a pull-request comment: the verdict and
     the comparison first, then the leaderboard, the champion and the store's row counts."""
-    parts = [*verdict_lines(views), *comparison_lines(views), "", "## Leaderboard"]
+    parts = [*verdict_lines(views)]
+    link = tracking_store.ui_url(source.uri, experiment_id) if experiment_id is not None else None
+    if link is not None:
+        parts.append(f"[Open the experiment in MLflow's UI]({link}) (model training view).")
+    parts += [*comparison_lines(views), "", "## Leaderboard"]
     board = views.leaderboard
     if board.empty:
         parts.append("_No research run in this experiment yet._")
@@ -241,8 +312,9 @@ def summary_markdown(
     parts += [
         "",
         "## The store",
-        f"`{safe_uri}`, experiment `{experiment_name}`, schema revision `{revision or 'unknown'}`, "
-        f"MLflow {mlflow.__version__}.",
+        f"`{source.safe_uri}`, experiment `{experiment_name}`, "
+        f"schema revision `{source.schema_revision or 'unknown'}`, MLflow {mlflow.__version__}. "
+        f"Read through {source.description}.",
         "",
         loaded.to_markdown(index=False),
         "",

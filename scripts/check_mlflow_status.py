@@ -3,9 +3,11 @@
 
 Writes ``reports/mlflow_status_report.json`` (atomically) and prints a short summary.
 Exit 0 when the store answers, 1 when it cannot be reached (one line on stderr, password masked),
-2 on a bad config. The CI workflow also uses it to wait for the database service.
+2 on a bad config, when a tracking server refuses the credentials or the user, or with ``--team``
+when a team's database store would keep artifacts on this machine. The CI workflow uses it to wait
+for the store before stage 1.
 
-    python scripts/check_mlflow_status.py [--config params.yaml] [--output PATH] [--retries N]
+    python scripts/check_mlflow_status.py [--config params.yaml] [--output PATH] [--retries N] [--team]
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipeline.errors import PipelineError, TrackingUnavailableError
 from pipeline.files import write_json_atomic
 from pipeline.settings import redact, redact_uri, tracking_uri
 from pipeline.tracking import status, store
+from pipeline.tracking.session import team_artifact_problem
 
 REPORT_NAME = "mlflow_status_report.json"
 
@@ -35,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, help=f"default: <results.output_dir>/{REPORT_NAME}")
     parser.add_argument("--retries", type=int, help="connection retries (default: tracking.connect_retries)")
     parser.add_argument("--backoff", type=float, help="first retry delay in seconds, doubling")
+    parser.add_argument(
+        "--team", action="store_true", help="the store is a team's: its artifacts must outlive this machine"
+    )
     return parser.parse_args(argv)
 
 
@@ -60,7 +66,15 @@ def collect(uri: str, retries: int, backoff: float) -> dict:
         # MLflow refuses to open an out-of-date store; reading it would fail, so say what to do.
         report["error"] = "schema out of date: back up and run `python -m pipeline db-upgrade`"
         return report
-    report.update(status.store_overview(uri))
+    try:
+        report.update(status.store_overview(uri))
+    except mlflow.exceptions.MlflowException as error:
+        refused = store.access_error(error, uri)  # a tracking server that will not let us in
+        if refused is None:
+            raise
+        report["error"] = f"{refused.kind}: {refused}"
+        report["refused"] = True
+        return report
     if current is None and store.schema_revisions(uri)[0] == expected:
         # An empty database: MLflow created its tables on first contact.
         report["schema_revision"] = expected
@@ -108,8 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     if not report["reachable"]:
         print(f"tracking store unreachable: {redact(report['error'])}", file=sys.stderr)
         return 1
+    if report.get("refused"):
+        print(redact(report["error"]), file=sys.stderr)
+        return 2
     print(summary(report))
     print(f"report: {output}")
+    if args.team:
+        existing = {e["name"]: e["artifact_location"] for e in report.get("experiments", [])}
+        problem = team_artifact_problem(config, uri, existing.get(config.tracking.experiment))
+        if problem is not None:
+            print(f"config error: {problem}", file=sys.stderr)
+            return 2
     return 0
 
 

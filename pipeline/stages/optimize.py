@@ -327,10 +327,19 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "families": ",".join(families),
             },
         )
-        runs.log_datasets(session, run_id, dataset, split)
+        inputs = runs.log_datasets(session, run_id, dataset, split)
         runs.log_split(session, run_id, split)
 
         storage = tuning.open_storage(session.uri, config.root)
+        location = tuning.storage_location(session.uri, config.root)
+        runs.log_batch(
+            session,
+            run_id,
+            tags={
+                keys.TAG_OPTUNA_STORAGE: location.safe_url,
+                keys.TAG_OPTUNA_SHARED: str(location.shared).lower(),
+            },
+        )
         outcomes = [
             tune_family(config, session, run_id, tags, storage, family, dataset, train_x, train_y, splits)
             for family in families
@@ -388,7 +397,6 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "oof_expected_cost": oof_curve.best_cost,
                 **{f"oof_log_loss_{m}": v for m, v in choice.log_losses.items()},
                 **{f"oof_roc_auc_{m}": v for m, v in choice.roc_aucs.items()},
-                **test_metrics,
             },
             tags={
                 keys.TAG_BEST_FAMILY: candidate.name,
@@ -398,6 +406,8 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 keys.TAG_MODEL_URI: model_uri,
             },
         )
+        # The one evaluation belongs to the model too: its page in the UI lists these, on the test part.
+        runs.log_model_metrics(session, run_id, model_info.model_id, test_metrics, dataset=inputs["test"])
         scores_frame = pd.DataFrame({"row_index": split.test_index, "y_true": test_y, "score": test_scores})
         runs.log_text(session, run_id, scores_frame.to_csv(index=False), keys.ARTIFACT_TEST_SCORES)
         summary = pd.DataFrame(

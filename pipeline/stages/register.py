@@ -3,12 +3,13 @@
 Reads the optimization run through MLflow, re-scores challenger and champion on the
 current held-out test part, applies :mod:`pipeline.gate`, and moves the aliases.
 
-Safe to rerun and to race: the whole check-register-alias sequence runs under a
-per-model lock (:func:`pipeline.tracking.registry.registry_lock`), each version carries the
-optimization run id it came from, and its ``gate.status`` tag is ``pending`` from
-creation until the aliases have moved, when it becomes ``done`` (written last). A rerun
-finds a ``done`` version and registers nothing; a ``pending`` one (a crash in between)
-is finished, not duplicated.
+Safe to rerun and to race: each version carries the optimization run id it came from, and its
+``gate.status`` tag is ``pending`` from creation until the aliases have moved, when it becomes
+``done`` (written last). A rerun finds a ``done`` version and registers nothing; a ``pending``
+one (a crash in between) is finished, not duplicated. On a database store the sequence runs
+under a per-model lock (:func:`pipeline.tracking.registry.registry_lock`); through a tracking
+server, which has none, racing registrations order themselves through the registry
+(:func:`pipeline.tracking.registry.claim_version`, :func:`~pipeline.tracking.registry.wait_for_turn`).
 """
 
 from __future__ import annotations
@@ -290,7 +291,7 @@ def evaluate_gate(
 # --- Registry moves, under the lock --------------------------------------------------------------
 
 
-def _version_tags(challenger: Challenger, figures: dict[str, float]) -> dict[str, str]:
+def _version_tags(challenger: Challenger) -> dict[str, str]:
     tags = {
         keys.TAG_GIT_COMMIT: challenger.git_commit or "unknown",
         keys.TAG_DATASET_DIGEST: challenger.dataset_digest or "unknown",
@@ -298,8 +299,6 @@ def _version_tags(challenger: Challenger, figures: dict[str, float]) -> dict[str
         VTAG_RESEARCH_RUN: challenger.research_run_id or "",
         VTAG_OPTIMIZE_RUN: challenger.run_id,
         VTAG_THRESHOLD: repr(challenger.threshold),
-        keys.VTAG_TEST_ROC_AUC: repr(figures["challenger_test_roc_auc"]),
-        keys.VTAG_TEST_EXPECTED_COST: repr(figures["challenger_test_expected_cost"]),
         VTAG_STATUS: STATUS_PENDING,
     }
     if challenger.family:
@@ -336,16 +335,41 @@ def _move_aliases(
         registry.move_alias(session, name, keys.ALIAS_CHALLENGER, None, why)
 
 
-def register_locked(
+def _already_registered(version) -> Outcome:
+    """What an earlier (or a concurrent) registration of the same optimization run decided."""
+    previous = version.tags.get(VTAG_DECISION, "unknown")
+    figures = {
+        key: value
+        for key, value in (
+            ("challenger_test_roc_auc", _float(version.tags.get(keys.VTAG_TEST_ROC_AUC))),
+            ("challenger_test_expected_cost", _float(version.tags.get(keys.VTAG_TEST_EXPECTED_COST))),
+        )
+        if value is not None
+    }
+    logger.info("the optimization run is already version %s (%s)", version.version, previous)
+    return Outcome(
+        version=str(version.version),
+        decision=gate.ALREADY_REGISTERED,
+        reason=f"{previous} earlier as version {version.version}: {version.tags.get(VTAG_REASON, '')}",
+        figures=figures,
+        earlier_decision=previous,
+    )
+
+
+def register_version(
     config: PipelineConfig,
     session: TrackingSession,
     challenger: Challenger,
     dataset: Dataset,
     split: Split,
+    locked: bool,
     run_id: str | None = None,
 ) -> Outcome:
-    """Check, register, move aliases, then mark the version done. Call under the registry lock.
+    """Register, judge against the champion, move aliases, then mark the version done.
 
+    ``locked``: under the registry's cross-process lock, a pending version of this run was left by a
+    crash and is finished here. Without one (a tracking server), a recent pending version is another
+    registration at work, a duplicate made at the same moment is deleted, and versions take turns.
     ``run_id`` is the register run, recorded with each alias move.
     """
     name = config.registration.model_name
@@ -353,34 +377,10 @@ def register_locked(
     existing = registry.model_versions_with_tag(session, name, VTAG_OPTIMIZE_RUN, challenger.run_id)
     done = [v for v in existing if v.tags.get(VTAG_STATUS) == STATUS_DONE]
     if done:
-        version = done[0]
-        previous = version.tags.get(VTAG_DECISION, "unknown")
-        figures = {
-            key: value
-            for key, value in (
-                ("challenger_test_roc_auc", _float(version.tags.get(keys.VTAG_TEST_ROC_AUC))),
-                ("challenger_test_expected_cost", _float(version.tags.get(keys.VTAG_TEST_EXPECTED_COST))),
-            )
-            if value is not None
-        }
-        logger.info(
-            "optimization run %s is already version %s (%s)", challenger.run_id, version.version, previous
-        )
-        return Outcome(
-            version=str(version.version),
-            decision=gate.ALREADY_REGISTERED,
-            reason=f"{previous} earlier as version {version.version}: {version.tags.get(VTAG_REASON, '')}",
-            figures=figures,
-            earlier_decision=previous,
-        )
+        return _already_registered(done[0])
     pending = existing[0] if existing else None
-    champion = registry.alias_version(session, name, keys.ALIAS_CHAMPION)
-    if pending is not None and champion is not None and str(champion.version) == str(pending.version):
-        # A crash after the champion alias moved: judge against the version it replaced.
-        champion = registry.alias_version(session, name, keys.ALIAS_PREVIOUS)
-    decision, draws, figures, other_data, evidence = evaluate_gate(
-        config, session, challenger, dataset, split, champion
-    )
+    if pending is not None and not locked and registry.in_progress(pending):
+        return _already_registered(registry.wait_until_done(session, name, str(pending.version)))
     if pending is not None:
         logger.warning("finishing version %s left pending by an interrupted registration", pending.version)
         version = str(pending.version)
@@ -391,10 +391,23 @@ def register_locked(
             challenger.model_uri,
             challenger.run_id,
             challenger.model_id,
-            _version_tags(challenger, figures),
+            _version_tags(challenger),
             unique_tag=VTAG_OPTIMIZE_RUN,
         )
-        version = str(created.version)
+        kept, ours = registry.claim_version(session, name, created, VTAG_OPTIMIZE_RUN)
+        if not ours:
+            return _already_registered(registry.wait_until_done(session, name, str(kept.version)))
+        version = str(kept.version)
+    registry.link_logged_model(session, name, version, challenger.model_id)
+    if not locked:
+        registry.wait_for_turn(session, name, version)
+    champion = registry.alias_version(session, name, keys.ALIAS_CHAMPION)
+    if champion is not None and str(champion.version) == version:
+        # A crash after the champion alias moved: judge against the version it replaced.
+        champion = registry.alias_version(session, name, keys.ALIAS_PREVIOUS)
+    decision, draws, figures, other_data, evidence = evaluate_gate(
+        config, session, challenger, dataset, split, champion
+    )
     why = registry.MoveReason(
         keys.STAGE_REGISTER,
         f"gate {decision.decision} version {version}: {decision.reason}",
@@ -402,7 +415,12 @@ def register_locked(
         runs.git_commit(config.root),
     )
     _move_aliases(config, session, version, champion, decision.promoted, why)
-    gate_tags: dict[str, Any] = {VTAG_DECISION: decision.decision, VTAG_REASON: decision.reason}
+    gate_tags: dict[str, Any] = {
+        VTAG_DECISION: decision.decision,
+        VTAG_REASON: decision.reason,
+        keys.VTAG_TEST_ROC_AUC: repr(figures["challenger_test_roc_auc"]),
+        keys.VTAG_TEST_EXPECTED_COST: repr(figures["challenger_test_expected_cost"]),
+    }
     gate_tags.update(
         {
             f"{keys.VTAG_GATE_PREFIX}{key}": repr(value)
@@ -494,8 +512,8 @@ def run(
     }
     run_name = f"{keys.STAGE_REGISTER}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     with runs.stage_run(session, run_name, tags) as run_id:
-        with registry.registry_lock(session, name), runs.quiet_artifact_downloads():
-            outcome = register_locked(config, session, challenger, dataset, split, run_id)
+        with registry.registry_lock(session, name) as locked, runs.quiet_artifact_downloads():
+            outcome = register_version(config, session, challenger, dataset, split, locked, run_id)
         _log_outcome(config, session, run_id, outcome)
     logger.info("%s version %s: %s (%s)", name, outcome.version, outcome.decision, outcome.reason)
     return RegisterResult(

@@ -1,9 +1,10 @@
 """Stage 4, results (``mlflow-results``): every MLflow table as CSV, the views people ask for,
 a short ``summary.md`` for a job summary and a ``manifest.json`` of what was written.
 
-Reads the tracking database directly through :mod:`pipeline.queries` (all SQL lives there); the
-derived tables come from :mod:`pipeline.views`. Whole tables are streamed to disk in chunks, so
-memory stays bounded however large the ``metrics`` table has grown.
+Reads a tracking database directly through :mod:`pipeline.queries` (all SQL lives there); a
+tracking server through its API (:func:`pipeline.views.open_source` picks, and the summary and
+manifest say which). The derived tables come from :mod:`pipeline.views`. Whole tables are streamed
+to disk in chunks, so memory stays bounded however large the ``metrics`` table has grown.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pipeline.files import (
     write_text_atomic,
 )
 from pipeline.queries import tables
-from pipeline.settings import redact_uri, tracking_uri
+from pipeline.settings import tracking_uri
 from pipeline.tracking import keys
 from pipeline.tracking import store as tracking_store
 from pipeline.views import (
@@ -39,6 +40,7 @@ from pipeline.views import (
     build_views,
     champion_of,
     format_number,
+    open_source,
     summary_markdown,
     top_of_leaderboard,
 )
@@ -54,6 +56,7 @@ PUBLISHED_ENTRIES = ["tables", "views", "table_counts.csv", "summary.md"]
 class ResultsResult:
     output_dir: Path
     safe_uri: str
+    source: str  # how the tables were read (views.Source.description)
     experiment_id: str | None
     table_counts: pd.DataFrame
     views: Views
@@ -66,6 +69,7 @@ class ResultsResult:
         loaded = self.table_counts[self.table_counts["loaded"]]
         lines = [
             f"results of {self.safe_uri} written to {self.output_dir} in {self.seconds:.1f} s",
+            f"read through {self.source}",
             f"{len(self.files)} files; {len(self.table_counts)} tables, "
             f"{int(loaded['rows'].sum())} rows in the {len(loaded)} loaded ones",
         ]
@@ -104,15 +108,19 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
     started = time.perf_counter()
     uri = tracking_uri(config.root)
     output = Path(output_dir) if output_dir is not None else config.resolve(config.results.output_dir)
-    store = tables.open_store(uri)
-    logger.info("reading %s (%d tables)", store.safe_uri, len(store.table_names))
+    if tracking_store.is_server(uri):
+        tracking_store.wait_until_reachable(
+            uri, config.tracking.connect_retries, config.tracking.connect_backoff_seconds
+        )
+    source = open_source(uri)
+    store = source.store
+    logger.info("reading %s through %s (%d tables)", source.safe_uri, source.kind, len(store.table_names))
     files: list[dict[str, Any]] = []
     # Everything is written aside and moved into place at the end: reports/ changes as a whole or not
     # at all, so a store lost mid-stage never leaves new tables beside an old manifest.
     final, output = output, staging_folder(output)
     try:
         counts = tables.table_counts(store)
-        revision = tracking_store.schema_revision(uri)
         experiment = tables.experiment_id(store, config.tracking.experiment)
         if experiment is None:
             logger.warning("experiment '%s' not found: views are empty", config.tracking.experiment)
@@ -135,17 +143,19 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
         for name, frame in views.frames().items():
             path = write_csv_atomic(output / "views" / f"{name}.csv", tables.redact_frame(frame.copy()))
             files.append(_entry(output, path, len(frame)))
-        summary = summary_markdown(store.safe_uri, config.tracking.experiment, counts, views, revision)
+        summary = summary_markdown(source, config.tracking.experiment, counts, views, experiment)
         path = write_text_atomic(output / "summary.md", summary)
         files.append(_entry(output, path, None))
         seconds = time.perf_counter() - started
         manifest = {
             "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "tracking_uri": redact_uri(uri),
+            "tracking_uri": source.safe_uri,
+            "source": source.kind,
+            "source_description": source.description,
             "experiment": config.tracking.experiment,
             "experiment_id": experiment,
             "model_name": config.registration.model_name,
-            "schema_revision": revision,
+            "schema_revision": source.schema_revision,
             "mlflow_version": mlflow.__version__,
             "seconds": round(seconds, 3),
             "files": files,
@@ -156,11 +166,12 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
         shutil.rmtree(output, ignore_errors=True)
         raise
     finally:
-        store.close()
+        source.close()
     logger.info("wrote %d files to %s in %.1f s", len(files) + 1, final, seconds)
     return ResultsResult(
         output_dir=final,
-        safe_uri=store.safe_uri,
+        safe_uri=source.safe_uri,
+        source=source.description,
         experiment_id=experiment,
         table_counts=counts,
         views=views,

@@ -35,6 +35,20 @@ TAG_BASELINE = "pipeline.baseline"
 # MLflow's own tag for nested runs (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID).
 TAG_PARENT_RUN = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+# MLflow's standard run tags (mlflow.utils.mlflow_tags): the UI shows them as the run's user and source.
+TAG_MLFLOW_USER = "mlflow.user"
+TAG_SOURCE_NAME = "mlflow.source.name"
+TAG_SOURCE_TYPE = "mlflow.source.type"
+TAG_SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_SOURCE_GIT_REPO = "mlflow.source.git.repoURL"
+SOURCE_TYPE_LOCAL = "LOCAL"
+SOURCE_TYPE_JOB = "JOB"  # a CI job
+TAG_CI_RUN_URL = "pipeline.ci_run_url"  # the GitHub Actions run that logged it
+
+# --- The experiment ---------------------------------------------------------------------------------
+# MLflow 3's UI opens an experiment in its GenAI view unless this tag says it holds model training.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"
 
 # --- Child runs -----------------------------------------------------------------------------------
 TAG_FAMILY = "model.family"
@@ -57,6 +71,8 @@ TAG_THRESHOLD = "optimize.threshold"
 TAG_MODEL_ID = "optimize.model_id"
 TAG_MODEL_URI = "optimize.model_uri"
 TAG_STUDY_PREFIX = "optimize.study."  # + family: the Optuna study a family was tuned in
+TAG_OPTUNA_STORAGE = "optimize.optuna_storage"  # where the studies are (password masked)
+TAG_OPTUNA_SHARED = "optimize.optuna_shared"  # "true" when workers on other machines reach them
 
 # --- Stage 3, register (tags of the register run) ---------------------------------------------------
 TAG_REGISTER_OPTIMIZE_RUN = "register.optimize_run_id"
@@ -120,6 +136,8 @@ RMTAG_ALIAS_MOVE_PREFIX = "pipeline.alias_move."
 
 # --- The logged model -------------------------------------------------------------------------------
 MODEL_NAME_IN_RUN = "model"
+# MLflow's logged-model tag listing its registered versions: the UI's "Registered" badge reads it.
+TAG_MODEL_VERSIONS = "mlflow.modelVersions"
 META_THRESHOLD = VTAG_THRESHOLD
 META_RESEARCH_RUN = VTAG_RESEARCH_RUN
 META_FAMILIES = "families"

@@ -26,7 +26,7 @@ import pipeline
 from pipeline import termination
 from pipeline.config import PipelineConfig
 from pipeline.errors import first_line
-from pipeline.settings import redact, temporary_environment
+from pipeline.settings import ci_repository_url, ci_run_url, redact, run_user, temporary_environment
 from pipeline.tracking import keys, store
 from pipeline.tracking.session import TrackingSession, open_session
 from pipeline.tracking.sweep import end_running_children, fail_stale_runs
@@ -90,6 +90,24 @@ def git_commit(root: Path) -> str:
         return os.environ.get("GITHUB_SHA", "unknown")
 
 
+def source_tags(commit: str, stage: str) -> dict[str, str]:
+    """MLflow's standard tags, so its UI shows who ran a run, from which command and commit, and in
+    CI the job's page (``client.create_run`` sets none of them, unlike ``mlflow.start_run``)."""
+    tags = {
+        keys.TAG_MLFLOW_USER: run_user(),
+        keys.TAG_SOURCE_NAME: f"python -m pipeline {stage}",
+        keys.TAG_SOURCE_TYPE: keys.SOURCE_TYPE_LOCAL,
+    }
+    if commit != "unknown":
+        tags[keys.TAG_SOURCE_GIT_COMMIT] = commit.removesuffix("-dirty")
+    if (run_url := ci_run_url()) is not None:
+        tags[keys.TAG_SOURCE_TYPE] = keys.SOURCE_TYPE_JOB
+        tags[keys.TAG_CI_RUN_URL] = run_url
+    if (repository := ci_repository_url()) is not None:
+        tags[keys.TAG_SOURCE_GIT_REPO] = repository
+    return tags
+
+
 def owner_tags() -> dict[str, str]:
     """The host and process that own a run, so a later start can tell whether it is alive."""
     return {keys.TAG_HOST: socket.gethostname(), keys.TAG_PID: str(os.getpid())}
@@ -99,10 +117,14 @@ def base_tags(
     config: PipelineConfig, stage: str, dataset: Dataset | None = None, split: Split | None = None
 ) -> dict[str, str]:
     """Tags every run of a stage carries: provenance and the data it saw."""
+    commit = git_commit(config.root)
+    if commit == "unknown":  # a config outside the checkout: the commit of the code itself
+        commit = git_commit(Path(pipeline.__file__).resolve().parent)
     tags = {
+        **source_tags(commit, stage),
         keys.TAG_STAGE: stage,
         keys.TAG_VERSION: pipeline.__version__,
-        keys.TAG_GIT_COMMIT: git_commit(config.root),
+        keys.TAG_GIT_COMMIT: commit,
         **owner_tags(),
     }
     if config.profile:
@@ -145,14 +167,33 @@ def log_batch(
         session.client.log_batch(run_id, metrics=batch_metrics, params=batch_params, tags=batch_tags)
 
 
+def log_model_metrics(
+    session: TrackingSession,
+    run_id: str,
+    model_id: str,
+    metrics: Mapping[str, float],
+    dataset: tuple[str, str] | None = None,
+) -> None:
+    """Metrics of a logged model, recorded on its run too: the model's page in the UI lists them,
+    with the dataset (name, digest) they were measured on."""
+    now = int(time.time() * 1000)
+    name, digest = dataset or (None, None)
+    items = [
+        Metric(k, float(v), now, 0, model_id=model_id, dataset_name=name, dataset_digest=digest)
+        for k, v in metrics.items()
+    ]
+    for start in range(0, len(items), _MAX_METRICS_PER_BATCH):
+        session.client.log_batch(run_id, metrics=items[start : start + _MAX_METRICS_PER_BATCH])
+
+
 # --- Runs -------------------------------------------------------------------------------------------
 
 
-def raise_if_connection_lost(
+def raise_if_store_failed(
     error: BaseException, session: TrackingSession, run_id: str | None = None, marked: bool = False
 ) -> None:
-    """Raise the one-line error for a lost store if that is what ``error`` is; else return."""
-    mapped = store.connection_lost_error(error, session.uri, run_id, marked)
+    """Raise the one-line error for a lost or refusing store if that is what ``error`` is; else return."""
+    mapped = store.store_error(error, session.uri, run_id, marked)
     if mapped is not None:
         raise mapped from error
 
@@ -171,7 +212,7 @@ def stage_run(session: TrackingSession, run_name: str, tags: Mapping[str, str]) 
             tags={**tags, **owner_tags(), keys.TAG_ROLE: keys.ROLE_STAGE},
         )
     except Exception as error:
-        raise_if_connection_lost(error, session)
+        raise_if_store_failed(error, session)
         raise
     run_id = run.info.run_id
     try:
@@ -189,13 +230,15 @@ def stage_run(session: TrackingSession, run_name: str, tags: Mapping[str, str]) 
             error.add_note(f"run {run_id} left RUNNING; the next start marks it FAILED")
             logger.info("could not mark run %s %s; the next start marks it FAILED", run_id, status)
         if isinstance(error, Exception):
-            raise_if_connection_lost(error, session, run_id=run_id, marked=marked)
+            raise_if_store_failed(error, session, run_id=run_id, marked=marked)
         raise
     try:
         session.client.set_terminated(run_id, "FINISHED")
     except Exception as error:
-        raise_if_connection_lost(error, session, run_id=run_id, marked=False)
+        raise_if_store_failed(error, session, run_id=run_id, marked=False)
         raise
+    if (link := store.ui_url(session.uri, session.experiment_id, run_id)) is not None:
+        logger.info("run %s in MLflow's UI: %s", run_id, link)
 
 
 def _mark_ended(
@@ -242,14 +285,16 @@ def log_child_run(
 # --- Inputs and artifacts ---------------------------------------------------------------------------
 
 
-def log_datasets(session: TrackingSession, run_id: str, dataset: Dataset, split: Split) -> None:
-    """Log the train and test parts as MLflow dataset inputs of ``run_id``."""
+def log_datasets(
+    session: TrackingSession, run_id: str, dataset: Dataset, split: Split
+) -> dict[str, tuple[str, str]]:
+    """Log the train and test parts as MLflow dataset inputs of ``run_id``; ``{context: (name, digest)}``."""
     from mlflow.data.pandas_dataset import from_pandas
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
     frame = dataset.frame()
-    inputs = []
+    inputs, logged = [], {}
     for context, index in (("train", split.train_index), ("test", split.test_index)):
         part = from_pandas(
             frame.iloc[index].reset_index(drop=True),
@@ -260,7 +305,9 @@ def log_datasets(session: TrackingSession, run_id: str, dataset: Dataset, split:
         inputs.append(
             DatasetInput(part._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
         )
+        logged[context] = (part.name, part.digest)
     session.client.log_inputs(run_id, datasets=inputs)
+    return logged
 
 
 def log_split(session: TrackingSession, run_id: str, split: Split) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import re
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,13 +22,31 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pipeline.errors import SchemaOutdatedError, TrackingUnavailableError, first_line
-from pipeline.settings import redact, redact_uri
+from pipeline.errors import (
+    AuthenticationFailedError,
+    PermissionDeniedError,
+    PipelineError,
+    SchemaOutdatedError,
+    TrackingUnavailableError,
+    first_line,
+)
+from pipeline.settings import (
+    TRACKING_PASSWORD_ENV,
+    TRACKING_TOKEN_ENV,
+    TRACKING_USERNAME_ENV,
+    redact,
+    redact_uri,
+    tracking_token_set,
+    tracking_username,
+)
 
 logger = logging.getLogger(__name__)
 
 DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "postgres", "mysql", "mssql"})
 POSTGRES_SCHEMES = frozenset({"postgresql", "postgres"})
+# Stores MLflow reaches over HTTP: a tracking server, Databricks, Azure ML.
+SERVER_SCHEMES = frozenset({"http", "https", "databricks", "azureml"})
+UI_MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 CONNECT_TIMEOUT_SECONDS = 5
 LOCK_TIMEOUT_SECONDS = 120.0
 
@@ -39,6 +58,8 @@ _CONNECTION_LOST = re.compile(
     r"|max retries exceeded|failed to establish a new connection|connection timed out",
     re.IGNORECASE,
 )
+# "API request to endpoint /api/2.0/mlflow/runs/create failed with error code 403 != 200": the call refused.
+_REFUSED_ENDPOINT = re.compile(r"endpoint /\S*?/mlflow/(?P<call>\S+) failed with error code (?P<code>\d{3})")
 _SCHEMA_OUTDATED = re.compile(r"found version (?P<found>\S+), but expected (?P<expected>[^\s).]+)")
 
 
@@ -57,6 +78,31 @@ def is_database(uri: str) -> bool:
 
 def is_postgres(uri: str) -> bool:
     return scheme(uri) in POSTGRES_SCHEMES
+
+
+def is_server(uri: str) -> bool:
+    """A store MLflow talks to over HTTP (its REST API), never a database we may open."""
+    return scheme(uri) in SERVER_SCHEMES
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """A page of MLflow's UI on a tracking server (None for other stores), without credentials.
+
+    MLflow 3.17's UI opens an experiment in its GenAI view unless the link asks for the model
+    training view (``workflowType=machine_learning``); the experiment's kind tag alone does not.
+    """
+    if scheme(uri) not in {"http", "https"}:
+        return None
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    base = urllib.parse.urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/{page}?{UI_MODEL_TRAINING_VIEW}"
+
+
+def is_local_location(location: str) -> bool:
+    """An artifact location on this machine's disk (a path or a ``file:`` URI)."""
+    return urllib.parse.urlsplit(location).scheme in {"", "file"}
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -103,8 +149,10 @@ def _probe_database(uri: str) -> None:
 
 
 def _probe_server(uri: str) -> None:
+    if scheme(uri) not in {"http", "https"}:
+        return  # Databricks and Azure ML URIs name a workspace, not a host: the first call tells
     with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT_SECONDS):
-        pass
+        pass  # MLflow serves /health without authentication
 
 
 def wait_until_reachable(uri: str, retries: int, backoff_seconds: float) -> None:
@@ -329,11 +377,62 @@ def connection_lost_error(
     cause = next((m for m in messages if _CONNECTION_LOST.search(m)), str(error))
     line = next((part.strip() for part in cause.splitlines() if _CONNECTION_LOST.search(part)), cause)
     line = re.sub(r"^\([\w.]+\)\s*", "", line)  # "(psycopg2.OperationalError) ..." -> the message
-    if run_id is None:
-        outcome = ""
-    elif marked:
-        outcome = f"; run {run_id} marked FAILED"
-    else:
-        outcome = f"; run {run_id} left RUNNING, the next start marks it FAILED"
     store = f" {redact_uri(uri)}" if uri else ""
-    return TrackingUnavailableError(f"lost the tracking store{store}: {redact(line)[:300]}{outcome}")
+    return TrackingUnavailableError(
+        f"lost the tracking store{store}: {redact(line)[:300]}{_run_outcome(run_id, marked)}"
+    )
+
+
+# --- A refused request ------------------------------------------------------------------------------
+
+
+def _who() -> str:
+    if tracking_token_set():
+        return f"the token in {TRACKING_TOKEN_ENV}"
+    user = tracking_username()
+    return f"user {user!r}" if user else "an anonymous client"
+
+
+def _run_outcome(run_id: str | None, marked: bool) -> str:
+    if run_id is None:
+        return ""
+    return (
+        f"; run {run_id} marked FAILED"
+        if marked
+        else f"; run {run_id} left RUNNING, the next start marks it FAILED"
+    )
+
+
+def access_error(
+    error: BaseException, uri: str = "", run_id: str | None = None, marked: bool = False
+) -> PipelineError | None:
+    """The one-line error for a tracking server that refused the credentials (401) or the operation
+    (403), or None when ``error`` is something else. Names the user, never the password or token."""
+    for link in _error_chain(error):
+        code = getattr(link, "error_code", "")
+        match = _REFUSED_ENDPOINT.search(str(link))
+        status = match["code"] if match else ""
+        store = redact_uri(uri) if uri else "the tracking server"
+        if code == "UNAUTHENTICATED" or status == "401":
+            if tracking_token_set() or tracking_username():
+                reason = f"{store} refused the credentials of {_who()}"
+            else:
+                reason = (
+                    f"{store} asks for credentials: set {TRACKING_USERNAME_ENV} and {TRACKING_PASSWORD_ENV} "
+                    f"(or {TRACKING_TOKEN_ENV})"
+                )
+            return AuthenticationFailedError(reason + _run_outcome(run_id, marked))
+        if code == "PERMISSION_DENIED" or status == "403":
+            call = f"call {match['call']}" if match else redact(first_line(link))
+            return PermissionDeniedError(
+                f"{_who()} may not {call} on {store}; ask its admin for the permission"
+                + _run_outcome(run_id, marked)
+            )
+    return None
+
+
+def store_error(
+    error: BaseException, uri: str = "", run_id: str | None = None, marked: bool = False
+) -> PipelineError | None:
+    """The one-line error for a store that went away or refused us; None for any other error."""
+    return connection_lost_error(error, uri, run_id, marked) or access_error(error, uri, run_id, marked)

@@ -84,7 +84,7 @@ def fail_stale_runs(session: TrackingSession, max_age_hours: float) -> dict[str,
     try:
         running = _running(session)
     except mlflow.exceptions.MlflowException as error:
-        if (lost := store.connection_lost_error(error, session.uri)) is not None:
+        if (lost := store.store_error(error, session.uri)) is not None:
             raise lost from error
         raise
     host, now = socket.gethostname(), time.time()

@@ -9,13 +9,23 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
+from pipeline.settings import (
+    ARTIFACT_ROOT_ENV,
+    TRACKING_PASSWORD_ENV,
+    TRACKING_URI_ENV,
+    TRACKING_USERNAME_ENV,
+    temporary_environment,
+)
 from tests.conftest import PROJECT_ROOT
+from tests.integration.servers import free_port, watching_command_lines
 
 pytestmark = pytest.mark.integration
 
@@ -126,6 +136,44 @@ def fetch(url: str) -> tuple[int, str]:
         return response.status, response.read().decode("utf-8", "replace")
 
 
+@contextmanager
+def launched(env: dict[str, str], log, *args: str) -> Iterator[subprocess.Popen]:
+    """``launch_mlflow.sh`` running in its own process group (stopping it stops mlflow's workers too)."""
+    with log.open("w") as stream:
+        server = subprocess.Popen(
+            ["bash", str(LAUNCH_SCRIPT), *args],
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield server
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+
+
+def wait_for_ui(server: subprocess.Popen, log, path: str = "/") -> tuple[str, int, str]:
+    """The URL the script printed, once the server answers ``path`` there: ``(url, status, page)``."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and server.poll() is None:
+        lines = [line for line in log.read_text().splitlines() if line.startswith("MLflow UI: ")]
+        if lines:
+            url = lines[0].removeprefix("MLflow UI: ")
+            try:
+                return url, *fetch(url + path)
+            except OSError:
+                pass
+        time.sleep(1)
+    pytest.fail(f"the UI did not answer:\n{log.read_text()[-3000:]}")
+
+
 @pytest.mark.slow
 def test_launch_serves_the_ui_and_api_on_the_next_free_port(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -135,49 +183,91 @@ def test_launch_serves_the_ui_and_api_on_the_next_free_port(tmp_path):
     busy.listen()
     port = busy.getsockname()[1]
     log = tmp_path / "launch.log"
-    with log.open("w") as stream:
-        server = subprocess.Popen(
-            ["bash", str(LAUNCH_SCRIPT), str(port)],
-            env=script_env(uri, tmp_path / "artifacts"),
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: stopping it stops mlflow's workers too
-        )
     try:
-        url = None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and server.poll() is None:
-            lines = [line for line in log.read_text().splitlines() if line.startswith("MLflow UI: ")]
-            if lines:
-                url = lines[0].removeprefix("MLflow UI: ")
-                try:
-                    status, page = fetch(url + "/")
-                    break
-                except OSError:
-                    pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"the UI did not answer:\n{log.read_text()[-3000:]}")
-        assert f"port {port} is busy" in log.read_text()
-        assert url.startswith("http://127.0.0.1:")
-        assert int(url.rsplit(":", 1)[1]) > port
-        assert status == 200
-        assert "<html" in page.lower()
-        status, body = fetch(url + "/api/2.0/mlflow/experiments/search?max_results=10")
-        assert status == 200
-        names = {e["name"] for e in json.loads(body)["experiments"]}
-        assert "launched" in names
-        assert f"store:     {uri}" in log.read_text()
-        assert f"artifacts: {(tmp_path / 'artifacts').as_uri()}" in log.read_text()
+        with launched(script_env(uri, tmp_path / "artifacts"), log, str(port)) as server:
+            url, status, page = wait_for_ui(server, log)
+            assert f"port {port} is busy" in log.read_text()
+            assert url.startswith("http://127.0.0.1:")
+            assert int(url.rsplit(":", 1)[1]) > port
+            assert status == 200
+            assert "<html" in page.lower()
+            status, body = fetch(url + "/api/2.0/mlflow/experiments/search?max_results=10")
+            assert status == 200
+            names = {e["name"] for e in json.loads(body)["experiments"]}
+            assert "launched" in names
+            assert f"store:     {uri}" in log.read_text()
+            assert f"artifacts: {(tmp_path / 'artifacts').as_uri()}" in log.read_text()
+            assert (
+                f"model training view: {url}/#/experiments?workflowType=machine_learning" in log.read_text()
+            )
     finally:
         busy.close()
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait(timeout=30)
+
+
+def launch_failure(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(LAUNCH_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_team_mode_needs_postgresql_and_a_first_admin_password(tmp_path):
+    sqlite = launch_failure(script_env(f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "a"), "--team", "5999")
+    assert sqlite.returncode == 2
+    assert sqlite.stderr.strip() == (
+        f"team mode needs a PostgreSQL store: set MLFLOW_TRACKING_URI=postgresql+psycopg2://… "
+        f"(got sqlite:///{tmp_path / 'm.db'})"
+    )
+    env = {
+        **script_env("postgresql+psycopg2://loan:pw-never-shown@127.0.0.1:9/mlflow", tmp_path / "a"),
+        "PIPELINE_SERVER_DIR": str(tmp_path / "server"),
+    }
+    first = launch_failure(env, "--team", "5999")
+    assert first.returncode == 2
+    assert (
+        first.stderr.strip()
+        == "team mode, first start: set MLFLOW_AUTH_ADMIN_PASSWORD for the admin user (admin)"
+    )
+    assert "pw-never-shown" not in first.stdout + first.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.server
+@pytest.mark.slow
+def test_team_mode_keeps_the_store_off_every_command_line_and_asks_for_credentials(postgres_url, tmp_path):
+    secret = "T3am-store-pw-5c1e"
+    store = postgres_url.replace("://postgres@", f"://postgres:{secret}@")  # trust auth ignores it
+    admin_password = "Adm1n-first-start-pw"
+    env = {
+        **script_env(store, tmp_path / "artifacts"),
+        "PIPELINE_SERVER_DIR": str(tmp_path / "server"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": admin_password,
+    }
+    log = tmp_path / "launch.log"
+    with launched(env, log, "--team", str(free_port())) as server, watching_command_lines() as seen:
+        url, status, _ = wait_for_ui(server, log, "/health")  # the one page that needs no user
+        assert status == 200
+        for page in ("/", "/api/2.0/mlflow/experiments/search?max_results=10"):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                fetch(url + page)
+            assert refused.value.code == 401, page
+        client_env = {
+            TRACKING_URI_ENV: url,
+            TRACKING_USERNAME_ENV: "admin",
+            TRACKING_PASSWORD_ENV: admin_password,
+        }
+        with temporary_environment(**client_env):
+            client = MlflowClient(url)
+            experiment = client.create_experiment("team")
+            run = client.create_run(experiment)
+            client.log_text(run.info.run_id, "served", "note.txt")
+        listed = [line for line in seen if "mlflow" in line]
+    text = log.read_text()
+    assert "team mode: basic auth" in text and secret not in text
+    assert any("--app-name basic-auth" in line and "--serve-artifacts" in line for line in listed), listed
+    assert not [line for line in seen if secret in line or store in line]
+    # The server owns the artifacts: what a client logged is in its destination, not on the client.
+    assert [p.read_text() for p in (tmp_path / "artifacts").rglob("note.txt")] == ["served"]
+    assert "secret" not in (tmp_path / "server" / "basic_auth.ini").read_text().lower()
 
 
 def test_status_of_an_empty_database_reports_the_schema_mlflow_created(tmp_path):
@@ -188,3 +278,55 @@ def test_status_of_an_empty_database_reports_the_schema_mlflow_created(tmp_path)
     assert report["schema_revision"] == report["schema_expected"]
     assert report["runs_by_status"] == {}
     assert report["registered_models"] == []
+
+
+@pytest.mark.postgres
+def test_status_with_team_refuses_a_database_whose_artifacts_stay_on_this_machine(postgres_url, tmp_path):
+    local, report = run_status(postgres_url, tmp_path, "--team")
+    assert local.returncode == 2
+    last = local.stderr.strip().splitlines()[-1]  # after MLflow's own lines as it creates its tables
+    assert last.startswith("config error: the team store postgresql+psycopg2://")
+    assert "set PIPELINE_ARTIFACT_ROOT to shared storage" in last
+    assert report["reachable"] is True  # the report is still written
+    shared = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--team", "--output", str(tmp_path / "s.json")],
+        cwd=PROJECT_ROOT,
+        env={**script_env(postgres_url, tmp_path), ARTIFACT_ROOT_ENV: "s3://bucket/mlflow"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shared.returncode == 0, shared.stderr
+
+
+@pytest.mark.postgres
+@pytest.mark.server
+def test_status_of_a_server_that_refuses_the_credentials_is_one_line(auth_server, tmp_path):
+    from tests.integration.servers import WRITER
+
+    env = {**auth_server.command_env(WRITER), TRACKING_PASSWORD_ENV: "not-the-Passw0rd"}
+    done = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--output", str(tmp_path / "status.json")],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert (
+        done.stderr.strip()
+        == f"authentication failed: {auth_server.url} refused the credentials of user 'writer'"
+    )
+    report = json.loads((tmp_path / "status.json").read_text())
+    assert report["reachable"] is True and "not-the-Passw0rd" not in json.dumps(report) + done.stdout
+    with_password = subprocess.run(
+        [sys.executable, str(STATUS_SCRIPT), "--output", str(tmp_path / "ok.json")],
+        cwd=PROJECT_ROOT,
+        env=auth_server.command_env(WRITER),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert with_password.returncode == 0, with_password.stderr
+    assert json.loads((tmp_path / "ok.json").read_text())["schema_revision"] is None  # a server's

@@ -154,6 +154,7 @@ def replay(
     stand_ins: dict = STAND_INS,
     skipped: dict[str, str] | None = None,
     extra_env: dict[str, str] | None = None,
+    failures: list | None = None,
 ) -> tuple:
     """One job in a copy of the project against stand-in services; (workspace, steps, GITHUB_ENV, files)."""
     workflow = load_workflow()
@@ -192,6 +193,7 @@ def replay(
         STEP_TIMEOUT_SECONDS,
         services=services,
         skipped=skipped,
+        failures=failures,
     )
     return workspace, executed, github_env, files
 
@@ -206,10 +208,10 @@ def replay_pipeline(
         for k, v in load_workflow()["jobs"]["pipeline"]["env"].items()
     }
     assert job_env["PIPELINE_PROFILE"] == "fast"
-    assert job_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"
     workspace, executed, github_env, files = replay(
         "pipeline", service_env(postgres_url), tmp_path, contexts, uses_stand_ins, stand_ins
     )
+    assert github_env["PIPELINE_ARTIFACT_ROOT"] == f"{workspace}/mlartifacts"  # the service store's
     assert files["GITHUB_STEP_SUMMARY"].read_text().strip(), "the summary was not published"
     return workspace, executed, github_env
 
@@ -471,3 +473,27 @@ def replay_weekly_monitor(store: str, tmp_path: Path) -> None:
     )
     assert len(monitored) == 1 and monitored[0].info.status == "FINISHED"
     assert monitored[0].data.tags[keys.TAG_MONITOR_VERSION] == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_team_database_without_shared_artifacts_stops_the_job_before_stage_1(postgres_url, tmp_path):
+    team = postgres_url.replace("://postgres@", "://postgres:t3am-db-pw@")  # trust auth ignores it
+    contexts = stand_in_contexts(tmp_path / "team-workspace", "push")
+    contexts["secrets"] = {"MLFLOW_TRACKING_URI": team}
+    failures: list = []
+    _, executed, github_env, _ = replay(
+        "pipeline", service_env(postgres_url), tmp_path, contexts, failures=failures
+    )
+    name, done = failures[0]
+    assert name == "Wait for the store"
+    assert github_env["TRACKING_STORE"] == "team"
+    assert "PIPELINE_ARTIFACT_ROOT" not in github_env
+    errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("config error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith("config error: the team store postgresql+psycopg2://postgres:***@")
+    assert "set PIPELINE_ARTIFACT_ROOT to shared storage" in errors[0] and "MLflow server" in errors[0]
+    assert "t3am-db-pw" not in done.stdout + done.stderr
+    scripts = {step.get("name"): step.get("run", "") for step in load_workflow()["jobs"]["pipeline"]["steps"]}
+    ran = " ".join(scripts[n] for n in executed)
+    assert not [command for command in STAGE_COMMANDS if command in ran], executed

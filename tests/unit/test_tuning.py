@@ -239,3 +239,16 @@ def test_optuna_logs_through_ours_only_errors_unless_debugging(caplog, capfd, ou
         logging.getLogger().removeHandler(ours)
     assert received == optuna_shows
     assert capfd.readouterr().err == ""  # not printed a second time by Optuna's own handler
+
+
+def test_where_the_studies_are_shared(monkeypatch, tmp_path):
+    monkeypatch.delenv(OPTUNA_URL_ENV, raising=False)
+    assert tuning.storage_location("postgresql+psycopg2://u@h/db", tmp_path).shared is True
+    assert tuning.storage_location(f"sqlite:///{tmp_path}/mlflow.db", tmp_path).shared is False
+    local = tuning.storage_location("https://mlflow.example.com", tmp_path)
+    assert local.shared is False and local.url == f"sqlite:///{tmp_path}/optuna.db"
+    # Workers tracking through a server share studies through a PostgreSQL Optuna URL.
+    monkeypatch.setenv(OPTUNA_URL_ENV, "postgresql+psycopg2://optuna:s3cret@db/studies")
+    shared = tuning.storage_location("https://mlflow.example.com", tmp_path)
+    assert shared.shared is True and shared.schema == "optuna"
+    assert "s3cret" not in shared.safe_url

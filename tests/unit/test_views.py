@@ -21,7 +21,8 @@ def test_champion_of_and_summary_handle_empty_views():
     assert views.champion_of(versions.assign(aliases="")) is None
     frames = views.Views.empty()
     counts = pd.DataFrame({"table": ["runs", "spans"], "rows": [0, 0], "loaded": [True, False]})
-    text = views.summary_markdown("sqlite:///x", "loan-default", counts, frames, None)
+    source = views.Source(None, "sqlite:///x", views.SOURCE_SQL, "sqlite:///x", None)
+    text = views.summary_markdown(source, "loan-default", counts, frames)
     assert text.startswith("# Model check: no registration yet")
     assert "No research run" in text and "No version holds" in text and "No register run" in text
     assert "No version has been deployed" in text
@@ -51,7 +52,8 @@ def test_summary_leads_with_the_verdict_then_the_comparison():
         confusion=confusion_frame(y, challenger, 0.5, champion, 0.5),
     )
     counts = pd.DataFrame({"table": ["runs"], "rows": [3], "loaded": [True]})
-    text = views.summary_markdown("sqlite:///x", "loan-default", counts, frames, None)
+    source = views.Source(None, "sqlite:///x", views.SOURCE_SQL, "sqlite:///x", None)
+    text = views.summary_markdown(source, "loan-default", counts, frames)
     lines = text.splitlines()
     assert lines[0] == "# Model check: promoted"
     assert (

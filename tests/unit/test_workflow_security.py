@@ -221,22 +221,86 @@ def test_configure_step_masks_the_password_and_exports_a_quoted_uri(tmp_path):
     assert not any(password in line or "p%40ss" in line for line in shown + done.stderr.splitlines())
 
 
-def test_configure_step_prefers_the_team_store_without_printing_it(tmp_path):
+def configure(tmp_path, **env: str) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """Run the configure step with ``env``; its output and what it exported to later steps."""
     github_env = tmp_path / "github_env"
-    github_env.touch()
-    team = "postgresql+psycopg2://team:hunter2@db.internal/mlflow"
-    env = bash_env(TEAM_TRACKING_URI=team, PIPELINE_PROFILE="", GITHUB_ENV=str(github_env))
+    github_env.write_text("")
     done = subprocess.run(
         ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", step("tracking store")["run"]],
         cwd=tmp_path,
-        env=env,
+        env=bash_env(PIPELINE_PROFILE="", GITHUB_ENV=str(github_env), GITHUB_WORKSPACE="/ws", **env),
         capture_output=True,
         text=True,
         check=True,
     )
-    assert f"MLFLOW_TRACKING_URI={team}" in github_env.read_text().splitlines()
-    assert "TRACKING_STORE=team" in github_env.read_text().splitlines()
+    return done, dict(line.split("=", 1) for line in github_env.read_text().splitlines())
+
+
+def test_configure_step_prefers_the_team_store_without_printing_it(tmp_path):
+    team = "postgresql+psycopg2://team:hunter2@db.internal/mlflow"
+    done, exported = configure(tmp_path, TEAM_TRACKING_URI=team, TEAM_ARTIFACT_ROOT="")
+    assert exported["MLFLOW_TRACKING_URI"] == team
+    assert exported["TRACKING_STORE"] == "team"
     assert "hunter2" not in done.stdout.replace(f"::add-mask::{team}", "")
+    # No artifact root on the runner for a team store: the next step stops the job instead.
+    assert "PIPELINE_ARTIFACT_ROOT" not in exported
+
+
+@pytest.mark.parametrize(
+    ("team", "team_root", "expected"),
+    [
+        ("", "", "/ws/mlartifacts"),  # the throwaway service: on the runner, uploaded at the end
+        ("https://mlflow.example.com", "", None),  # a team server keeps its artifacts
+        ("postgresql+psycopg2://t@db/mlflow", "s3://bucket/mlflow", "s3://bucket/mlflow"),
+    ],
+)
+def test_configure_step_sets_the_artifact_root_only_where_the_runner_is_not_a_team_store(
+    tmp_path, team, team_root, expected
+):
+    env = {"POSTGRES_USER": "m", "POSTGRES_PASSWORD": "p", "POSTGRES_HOST": "h", "POSTGRES_PORT": "1"}
+    _, exported = configure(
+        tmp_path, TEAM_TRACKING_URI=team, TEAM_ARTIFACT_ROOT=team_root, POSTGRES_DB="d", **env
+    )
+    assert exported.get("PIPELINE_ARTIFACT_ROOT") == expected
+
+
+def test_the_store_check_before_stage_1_is_strict_only_for_a_team_store(tmp_path):
+    script = step("Wait for the store")["run"]
+    fake = tmp_path / "scripts" / "check_mlflow_status.py"
+    fake.parent.mkdir()
+    fake.write_text("import sys\nprint('args:' + ' '.join(sys.argv[1:]))\n")
+    (tmp_path / "logs").mkdir()
+    for store, flagged in (("team", True), ("service", False)):
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", script],
+            cwd=tmp_path,
+            env=bash_env(TRACKING_STORE=store),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert ("--team" in done.stdout) is flagged, store
+    wait = [s.get("name") for s in PIPELINE_STEPS].index("Wait for the store")
+    first_stage = next(i for i, s in enumerate(PIPELINE_STEPS) if "mlflow-loan-rm" in s.get("run", ""))
+    assert wait < first_stage
+
+
+def test_team_credentials_and_artifact_root_never_reach_pull_requests():
+    env = JOBS["pipeline"]["env"]
+    secrets = {
+        name: SENTINEL
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    }
+    variables = {"PIPELINE_TEAM_ARTIFACT_ROOT": "s3://bucket/mlflow"}
+    for key in (*secrets, "TEAM_ARTIFACT_ROOT"):
+        on_push = substitute(env[key], contexts("push", secrets=secrets, variables=variables))
+        assert on_push in (SENTINEL, "s3://bucket/mlflow"), key
+        assert substitute(env[key], contexts("pull_request", secrets=secrets, variables=variables)) == "", key
+
+
+def test_only_the_throwaway_stores_artifacts_are_uploaded():
+    upload = step("Upload the logged MLflow artifacts")
+    assert upload["if"] == "env.TRACKING_STORE == 'service'"
 
 
 @pytest.mark.parametrize(

@@ -411,3 +411,61 @@ def test_scorecard_family_is_researched_tuned_and_its_points_reproduce_the_logge
     assert set(frequencies["method"]) == {reasons.METHOD_SCORECARD}
     rejected = int(frequencies["rejected"].iloc[0])
     assert frequencies["as_first_reason"].sum() == rejected  # every rejected applicant has a first reason
+
+
+@pytest.mark.postgres
+@pytest.mark.server
+@pytest.mark.slow
+def test_workers_share_studies_through_a_server_with_an_optuna_url(auth_server, postgres_url, tmp_path):
+    """Two optimize workers tracking through a server share each family's study in PIPELINE_OPTUNA_URL."""
+    from pipeline.settings import OPTUNA_URL_ENV
+    from tests.integration.servers import ADMIN, WRITER, run_command, write_config
+
+    experiment = f"optuna-{tmp_path.name[-12:]}"
+    path = write_config(tmp_path, tracking={"experiment": experiment})
+    research = run_command(auth_server, path, "research")
+    assert research.returncode == 0, research.stderr[-3000:]
+    env = auth_server.command_env(WRITER, **{OPTUNA_URL_ENV: postgres_url})
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "optimize", "--config", str(path)],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for worker in workers:
+        _, err = worker.communicate(timeout=900)
+        assert worker.returncode == 0, err[-3000:]
+        assert "do not share them" not in err
+
+    with auth_server.as_user(ADMIN):
+        client = MlflowClient(auth_server.url)
+        experiment_id = client.get_experiment_by_name(experiment).experiment_id
+        parents = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{keys.TAG_STAGE}` = 'optimize' and tags.`{keys.TAG_ROLE}` = 'stage'",
+        )
+        assert len(parents) == 2 and {p.info.status for p in parents} == {"FINISHED"}
+        for parent in parents:
+            assert parent.data.tags[keys.TAG_OPTUNA_SHARED] == "true"
+            assert parent.data.tags[keys.TAG_OPTUNA_STORAGE] == postgres_url
+        studies = {k: v for k, v in parents[0].data.tags.items() if k.startswith(keys.TAG_STUDY_PREFIX)}
+        assert studies and studies == {
+            k: v for k, v in parents[1].data.tags.items() if k.startswith(keys.TAG_STUDY_PREFIX)
+        }
+        storage = tuning.open_storage(postgres_url, PROJECT_ROOT)
+        cap = small_params()["optimize"]["n_trials"]
+        for name in studies.values():
+            trials = client.search_runs(
+                [experiment_id], filter_string=f"tags.`{keys.TAG_OPTUNA_STUDY}` = '{name}'", max_results=1000
+            )
+            recorded = {int(r.data.tags[keys.TAG_OPTUNA_TRIAL]) for r in trials}
+            done = {t.number for t in tuning.done_trials(tuning.open_study(storage, name, seed=42))}
+            # One study for both workers: every finished trial is recorded, and the shared cap holds
+            # (give or take the one trial the other worker had running when it was reached).
+            assert recorded == done
+            assert cap <= len(done) <= cap + 1

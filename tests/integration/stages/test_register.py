@@ -231,8 +231,8 @@ def _write_config(tmp_path, raw) -> str:
     return str(path)
 
 
-def _race(config_path: str, run_ids: list[str]) -> list[subprocess.CompletedProcess]:
-    env = dict(os.environ)
+def _race(config_path: str, run_ids: list[str], env: dict | None = None) -> list[subprocess.CompletedProcess]:
+    env = dict(os.environ) if env is None else env
     processes = [
         subprocess.Popen(
             [
@@ -295,6 +295,55 @@ def test_concurrent_registrations_on_sqlite(sqlite_store, tmp_path):
 def test_concurrent_registrations_on_postgres(postgres_store, tmp_path):
     config = make_config(small_params(register={"min_test_roc_auc": 0.5}))
     _check_race(postgres_store, config, tmp_path)
+
+
+@pytest.mark.postgres
+@pytest.mark.server
+@pytest.mark.slow
+def test_three_registrations_at_once_through_a_server(auth_server, tmp_path):
+    """No lock through a server: the marker tag, the re-read and the turns in version order must do."""
+    from pipeline.config import load_config
+    from tests.integration.servers import ADMIN, WRITER, write_config
+
+    model = f"race-{tmp_path.name[-12:]}"
+    path = write_config(
+        tmp_path, tracking={"experiment": model}, register={"model_name": model, "min_test_roc_auc": 0.5}
+    )
+    config = load_config(path)
+    with auth_server.as_user(WRITER):
+        research_id = fake_research_run(config, {"dummy": 0.5})
+        weak = fake_optimize_run(config, research_id, numeric_only=["duration_months"])
+        strong = fake_optimize_run(config, research_id)
+        other = fake_optimize_run(config, research_id, family="naive_bayes")
+    env = auth_server.command_env(WRITER)
+
+    def registered() -> list:
+        with auth_server.as_user(ADMIN):
+            found = MlflowClient(auth_server.url).search_model_versions(f"name = '{model}'")
+            champion = MlflowClient(auth_server.url).get_model_version_by_alias(model, "champion")
+        return sorted(found, key=lambda v: int(v.version)), str(champion.version)
+
+    # The same optimization run three times at once: one version, registered once.
+    same = _race(str(path), [weak, weak, weak], env)
+    assert [r.returncode for r in same] == [0, 0, 0], [r.stderr for r in same]
+    outputs = " ".join(r.stdout for r in same)
+    assert outputs.count("PROMOTED") == 1 and outputs.count("ALREADY REGISTERED") == 2
+    found, champion = registered()
+    assert [v.tags["optimize_run_id"] for v in found] == [weak] and champion == str(found[0].version)
+
+    # Three at once again, two of them new: one version per run, each judged against the champion the
+    # registrations before it left, so the promotions form one chain and one version is champion.
+    mixed = _race(str(path), [strong, other, weak], env)
+    assert [r.returncode for r in mixed] == [0, 0, 0], [r.stderr for r in mixed]
+    found, champion = registered()
+    assert sorted(v.tags["optimize_run_id"] for v in found) == sorted([weak, strong, other])
+    assert all(v.tags[keys.VTAG_STATUS] == "done" for v in found)
+    holder = str(found[0].version)
+    for version in found[1:]:
+        assert version.tags[keys.VTAG_CHAMPION_VERSION] == holder, version.tags
+        if version.tags[keys.VTAG_DECISION] == "promoted":
+            holder = str(version.version)
+    assert champion == holder
 
 
 @pytest.mark.slow

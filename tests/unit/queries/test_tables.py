@@ -38,7 +38,7 @@ def test_iter_table_streams_in_chunks(store):
 
 
 def test_open_store_rejects_a_server_uri_without_leaking():
-    with pytest.raises(TrackingUnavailableError, match="not a database URI") as caught:
+    with pytest.raises(TrackingUnavailableError, match="not a database URL") as caught:
         tables.open_store("http://alice:s3cret@mlflow.example:5000")
     assert "s3cret" not in str(caught.value)
 
