@@ -290,8 +290,9 @@ def run_command(
 
 
 def serve_pipeline(server: MlflowServer, folder: Path) -> ServedPipeline:
-    """research, optimize, register, results, report and predict through ``server``, in order, while
-    every process command line is recorded. Stops at the first command that fails."""
+    """research, optimize, register, deploy, results, report, predict and rollback through ``server``,
+    in order, while every process command line is recorded. Stops at the first command that fails,
+    except rollback, the last, which has nothing to roll back to after a single deployment."""
     import pandas as pd
 
     from tests.conftest import PROJECT_ROOT
@@ -307,6 +308,7 @@ def serve_pipeline(server: MlflowServer, folder: Path) -> ServedPipeline:
         "research": ["research"],
         "optimize": ["optimize"],
         "register": ["register"],
+        "deploy": ["deploy"],
         "results": ["results", *reports],
         "report": ["report", *reports],
         "predict": [
@@ -318,6 +320,7 @@ def serve_pipeline(server: MlflowServer, folder: Path) -> ServedPipeline:
             "--output",
             str(folder / "scores.csv"),
         ],
+        "rollback": ["rollback"],
     }
     completed: dict[str, subprocess.CompletedProcess] = {}
     with watching_command_lines() as command_lines:
