@@ -88,3 +88,11 @@ def test_libraries_never_import_commands_and_commands_never_import_each_other(na
 def test_the_stage_contract_module_imports_nothing():
     tree = ast.parse(MODULES["pipeline.tracking.keys"].read_text(encoding="utf-8"))
     assert not [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_every_test_folder_is_a_package():
+    # Without __init__.py, two test files of one name (unit and integration) collide at collection.
+    tests_root = PROJECT_ROOT / "tests"
+    folders = {path.parent for path in tests_root.rglob("test_*.py")}
+    missing = sorted(str(folder.relative_to(PROJECT_ROOT)) for folder in folders if not (folder / "__init__.py").exists())
+    assert missing == []
