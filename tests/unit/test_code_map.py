@@ -94,5 +94,7 @@ def test_every_test_folder_is_a_package():
     # Without __init__.py, two test files of one name (unit and integration) collide at collection.
     tests_root = PROJECT_ROOT / "tests"
     folders = {path.parent for path in tests_root.rglob("test_*.py")}
-    missing = sorted(str(folder.relative_to(PROJECT_ROOT)) for folder in folders if not (folder / "__init__.py").exists())
+    missing = sorted(
+        str(folder.relative_to(PROJECT_ROOT)) for folder in folders if not (folder / "__init__.py").exists()
+    )
     assert missing == []
