@@ -24,6 +24,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _received = threading.Event()
+_deferring = 0  # depth of deferred() blocks on the main thread
 
 
 def received() -> bool:
@@ -41,6 +42,22 @@ def reset() -> None:
 
 
 @contextmanager
+def deferred() -> Iterator[None]:
+    """Record a SIGTERM inside the block instead of raising it there.
+
+    For calls whose effect must be known to be cleaned up: a run created in the store but
+    interrupted before its id came back could be marked by no one. The caller checks
+    :func:`received` after the block.
+    """
+    global _deferring
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+
+
+@contextmanager
 def handling_sigterm() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` for the ``with`` block, then restore the previous handler.
 
@@ -55,7 +72,8 @@ def handling_sigterm() -> Iterator[None]:
         # Once: a second SIGTERM must not interrupt the cleanup that marks the runs.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         note_received()
-        raise Terminated("received SIGTERM")
+        if not _deferring:
+            raise Terminated("received SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, terminate)
     try:

@@ -206,16 +206,19 @@ def stage_run(session: TrackingSession, run_name: str, tags: Mapping[str, str]) 
     in a tag on any error, so no failed work is left RUNNING or FINISHED.
     """
     try:
-        run = session.client.create_run(
-            session.experiment_id,
-            run_name=run_name,
-            tags={**tags, **owner_tags(), keys.TAG_ROLE: keys.ROLE_STAGE},
-        )
+        with termination.deferred():  # a signal here would leave a run no one marks
+            run = session.client.create_run(
+                session.experiment_id,
+                run_name=run_name,
+                tags={**tags, **owner_tags(), keys.TAG_ROLE: keys.ROLE_STAGE},
+            )
     except Exception as error:
         raise_if_store_failed(error, session)
         raise
     run_id = run.info.run_id
     try:
+        if termination.received():
+            raise termination.Terminated("received SIGTERM")
         yield run_id
         if termination.received():
             # A library caught the signal's exception and carried on: SIGTERM still ends the run.

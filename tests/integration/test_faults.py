@@ -340,6 +340,31 @@ def test_sigterm_swallowed_inside_a_library_still_ends_the_run_killed(sqlite_sto
     assert run.data.tags[keys.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
 
 
+def test_sigterm_during_the_run_creation_still_ends_the_run_killed(sqlite_store, small_config):
+    """The signal lands after the store wrote the run but before its id came back (seen under load)."""
+    session = runs.connect(small_config)
+    create_run = session.client.create_run
+    created: list[str] = []
+
+    def create_then_signal(*args, **kwargs):
+        run = create_run(*args, **kwargs)
+        created.append(run.info.run_id)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler runs here, inside the call
+        return run
+
+    session.client.create_run = create_then_signal
+    with (
+        pytest.raises(Terminated),
+        termination.handling_sigterm(),
+        runs.stage_run(session, "interrupted", {keys.TAG_STAGE: "probe"}),
+    ):
+        raise AssertionError("the stage body must not start after a SIGTERM")
+    run = session.client.get_run(created[0])
+    assert run.info.status == "KILLED"
+    assert run.data.tags[keys.TAG_FAILURE_REASON] == "Terminated: received SIGTERM"
+
+
 def test_sigterm_swallowed_outside_a_stage_run_still_exits_143(tmp_path, monkeypatch, capsys):
     """A command that runs no stage (scoring) honours a SIGTERM whose exception a library caught."""
     from pipeline import cli

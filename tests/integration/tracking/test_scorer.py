@@ -38,13 +38,17 @@ def test_pyfunc_scores_the_raw_table_exactly_as_the_batch_command(use_champion_s
     store = use_champion_store
     raw = pd.read_csv(GERMAN)  # integers as integers, text, and the target as an extra column
     served = mlflow.pyfunc.load_model(store.version_uri).predict(raw)
-    assert list(served.columns) == list(scoring.OUTPUT_COLUMNS)
+    assert list(served.columns[:3]) == list(scoring.OUTPUT_COLUMNS)  # then the reason codes
     assert served.index.equals(raw.index)
 
     source = tmp_path / "applicants.csv"
     raw.to_csv(source, index=False)
     result = predict.run(store.config, store.version_uri, source, tmp_path / "scored.csv")
-    batch = pd.read_csv(tmp_path / "scored.csv")
+    batch = pd.read_csv(tmp_path / "scored.csv", keep_default_na=False)
+    assert [c for c in batch.columns if c in served.columns] == list(served.columns)
+    reason_columns = [c for c in served.columns if c.startswith("reason_")]
+    assert reason_columns
+    assert served[reason_columns].astype(str).equals(batch[reason_columns].astype(str))
     np.testing.assert_allclose(served["default_probability"], batch["default_probability"], rtol=0, atol=1e-9)
     assert (served["decision"] == batch["decision"]).all()
     assert (served["threshold"] == result.threshold).all()
