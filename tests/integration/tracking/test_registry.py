@@ -90,8 +90,8 @@ def test_moves_are_recorded_through_an_mlflow_tracking_server(tmp_path, monkeypa
         except ServingError as error:
             pytest.fail(f"{error}:\n{(tmp_path / 'server.log').read_text()[-3000:]}")
         monkeypatch.setenv(TRACKING_URI_ENV, url)
-        # The experiment's artifacts are written by this client: keep them in the test's folder.
-        monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
+        # A server keeps the artifacts where it was told (the test's folder): no client-side root.
+        monkeypatch.delenv(ARTIFACT_ROOT_ENV, raising=False)
         check_moves_are_recorded_and_read_back(small_config)
     finally:
         stop_process_group(server)
