@@ -110,14 +110,20 @@ def normalised_rows(frame: pd.DataFrame, columns: list[str]) -> list[tuple]:
     return sorted(tuple(str(row[c]) for c in columns) for _, row in frame.iterrows())
 
 
+# Built from records this store has no example of (no gate, alias move, baseline or monitor run).
+EMPTY_IN_THIS_STORE = ["alias_history", "baseline", "comparison", "confusion", "monitor_results"]
+
+
 def test_the_views_on_the_copy_equal_the_views_by_sql(both, store_uri):
     database, _, copy = both
     experiment = tables.experiment_id(database, "loan-default")
     assert tables.experiment_id(copy, "loan-default") == experiment
     by_sql = views.build_views(database, store_uri, experiment, "loan-default-classifier")
     by_api = views.build_views(copy, store_uri, experiment, "loan-default-classifier")
-    for name, frame in by_sql.frames().items():
-        assert len(frame) > 0, name
+    frames = by_sql.frames()
+    empty = sorted(name for name, frame in frames.items() if frame.empty)
+    assert empty == sorted(EMPTY_IN_THIS_STORE)
+    for name, frame in frames.items():
         pd.testing.assert_frame_equal(by_api.frames()[name], frame, check_dtype=False, obj=name)
 
 
