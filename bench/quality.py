@@ -174,7 +174,9 @@ def flaml_scores(
         import xgboost  # noqa: F401
     except ImportError:
         settings["estimator_list"] = ["lgbm", "rf", "extra_tree", "lrl1"]
+    started = time.perf_counter()
     automl.fit(train_x, train_y, **settings)
+    searched = time.perf_counter()
 
     prepared = automl.preprocess(train_x)  # FLAML's own column handling, as predict_proba applies it
     out_of_fold = np.full(len(train_y), np.nan)
@@ -183,7 +185,10 @@ def flaml_scores(
         model.fit(prepared.iloc[fit_rows], train_y[fit_rows])
         out_of_fold[valid_rows] = model.predict_proba(prepared.iloc[valid_rows])[:, 1]
     threshold, _ = best_threshold(train_y, out_of_fold, config.costs)
-    return automl.predict_proba(frame.iloc[test])[:, 1], threshold, automl.best_estimator
+    spent = (
+        f"search and refit {searched - started:.0f} s, threshold folds {time.perf_counter() - searched:.0f} s"
+    )
+    return automl.predict_proba(frame.iloc[test])[:, 1], threshold, f"{automl.best_estimator}; {spent}"
 
 
 def run_split(args, config, dataset, label, train, test, budget: float, data: str = "") -> list[Outcome]:
@@ -207,7 +212,7 @@ def run_split(args, config, dataset, label, train, test, budget: float, data: st
     if not args.no_flaml:
         started = time.perf_counter()
         scores, threshold, estimator = flaml_scores(config, dataset, train, test, budget)
-        record("FLAML", scores, threshold, started, f"{estimator}, threshold {threshold:.3f}")
+        record("FLAML", scores, threshold, started, f"threshold {threshold:.3f}, {estimator}")
     prefix = f"{data} B={budget:.0f} s " if data else ""
     for outcome in results:
         print(
