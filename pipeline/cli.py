@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 import warnings
@@ -160,12 +161,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library warnings that tell a user of the commands nothing they can act on, matched by the start of
+# their message (never by module or category alone, so a library's other warnings still show):
+NOISE_WARNINGS: tuple[str, ...] = (
+    # MLflow: a local CSV path matches its two local-file source kinds; it picks one, correctly.
+    "The specified dataset source can be interpreted in multiple ways",
+    # MLflow, on the logged train/test parts: our model's signature declares its own column types.
+    "Hint: Inferred schema contains integer column(s)",
+    # scikit-learn, from forests fitted in parallel inside joblib workers: the configuration it
+    # cannot propagate is the default one.
+    "`sklearn.utils.parallel.delayed` should be used with `sklearn.utils.parallel.Parallel`",
+)
+# Worker processes (joblib's, the scoring server) start from the environment, not our filters.
+_WORKER_NOISE = ("`sklearn.utils.parallel.delayed` should be used with",)
+
+
+def silence_noise_warnings() -> None:
+    """Filter :data:`NOISE_WARNINGS` here and in the worker processes this one starts."""
+    for message in NOISE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
+    # PYTHONWARNINGS splits fields on ':', so only messages without one can travel this way.
+    entries = [f"ignore:{message}:UserWarning" for message in _WORKER_NOISE]
+    present = [e for e in os.environ.get("PYTHONWARNINGS", "").split(",") if e]
+    os.environ["PYTHONWARNINGS"] = ",".join(dict.fromkeys([*present, *entries]))
+
+
 def configure_logging(verbose: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True)
     # Library chatter (schema migrations, tracing) is noise at our INFO level.
     for name in ("alembic", "mlflow", "urllib3", "matplotlib", "papermill", "traitlets"):
         logging.getLogger(name).setLevel(logging.WARNING if not verbose else logging.INFO)
+    silence_noise_warnings()  # with --verbose too: they help no one debug either
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="mlflow")

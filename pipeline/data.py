@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,18 @@ from pipeline.tracking import store
 logger = logging.getLogger(__name__)
 
 TABLE_SUFFIXES = {".csv", ".parquet", ".pq", ".txt", ".tsv"}
+# Fewer rows than this and an all-unique column is no sign of an identifier.
+MIN_ROWS_FOR_IDENTIFIER = 30
+# Fewer positive rows than this in the training part and CV figures swing from fold to fold.
+MIN_POSITIVE_TRAINING_ROWS = 50
+# How many values of a text column are tried as dates (the check only warns, so a sample will do).
+DATE_SAMPLE = 200
+# loan_id, ID, customer-key, uuid; or camelCase customerId, loanID.
+_IDENTIFIER_NAME = re.compile(r"(?i:(^|[_\W])(id|key|uuid|guid)$)|[a-z](Id|ID)$")
+_DATE_TEXT = re.compile(
+    r"^\s*(\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})"  # 2024-03-01, 01/03/2024
+    r"([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?\S*)?\s*$"  # optional time and zone
+)
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,59 @@ def _coerce(features: pd.DataFrame, categorical: list[str], numeric: list[str]) 
     return pd.DataFrame(columns, index=features.index)[list(features.columns)]
 
 
+def _looks_like_dates(values: pd.Series) -> bool:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return True
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return False
+    sample = values.dropna().astype(str).head(DATE_SAMPLE)
+    if sample.empty or not sample.map(lambda v: _DATE_TEXT.match(v) is not None).all():
+        return False
+    parsed = pd.to_datetime(sample, errors="coerce", format="mixed")
+    return bool(parsed.notna().mean() >= 0.9)
+
+
+def _looks_like_identifier(name: str, values: pd.Series, numeric: bool) -> bool:
+    present = values.dropna()
+    if len(values) < MIN_ROWS_FOR_IDENTIFIER or len(present) < len(values) or not present.is_unique:
+        return False
+    if not numeric:
+        return True  # text with a different value in every row: no level is ever seen twice
+    numbers = pd.to_numeric(present, errors="coerce")
+    if numbers.isna().any() or not np.all(np.mod(numbers, 1) == 0):
+        return False  # unique amounts or measurements are common; unique whole numbers less so
+    consecutive = numbers.max() - numbers.min() + 1 == len(numbers)
+    return bool(consecutive or _IDENTIFIER_NAME.search(name))
+
+
+def warn_suspicious_columns(features: pd.DataFrame, numeric: list[str]) -> list[str]:
+    """Warn about dates and identifiers left among the features; returns the columns warned about.
+
+    Both are almost always a mistake in a credit model: a date read as text categories never
+    generalises to new applicants (and often leaks the vintage), and an identifier only lets
+    a model memorise rows. The user decides: ``dataset.drop``, or a derived numeric column.
+    """
+    warned = []
+    for column in features.columns:
+        values = features[column]
+        if _looks_like_dates(values):
+            logger.warning(
+                "column '%s' holds dates, which the models would read as text categories: add it to "
+                "dataset.drop, or derive a number from it (e.g. months since) before loading",
+                column,
+            )
+        elif _looks_like_identifier(column, values, numeric=column in numeric):
+            logger.warning(
+                "column '%s' has a different value in every row, like an identifier: a model can only "
+                "memorise rows with it; add it to dataset.drop",
+                column,
+            )
+        else:
+            continue
+        warned.append(column)
+    return warned
+
+
 def _apply_ranges(frame: pd.DataFrame, config: DatasetConfig) -> tuple[pd.DataFrame, int]:
     keep = pd.Series(True, index=frame.index)
     for column, bounds in config.valid_ranges.items():
@@ -233,6 +299,7 @@ def prepare(frame: pd.DataFrame, config: DatasetConfig, source: str = "") -> Dat
     if empty:
         raise DataError(f"column '{empty[0]}' is entirely empty")
     categorical, numeric = _column_roles(features, config)
+    warn_suspicious_columns(features, numeric)
     features = _coerce(features, categorical, numeric)
     for column, count in removed.items():
         if count:
@@ -280,6 +347,15 @@ def split_dataset(dataset: Dataset, test_size: float, seed: int) -> Split:
         raise DataError(
             f"{dataset.n_rows} rows are too few to hold out a stratified test part: {error}"
         ) from None
+    positives = int(dataset.target.iloc[train_index].sum())
+    if positives < MIN_POSITIVE_TRAINING_ROWS:
+        logger.warning(
+            "only %d rows of the positive class of '%s' in the training part, fewer than %d: "
+            "cross-validated figures, the ranking and the threshold will be unstable",
+            positives,
+            dataset.target.name,
+            MIN_POSITIVE_TRAINING_ROWS,
+        )
     frame = dataset.frame()
     return Split(
         train_index=train_index,

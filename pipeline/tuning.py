@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.config import CostConfig, SearchParam
 from pipeline.errors import ConfigError
 from pipeline.models import build_estimator, validate_params
+from pipeline.processes import process_alive, this_owner
 from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
 from pipeline.tracking import store
 from pipeline.training import cross_validate
@@ -38,6 +39,12 @@ OPTUNA_SCHEMA = "optuna"
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trial user attribute holding the CV summary (cv_<metric>_mean/_std, cv_threshold, seconds).
 METRICS_ATTR = "metrics"
+# Trial user attributes naming the process that runs it, so a rerun can tell a dead trial from a live one.
+HOST_ATTR, PID_ATTR = "host", "pid"
+# Trial user attribute saying why a sweep marked the trial FAILED.
+FAILURE_ATTR = "failure_reason"
+# Optuna's heartbeat: a trial whose process beats no more is stale after the grace period.
+HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 90
 
 
 @dataclass(frozen=True)
@@ -168,8 +175,8 @@ def open_storage(tracking_uri: str, root: Path) -> optuna.storages.RDBStorage:
             location.url,
             engine_kwargs=location.engine_kwargs,
             # A worker that dies mid-trial stops beating; another worker (or a rerun) marks it failed.
-            heartbeat_interval=30,
-            grace_period=90,
+            heartbeat_interval=HEARTBEAT_SECONDS,
+            grace_period=GRACE_SECONDS,
         )
 
 
@@ -188,7 +195,7 @@ def open_study(
         if pruning
         else optuna.pruners.NopPruner()
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         storage=storage,
         study_name=name,
         direction="maximize",
@@ -196,6 +203,67 @@ def open_study(
         pruner=pruner,
         load_if_exists=True,
     )
+    fail_stale_trials(study)
+    return study
+
+
+def _stale_reason(trial: FrozenTrial, host: str, heartbeat_stale: set[int]) -> str | None:
+    owner_host, owner_pid = trial.user_attrs.get(HOST_ATTR), str(trial.user_attrs.get(PID_ATTR, ""))
+    if owner_host == host and owner_pid.isdigit():
+        started = trial.datetime_start.timestamp() if trial.datetime_start else None
+        if process_alive(int(owner_pid), started):
+            return None  # a live worker's trial, never ours to touch
+        return f"stale: process {owner_pid} on {host} that ran it is gone"
+    if trial._trial_id in heartbeat_stale:
+        return f"stale: no heartbeat for more than {GRACE_SECONDS} s"
+    return None
+
+
+def fail_stale_trials(study: optuna.Study) -> dict[int, str]:
+    """Mark RUNNING trials nobody will finish FAILED, with the reason; ``{trial number: reason}``.
+
+    A trial is stale when its process on this host is gone (a ``kill -9``, the OOM killer), at once,
+    or, from another host or with no owner recorded, when its heartbeat is older than the grace
+    period. Optuna itself only checks heartbeats, and only when a study optimizes, so without this a
+    rerun within the grace period, or one that finds the study complete, leaves it RUNNING for good.
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return {}
+    from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
+
+    storage = study._storage
+    heartbeat_stale: set[int] = set()
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        # The query optuna.storages.fail_stale_trials makes; that function cannot record a reason.
+        heartbeat_stale = set(storage._get_stale_trial_ids(study._study_id))
+    host, _ = this_owner()
+    failed: dict[int, str] = {}
+    for trial in running:
+        reason = _stale_reason(trial, host, heartbeat_stale)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, FAILURE_ATTR, reason)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker closed it first
+        failed[trial.number] = reason
+        logger.warning("marked optuna trial %d of %s FAIL (%s)", trial.number, study.study_name, reason)
+    return failed
+
+
+def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """The objective, recording first which process runs the trial (for :func:`fail_stale_trials`)."""
+
+    def objective_with_owner(trial: optuna.Trial) -> float:
+        host, pid = this_owner()
+        trial.set_user_attr(HOST_ATTR, host)
+        trial.set_user_attr(PID_ATTR, pid)
+        return objective(trial)
+
+    return objective_with_owner
 
 
 def done_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -276,7 +344,7 @@ def tune(
         ran += 1
 
     study.optimize(
-        objective,
+        _owned(objective),
         n_trials=remaining,
         timeout=timeout_seconds,
         callbacks=[

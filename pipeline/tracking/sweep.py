@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 
 import mlflow
 
+from pipeline.processes import process_alive
 from pipeline.tracking import keys, store
 from pipeline.tracking.lookups import tag_clause
 from pipeline.tracking.session import TrackingSession
@@ -36,35 +36,12 @@ def end_running_children(session: TrackingSession, parent_run_id: str, status: s
     return [child.info.run_id for child in running]
 
 
-def _process_alive(pid: int, started_ms: int | None) -> bool:
-    """Whether ``pid`` on this host is alive and is the process that started the run."""
-    import psutil
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        pass
-    except (OverflowError, ValueError):
-        return False
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        # A pid reused by a process born after the run started is not the owner.
-        if started_ms is not None and process.create_time() > started_ms / 1000 + 1:
-            return False
-    except psutil.Error:
-        return False
-    return True
-
-
 def _stale_reason(run, host: str, now: float, max_age_hours: float) -> str | None:
     tags = run.data.tags
     if tags.get(keys.TAG_HOST) == host and str(tags.get(keys.TAG_PID, "")).isdigit():
         pid = int(tags[keys.TAG_PID])
-        if _process_alive(pid, run.info.start_time):
+        started = run.info.start_time / 1000 if run.info.start_time is not None else None
+        if process_alive(pid, started):
             return None  # a live pipeline's run, never ours to touch
         return f"stale: process {pid} on {host} that ran it is gone"
     age_hours = (now - (run.info.start_time or 0) / 1000) / 3600

@@ -301,3 +301,102 @@ def test_one_row_and_constant_columns(tmp_path):
     constant = german_like(60).assign(amount=7.0, purpose="same")
     constant.to_csv(path, index=False)
     assert load_like_the_stage(path).n_rows == 60  # constant features are legal, if useless
+
+
+def _loans(n_rows: int = 200, **columns) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    base = {
+        "amount": rng.normal(3000, 500, n_rows).round(2),
+        "duration": rng.integers(6, 48, n_rows),
+        "purpose": rng.choice(["car", "tv", "repairs"], n_rows),
+        "default": (np.arange(n_rows) % 3 == 0).astype(int),
+    }
+    return pd.DataFrame({**base, **columns})
+
+
+def _warned_about(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name == "pipeline.data"]
+
+
+@pytest.mark.parametrize(
+    ("column", "values"),
+    [
+        ("loan_id", lambda n: np.random.default_rng(2).permutation(np.arange(10_000, 10_000 + 5 * n, 5))),
+        ("customerId", lambda n: np.random.default_rng(3).choice(10**9, n, replace=False)),
+        ("row", lambda n: np.arange(n) + 1),  # consecutive whole numbers, whatever the name
+        ("reference", lambda n: [f"APP-{i:06d}" for i in range(n)]),  # text, a new value in every row
+    ],
+)
+def test_an_identifier_column_gets_a_warning_naming_it_and_the_fix(caplog, column, values):
+    dataset = prepare(_loans(**{column: values(200)}), CONFIG)
+    (message,) = _warned_about(caplog)
+    assert f"column '{column}' has a different value in every row" in message
+    assert "dataset.drop" in message
+    assert column in dataset.features  # a warning only: the user decides
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        lambda n: pd.date_range("2020-01-01", periods=n, freq="D").strftime("%Y-%m-%d"),
+        lambda n: pd.date_range("2020-01-01", periods=n, freq="h").strftime("%d/%m/%Y %H:%M"),
+        lambda n: pd.Series(pd.date_range("2021-06-01", periods=n, freq="W")).where(np.arange(n) % 7 > 0),
+        lambda n: np.repeat(["2023-01-31", "2023-02-28"], n // 2),  # few distinct dates
+    ],
+    ids=["iso", "day-first with time", "datetime with gaps", "repeated"],
+)
+def test_a_date_column_gets_a_warning_naming_it_and_the_fix(caplog, values):
+    prepare(_loans(opened=values(200)), CONFIG)
+    (message,) = _warned_about(caplog)
+    assert "column 'opened' holds dates" in message and "dataset.drop" in message
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {},  # amounts with cents, small whole numbers, a few categories
+        {"amount": np.arange(200) * 37.5},  # unique but not whole numbers
+        {
+            "balance": np.random.default_rng(4).choice(10**6, 200, replace=False)
+        },  # unique whole numbers, no id name
+        {"code": ["A1", "B2", "C3", "D4"] * 50},
+        {"version": ["1.2.3", "2.0.1"] * 100},  # dotted numbers that are not dates
+    ],
+    ids=["plain", "unique-floats", "unique-integers", "codes", "versions"],
+)
+def test_ordinary_columns_get_no_warning(caplog, columns):
+    prepare(_loans(**columns), CONFIG)
+    assert _warned_about(caplog) == []
+
+
+def test_the_shipped_dataset_gets_no_warning(caplog):
+    raw = read_table(DatasetConfig(path="data/german_credit.csv", target="default"), PROJECT_ROOT)
+    prepare(raw, DatasetConfig(path="data/german_credit.csv", target="default"))
+    assert _warned_about(caplog) == []
+
+
+def test_a_small_table_with_unique_values_is_no_identifier(caplog):
+    prepare(frame(), CONFIG)  # 6 rows: every age differs, by chance
+    assert _warned_about(caplog) == []
+
+
+@pytest.mark.parametrize(("n_positive", "warned"), [(60, True), (67, False)])
+def test_few_positive_training_rows_warn_that_figures_are_unstable(caplog, n_positive, warned):
+    # test_size 0.25 keeps three quarters of the positives for training: 45 of 60, 50 of 67.
+    data = pd.DataFrame(
+        {
+            "x": np.random.default_rng(5).normal(size=1000),
+            "default": [1] * n_positive + [0] * (1000 - n_positive),
+        }
+    )
+    dataset = prepare(data, CONFIG)
+    caplog.clear()
+    split = split_dataset(dataset, 0.25, seed=1)
+    positives = int(dataset.target.iloc[split.train_index].sum())
+    messages = _warned_about(caplog)
+    assert bool(messages) == warned
+    if warned:
+        assert messages == [
+            f"only {positives} rows of the positive class of 'default' in the training part, fewer than 50: "
+            "cross-validated figures, the ranking and the threshold will be unstable"
+        ]

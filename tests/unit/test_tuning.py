@@ -2,6 +2,10 @@
 
 import logging
 import math
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +205,79 @@ def test_interrupted_study_resumes_to_exactly_the_cap(train_part, tmp_path):
     assert seen == [2, 3]
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
     assert tuning.tune(again, objective, 4, None) == 0  # at the cap: nothing to do
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_tune_records_which_process_runs_each_trial(train_part):
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "owner", seed=1)
+    tuning.tune(study, lr_objective(train_part), n_trials=1, timeout_seconds=None)
+    (trial,) = study.trials
+    assert trial.user_attrs[tuning.HOST_ATTR] == socket.gethostname()
+    assert trial.user_attrs[tuning.PID_ATTR] == os.getpid()
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_rerun_fails_trials_whose_process_is_gone_whatever_the_study_state(tmp_path, caplog):
+    """After ``kill -9`` the running trial stays RUNNING: the next open closes it, within the grace
+    period and with the study already complete; live workers' trials and fresh heartbeats stay."""
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{tmp_path}/studies.db",
+        heartbeat_interval=tuning.HEARTBEAT_SECONDS,
+        grace_period=tuning.GRACE_SECONDS,
+    )
+    study = tuning.open_study(storage, "stale", seed=1)
+    study.add_trial(optuna.trial.create_trial(value=0.7, params={}, distributions={}))  # complete
+    here = socket.gethostname()
+
+    def running(**owner) -> int:
+        trial_id = storage.create_new_trial(study._study_id)
+        for key, value in owner.items():
+            storage.set_trial_user_attr(trial_id, key, value)
+        return trial_id
+
+    dead = running(host=here, pid=_dead_pid())
+    live = running(host=here, pid=os.getpid())
+    reused = running(host=here, pid=os.getpid())  # a pid that a newer process took over
+    elsewhere_beating = running(host="other-host", pid=1)
+    elsewhere_silent = running(host="other-host", pid=1)
+    unowned = running()  # never reached the objective, never beat: left to Optuna's own check
+    for trial_id in (elsewhere_beating, elsewhere_silent):
+        storage.record_heartbeat(trial_id)
+    import sqlalchemy
+
+    with storage.engine.begin() as connection:
+        connection.execute(
+            sqlalchemy.text("UPDATE trials SET datetime_start = '2000-01-01 00:00:00' WHERE trial_id = :t"),
+            {"t": reused},
+        )
+        connection.execute(
+            sqlalchemy.text(
+                "UPDATE trial_heartbeats SET heartbeat = '2000-01-01 00:00:00' WHERE trial_id = :t"
+            ),
+            {"t": elsewhere_silent},
+        )
+
+    reopened = tuning.open_study(storage, "stale", seed=1)
+    states = {t._trial_id: t for t in reopened.get_trials()}
+    assert {t for t, trial in states.items() if trial.state == TrialState.RUNNING} == {
+        live,
+        elsewhere_beating,
+        unowned,
+    }
+    for trial_id in (dead, reused, elsewhere_silent):
+        assert states[trial_id].state == TrialState.FAIL
+    assert states[dead].user_attrs[tuning.FAILURE_ATTR].startswith("stale: process ")
+    assert "that ran it is gone" in states[reused].user_attrs[tuning.FAILURE_ATTR]
+    assert states[elsewhere_silent].user_attrs[tuning.FAILURE_ATTR] == (
+        f"stale: no heartbeat for more than {tuning.GRACE_SECONDS} s"
+    )
+    assert sum("marked optuna trial" in r.getMessage() for r in caplog.records) == 3
+    assert tuning.fail_stale_trials(reopened) == {}  # nothing left to close
 
 
 def test_best_trial_breaks_auc_ties_on_cost():

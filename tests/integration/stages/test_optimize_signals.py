@@ -1,5 +1,5 @@
 """The optimization stage killed mid-study (SIGTERM and SIGKILL) resumes its Optuna study on rerun
-without losing or repeating finished trials."""
+without losing or repeating finished trials, and leaves no trial RUNNING."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
 
 from pipeline import tuning
 from pipeline.stages import research
@@ -40,6 +41,15 @@ def _finished(storage_url: str) -> int:
         return 0
     storage = optuna.storages.RDBStorage(storage_url)
     return sum(len(storage.get_all_trials(s._study_id, states=tuning.DONE_STATES)) for s in summaries)
+
+
+def _trials(storage_url: str, state: TrialState) -> list:
+    storage = optuna.storages.RDBStorage(storage_url)
+    return [
+        t
+        for s in optuna.get_all_study_summaries(storage_url)
+        for t in storage.get_all_trials(s._study_id, states=(state,))
+    ]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
@@ -77,6 +87,9 @@ def test_killed_study_resumes_without_lost_or_repeated_trials(signum, sqlite_sto
     assert process.returncode == expected_code, stderr
     interrupted = _finished(storage_url)
     assert 2 <= interrupted < N_TRIALS
+    # SIGKILL leaves the trial it cut short RUNNING; SIGTERM's is failed by Optuna as it unwinds.
+    left_running = _trials(storage_url, TrialState.RUNNING)
+    assert signum == signal.SIGKILL or left_running == []
 
     rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
@@ -86,6 +99,11 @@ def test_killed_study_resumes_without_lost_or_repeated_trials(signum, sqlite_sto
     done = [t.number for t in study.get_trials(states=tuning.DONE_STATES)]
     assert len(done) == N_TRIALS  # the cap counts the trials finished before the kill
     assert len(set(done)) == len(done)
+    # The rerun came well within the heartbeat grace period, yet closed the killed process's trial.
+    assert _trials(storage_url, TrialState.RUNNING) == []
+    reasons = {t.number: t.user_attrs.get(tuning.FAILURE_ATTR) for t in _trials(storage_url, TrialState.FAIL)}
+    for trial in left_running:
+        assert reasons[trial.number].startswith(f"stale: process {process.pid} on ")
 
     client = MlflowClient(sqlite_store)
     experiment = client.get_experiment_by_name(config.tracking.experiment)
