@@ -37,8 +37,48 @@ def test_soft_vote_is_kept_when_it_beats_the_best_family_by_the_margin():
 def test_soft_vote_is_dropped_when_it_does_not_beat_the_margin():
     dropped = _ensemble_case(best_single_auc=0.55, min_gain=0.99)
     assert dropped.name == "logistic_regression"
-    assert dropped.cv is None
+    # The winner's cross-validation comes along, so fitting the final model does not repeat it.
+    assert dropped.cv is not None and len(dropped.cv.per_fold) == 3
     assert dropped.cv_metrics["cv_roc_auc"] == 0.55
+
+
+def test_cross_validation_the_trials_did_is_reused_not_repeated(monkeypatch):
+    """Families whose best trial's CV is known are never cross-validated again (issue 15)."""
+    from pipeline import selection
+
+    raw = small_params()
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    weak = {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}
+    known = {
+        family: cross_validate(
+            estimator_for(config, dataset, FamilyOutcome(family, "s", 1, 1, 0, params, weak)),
+            x,
+            y,
+            splits,
+            config.costs,
+        )
+        for family, params in [("logistic_regression", {"C": 1.0}), ("naive_bayes", {})]
+    }
+    outcomes = [
+        FamilyOutcome(
+            "logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, weak, cv=known["logistic_regression"]
+        ),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, weak, cv=known["naive_bayes"]),
+    ]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cross-validated again")
+
+    monkeypatch.setattr(selection, "cross_validate", refuse)
+    chosen = choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+    expected = np.mean([known["logistic_regression"].oof_scores, known["naive_bayes"].oof_scores], axis=0)
+    if chosen.name.startswith("soft_vote("):
+        np.testing.assert_allclose(chosen.cv.oof_scores, expected)
+    else:
+        assert chosen.cv is known["logistic_regression"]
 
 
 def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
