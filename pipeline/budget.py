@@ -13,6 +13,7 @@ not use goes to the next.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -29,8 +30,8 @@ QUADRATIC_PREDICT = frozenset({"knn"})
 # A candidate's first folds may take this multiple of its fair share of what is left: cheap
 # candidates leave time, but one slow candidate never takes more than a couple of shares.
 FAIR_SHARE_SLACK = 2.0
-# The final step: model logging, plots, test scoring and importance on small data ...
-FINAL_OVERHEAD_SECONDS = 10.0
+# The final step's fixed part: the logged model (7-8 s on 2 shared cores), plots, tables ...
+FINAL_OVERHEAD_SECONDS = 15.0
 # ... plus the refit (a calibrated refit is cv_folds fits) of the tuned parameters, which may be
 # larger than the research candidate's (more trees), hence the slack.
 FINAL_FIT_SLACK = 1.5
@@ -166,3 +167,23 @@ def skip_family(share: float, predicted_trial: float, first: bool) -> str | None
     if first or predicted_trial <= share:
         return None
     return f"skipped: one trial would take about {predicted_trial:.0f} s, its share is {share:.0f} s"
+
+
+# Permutation importance on fewer rows than this says little; it gets them even when time is up.
+MIN_IMPORTANCE_ROWS = 200
+MAX_IMPORTANCE_ROWS = 5_000
+
+
+def importance_rows(n_rows: int, scoring_seconds: float, predictions: int, seconds_left: float) -> int:
+    """Test rows permutation importance can use: ``predictions`` scorings of them fit ``seconds_left``."""
+    per_row = scoring_seconds / max(1, n_rows)
+    affordable = max(0.0, seconds_left) / max(1e-9, per_row * predictions)
+    return int(min(n_rows, MAX_IMPORTANCE_ROWS, max(MIN_IMPORTANCE_ROWS, affordable)))
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (the one clock read here)."""
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()
+    return time.monotonic() - max(0.0, age)

@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 
 STOPPED_TIME = "time"  # a step its share of the budget ended
 STOPPED_SKIPPED = "skipped"  # a family whose one trial could not fit its share
-IMPORTANCE_ROWS = 5_000  # test rows permutation importance is measured on, at most
 
 
 @dataclass(frozen=True)
@@ -293,6 +292,9 @@ def tune_family(
     )
     try:
         left = max(0.0, seconds - (time.monotonic() - started))
+        if tuning.best_trial(study) is None:
+            # Optuna starts no trial once its timeout has passed; a family needs one model.
+            left = max(left, 1.0)
         ran = tuning.tune(study, objective, settings.n_trials, left, callbacks=[record])
     finally:
         progress.close()
@@ -331,16 +333,16 @@ def tune_family(
 # --- The stage ---------------------------------------------------------------------------------------
 
 
-def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int):
+def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, rows: int):
     # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
     # calibrated model does, without scoring through the calibrator.
     folds_fitted = getattr(model, "calibrated_classifiers_", None)
     if folds_fitted:
         model = folds_fitted[0].estimator
-    # A sample bounds its time on a large test part (rows x features x repeats predictions).
-    if len(features) > IMPORTANCE_ROWS:
-        rows = np.random.default_rng(seed).choice(len(features), IMPORTANCE_ROWS, replace=False)
-        features, target = features.iloc[rows], target.iloc[rows]
+    # A seeded sample bounds its time (rows x features x repeats predictions).
+    if rows < len(features):
+        sample = np.sort(np.random.default_rng(seed).choice(len(features), rows, replace=False))
+        features, target = features.iloc[sample], target.iloc[sample]
     # One process: spawning workers and shipping the model costs more than 250 rows of scoring.
     result = permutation_importance(
         model, features, target, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
@@ -372,9 +374,15 @@ def _log_explanations(config, session, run_id: str, final, metadata: dict, rejec
     runs.log_frame(session, run_id, counts, keys.ARTIFACT_REASON_FREQUENCIES)
 
 
-def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeResult:
-    """Run stage 2 and return the winner's summary; raises PipelineError on bad input."""
-    started = time.monotonic()
+def run(
+    config: PipelineConfig, research_run_id: str | None = None, started: float | None = None
+) -> OptimizeResult:
+    """Run stage 2 and return the winner's summary; raises PipelineError on bad input.
+
+    ``started`` (``time.monotonic()``) is when the stage's clock began: the process's start for the
+    command, now when not given.
+    """
+    started = time.monotonic() if started is None else started
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     settings = config.optimize
@@ -489,7 +497,9 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         # The one evaluation on the held-out test part.
         test_x = dataset.features.iloc[split.test_index]
         test_y = dataset.target.iloc[split.test_index].to_numpy()
+        scoring_started = time.monotonic()
         test_scores = positive_scores(final, test_x)
+        scoring_seconds = time.monotonic() - scoring_started
         test_metrics = {
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
@@ -571,8 +581,17 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         )
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
-        # Reporting only, after the evaluation: nothing below feeds a choice.
-        importance = _importance(final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed)
+        # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
+        # time left allows (every permutation scores them once more).
+        rows = budget.importance_rows(
+            len(test_x),
+            scoring_seconds,
+            test_x.shape[1] * settings.permutation_repeats,
+            left() - budget.FINAL_OVERHEAD_SECONDS / 2,
+        )
+        importance = _importance(
+            final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed, rows
+        )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
         _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
         test_curve = cost_curve(test_y, test_scores, config.costs)

@@ -47,9 +47,13 @@ class ResearchResult:
         return f"research run {self.run_id} (dataset {self.dataset_digest})\n{table}"
 
 
-def run(config: PipelineConfig) -> ResearchResult:
-    """Run stage 1 and return its leaderboard; raises PipelineError on bad input."""
-    started = time.monotonic()
+def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
+    """Run stage 1 and return its leaderboard; raises PipelineError on bad input.
+
+    ``started`` (``time.monotonic()``) is when its share of the budget began: the process's
+    start for the command, now when not given.
+    """
+    started = time.monotonic() if started is None else started
     planned = budget.research_plan(config.budget_seconds)
     validate_portfolio(config)
     dataset = load_dataset(config)

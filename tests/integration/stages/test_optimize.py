@@ -352,7 +352,7 @@ def test_two_processes_share_one_study_on_postgres(postgres_url):
 @pytest.mark.integration
 def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
     research.run(make_config(small_params()))
-    config = make_config(small_params(optimize={"n_trials": 500, "timeout_seconds": 1.5, "top_k": 1}))
+    config = make_config(small_params(budget_seconds=20, optimize={"n_trials": 500, "top_k": 1}))
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
         result = optimize.run(config)
     (outcome,) = result.families
