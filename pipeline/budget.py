@@ -74,6 +74,28 @@ def predicted_from_probe(
     return fit_seconds * fit_ratio**FIT_EXPONENT + predict_seconds * predict_ratio
 
 
+# The order candidates run their first rung in: usually cheapest first (a prior, not a
+# measurement), so that when stage 1's share runs out the candidates left unrun are the dear ones.
+COST_PRIOR = (
+    "dummy",
+    "naive_bayes",
+    "logistic_regression",
+    "decision_tree",
+    "lightgbm",
+    "hist_gradient_boosting",
+    "woe_scorecard",
+    "knn",
+    "extra_trees",
+    "random_forest",
+)
+
+
+def rung_order(families: Mapping[str, str]) -> list[str]:
+    """Candidate names (``{name: family}``, in config order) in the order their first rungs run."""
+    rank = {family: position for position, family in enumerate(COST_PRIOR)}
+    return sorted(families, key=lambda name: rank.get(families[name], len(COST_PRIOR)))
+
+
 @dataclass(frozen=True)
 class RungScore:
     """A candidate after its first rung (a few folds): how it scored and what the rest would cost."""

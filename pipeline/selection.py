@@ -136,18 +136,22 @@ def evaluate_portfolio(
     rung = min(len(splits), max(1, n_jobs))
     first: dict[str, tuple[list, float]] = {}
     outcomes: dict[str, CandidateOutcome] = {}
-    for position, (name, candidate) in enumerate(portfolio.items()):
+    order = budget.rung_order({name: c.family for name, c in portfolio.items()})
+    for position, name in enumerate(order):
+        candidate = portfolio[name]
         left = seconds - (clock() - started)
         cap = budget.fair_cap(left, len(portfolio) - position)
+        # Until one candidate besides the baselines has run, none is skipped: stage 2 needs a family.
+        ranked_one = any(portfolio[n].family not in BASELINE_FAMILIES for n in first)
         predicted = _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
-        if predicted > cap:
+        if ranked_one and (left <= 0 or predicted > cap):
+            note = (
+                f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
+                if left > 0
+                else "skipped: stage 1's share of the budget was spent before its turn"
+            )
             outcomes[name] = CandidateOutcome(
-                name,
-                candidate.family,
-                dict(candidate.params),
-                {},
-                STATUS_SKIPPED,
-                f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s",
+                name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
             )
             logger.warning("%s %s", name, outcomes[name].note)
             emit(outcomes[name])

@@ -191,6 +191,18 @@ def log_budget(session: TrackingSession, run_id: str, steps: list[budget.Step]) 
         if step.stopped_by in (STOPPED_TIME, STOPPED_SKIPPED):
             tags[keys.TAG_BUDGET_STOPPED + step.name] = step.stopped_by
     runs.log_batch(session, run_id, metrics=metrics, tags=tags)
+    frame = pd.DataFrame(
+        [
+            {
+                "step": st.name,
+                "planned_seconds": st.planned,
+                "spent_seconds": st.spent,
+                "stopped_by": st.stopped_by,
+            }
+            for st in steps
+        ]
+    )
+    runs.log_frame(session, run_id, frame, keys.ARTIFACT_BUDGET)
     total = steps[-1]
     # The rule: within 10 % of the budget, or 15 s, whichever is larger.
     if total.over > max(0.1 * total.planned, 15.0):

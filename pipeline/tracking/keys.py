@@ -172,6 +172,7 @@ ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test r
 ARTIFACT_LEADERBOARD = "leaderboard"  # research: .csv and .md
 ARTIFACT_RESEARCH_CHART = "cv_roc_auc.png"
 ARTIFACT_FAMILIES = "families"  # optimize: .csv and .md
+ARTIFACT_BUDGET = "budget/steps"  # optimize: .csv and .md, planned and spent seconds per step
 ARTIFACT_TEST_SCORES = "evaluation/test_scores.csv"  # optimize: row_index, y_true, score
 ARTIFACT_IMPORTANCE = "evaluation/permutation_importance"  # optimize: .csv and .md
 PLOT_ROC = "plots/roc_curve.png"
