@@ -53,9 +53,19 @@ class Step:
         return self.spent - self.planned
 
 
+# What a command takes after its stage returns (printing, worker pools and the interpreter shutting
+# down), which its own clock cannot see: each stage leaves this much of its plan unused.
+PROCESS_EXIT_SECONDS = 3.0
+
+
 def research_plan(budget_seconds: float) -> float:
-    """Seconds stage 1 plans to spend."""
-    return budget_seconds * RESEARCH_SHARE
+    """Seconds stage 1 plans to spend (its process's exit not included)."""
+    return max(0.0, budget_seconds * RESEARCH_SHARE - PROCESS_EXIT_SECONDS)
+
+
+def seconds_left(budget_seconds: float, research_spent: float, optimize_elapsed: float) -> float:
+    """What stage 2 has left: the budget less stage 1, its own time so far, and both processes' exits."""
+    return budget_seconds - research_spent - optimize_elapsed - 2 * PROCESS_EXIT_SECONDS
 
 
 def fair_cap(seconds_left: float, candidates_left: int) -> float:

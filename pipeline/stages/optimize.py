@@ -408,7 +408,7 @@ def run(
 
     def left() -> float:
         """Seconds of the budget still unspent by stages 1 and 2."""
-        return config.budget_seconds - research_step.spent - (time.monotonic() - started)
+        return budget.seconds_left(config.budget_seconds, research_step.spent, time.monotonic() - started)
 
     # Row labels stay the dataset positions, so anything fitted can be traced back to its rows.
     train_x = dataset.features.iloc[split.train_index]

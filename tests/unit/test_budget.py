@@ -12,7 +12,14 @@ def score(name: str, auc: float, seconds: float = 1.0, folds_left: int = 3, cost
 
 def test_research_plans_a_share_of_the_budget_not_all():
     assert 0 < budget.research_plan(100) < 100
-    assert budget.research_plan(200) == pytest.approx(2 * budget.research_plan(100))
+    assert budget.research_plan(200) > budget.research_plan(100)
+    assert budget.research_plan(1) == 0
+
+
+def test_stage_2_has_what_stage_1_and_its_own_time_left():
+    left = budget.seconds_left(100, research_spent=30, optimize_elapsed=5)
+    assert left == pytest.approx(65 - 2 * budget.PROCESS_EXIT_SECONDS)
+    assert budget.seconds_left(60, research_spent=70, optimize_elapsed=5) < 0
 
 
 def test_the_rest_of_a_rung_is_predicted_in_batches_of_jobs():
