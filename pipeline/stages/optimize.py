@@ -456,16 +456,19 @@ def run(
                 keys.TAG_OPTUNA_SHARED: str(location.shared).lower(),
             },
         )
-        reserve = budget.final_reserve(
-            {f: fold_seconds.get(f, 0.0) for f in families},
-            research_folds,
-            settings.cv_folds,
-            settings.ensemble,
-            left(),
-        )
+        tuning_started_with = left()
         steps = [research_step]
         outcomes: list[FamilyOutcome] = []
         for position, family in enumerate(families):
+            # The final step refits what may be in it: the families tuned and those still to come.
+            in_final = [o.family for o in outcomes] + families[position:]
+            reserve = budget.final_reserve(
+                {f: fold_seconds.get(f, 0.0) for f in in_final},
+                research_folds,
+                settings.cv_folds,
+                settings.ensemble,
+                tuning_started_with,
+            )
             share = budget.family_share(left(), reserve, len(families) - position)
             trial = budget.trial_seconds(fold_seconds.get(family, 0.0), research_folds, settings.cv_folds)
             step = keys.BUDGET_STEP_TUNE + family
