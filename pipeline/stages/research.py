@@ -53,7 +53,8 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
     ``started`` (``time.monotonic()``) is when its share of the budget began: the process's
     start for the command, now when not given.
     """
-    started = time.monotonic() if started is None else started
+    entered = time.monotonic()
+    started = entered if started is None else started
     planned = budget.research_plan(config.budget_seconds)
     validate_portfolio(config)
     dataset = load_dataset(config)
@@ -132,7 +133,9 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                     dataset,
                     split,
                     on_candidate=record,
-                    seconds=planned - (time.monotonic() - started),
+                    # The share is for the stage's own work: the interpreter's start is the
+                    # command's fixed cost (it still counts in the spent seconds and the total).
+                    seconds=planned - (time.monotonic() - entered),
                 )
             finally:
                 progress.close()
