@@ -73,6 +73,13 @@ def check_landed(uri: str, result: optimize.OptimizeResult, config) -> MlflowCli
         assert name in metrics, name
     assert 0.5 < metrics["test_roc_auc"] <= 1
     assert sum(metrics[k] for k in ("test_tn", "test_fp", "test_fn", "test_tp")) == 250
+    # Planned and spent seconds of every step of the budget.
+    steps = [keys.STAGE_RESEARCH, *(keys.BUDGET_STEP_TUNE + f for f in families), keys.BUDGET_STEP_FINAL]
+    for step in [*steps, keys.BUDGET_STEP_TOTAL]:
+        assert metrics[keys.METRIC_BUDGET_PLANNED + step] >= 0, step
+        assert metrics[keys.METRIC_BUDGET_SPENT + step] >= 0, step
+    assert metrics[keys.METRIC_BUDGET_PLANNED + keys.BUDGET_STEP_TOTAL] == config.budget_seconds
+    assert [s.name for s in result.steps] == [*steps, keys.BUDGET_STEP_TOTAL]
 
     # Every trial is a nested run, once, tagged with its study and number.
     experiment_id = parent.info.experiment_id
