@@ -143,7 +143,11 @@ def evaluate_portfolio(
         cap = budget.fair_cap(left, len(portfolio) - position)
         # Until one candidate besides the baselines has run, none is skipped: stage 2 needs a family.
         ranked_one = any(portfolio[n].family not in BASELINE_FAMILIES for n in first)
-        predicted = _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
+        predicted = (
+            _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
+            if left > 0
+            else 0.0  # no time to probe either
+        )
         if ranked_one and (left <= 0 or predicted > cap):
             note = (
                 f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
