@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from pipeline import budget, scorecard, tuning
 from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
@@ -219,7 +220,9 @@ def _probe(estimator, features: pd.DataFrame, target: pd.Series, fold, family: s
     rows = np.sort(rng.choice(train, budget.PROBE_ROWS, replace=False))
     scored = valid[: budget.PROBE_ROWS]
     try:
-        outcome = fit_predict_fold(estimator, features, target, 0, rows, scored)
+        # One OpenMP thread, as in the fold workers (joblib limits them): see OPENMP_FAMILIES.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            outcome = fit_predict_fold(estimator, features, target, 0, rows, scored)
     except Exception:  # a sample with one class, say: the real fold decides
         logger.debug("probe of %s failed", family, exc_info=True)
         return 0.0
