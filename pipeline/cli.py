@@ -31,15 +31,18 @@ EXIT_FAILURE = 1
 
 
 def _research(config, args) -> Any:
+    from pipeline import budget
     from pipeline.stages import research
 
-    return research.run(config)
+    # The budget is the command's wall time: the interpreter's start and imports count too.
+    return research.run(config, started=budget.process_started())
 
 
 def _optimize(config, args) -> Any:
+    from pipeline import budget
     from pipeline.stages import optimize
 
-    return optimize.run(config, research_run_id=args.research_run_id)
+    return optimize.run(config, research_run_id=args.research_run_id, started=budget.process_started())
 
 
 def _register(config, args) -> Any:

@@ -163,8 +163,8 @@ class SearchParam(_Section):
 class OptimizeConfig(_Section):
     top_k: int = Field(3, ge=1, le=9)
     cv_folds: int = Field(5, ge=2, le=20)
+    # A cap: the time each family gets is planned from budget_seconds (pipeline.budget).
     n_trials: int = Field(40, ge=1, le=10_000, description="trial cap per family")
-    timeout_seconds: float = Field(25.0, gt=0, description="wall-clock budget per family")
     n_jobs: int = Field(2, ge=1, le=64)
     pruning: bool = True
     calibration_methods: list[Literal["sigmoid", "isotonic"]] = ["sigmoid", "isotonic"]
@@ -176,6 +176,16 @@ class OptimizeConfig(_Section):
     ensemble: bool = True
     ensemble_min_gain: float = Field(0.001, ge=0, le=1)
     search_spaces: dict[Family, dict[str, SearchParam]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "timeout_seconds" in data:
+            raise ValueError(
+                "timeout_seconds: replaced by budget_seconds at the top of the file, "
+                "the wall time of research and optimize together"
+            )
+        return data
 
 
 class RegisterConfig(_Section):
@@ -256,6 +266,9 @@ class PipelineConfig(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     seed: int = Field(42, ge=0, le=2**32 - 1)
+    # Wall time of stages 1 and 2 together (research, tuning, the final refit, calibration, test
+    # scoring); pipeline.budget splits it.
+    budget_seconds: float = Field(600.0, ge=10, le=7 * 24 * 3600)
     tracking: TrackingConfig = TrackingConfig()
     dataset: DatasetConfig
     split: SplitConfig = SplitConfig()

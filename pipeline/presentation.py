@@ -215,11 +215,43 @@ def champion_run_id(views: Views) -> str | None:
 
 def tuning_table(uri: str, run_id: str | None) -> pd.DataFrame:
     """Per tuned family: trials run against the cap, what stopped the study, the best CV ROC AUC."""
-    columns = ["family", "trials", "trials_cap", "stopped_by", "pruned", "cv_roc_auc", "best_params"]
+    columns = [
+        "family",
+        "trials",
+        "trials_cap",
+        "stopped_by",
+        "pruned",
+        "cv_roc_auc",
+        "planned_seconds",
+        "spent_seconds",
+        "best_params",
+    ]
     frame = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_FAMILIES}.csv") if run_id else None
     if frame is None:
         return pd.DataFrame(columns=columns)
     return frame.reindex(columns=columns)
+
+
+def budget_table(uri: str, run_id: str | None) -> pd.DataFrame:
+    """Planned against spent seconds per step of ``budget_seconds`` (research, each family, final, total)."""
+    columns = ["step", "planned_seconds", "spent_seconds", "stopped_by"]
+    frame = load_artifact_frame(uri, run_id, f"{keys.ARTIFACT_BUDGET}.csv") if run_id else None
+    if frame is None:  # a run from before the budget
+        return pd.DataFrame(columns=columns)
+    return frame.reindex(columns=columns)
+
+
+def budget_notes(steps: pd.DataFrame) -> list[str]:
+    """One sentence per step the budget cut short (stopped by time, or skipped)."""
+    notes = []
+    for row in steps.itertuples(index=False):
+        if row.stopped_by == "time":
+            notes.append(
+                f"{row.step}: stopped by time after {row.spent_seconds:.0f} s of {row.planned_seconds:.0f} s"
+            )
+        elif row.stopped_by == "skipped":
+            notes.append(f"{row.step}: skipped, its one trial could not fit its {row.planned_seconds:.0f} s")
+    return notes
 
 
 def importance(uri: str, run_id: str | None) -> pd.DataFrame | None:

@@ -10,18 +10,28 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from pipeline import scorecard, tuning
+from pipeline import budget, scorecard, tuning
 from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
 from pipeline.models import BASELINE_FAMILIES, build_ensemble, build_estimator, validate_params
 from pipeline.tracking import keys
-from pipeline.training import CVResult, cross_validate, folds, result_from_scores
+from pipeline.training import (
+    CVResult,
+    cross_validate,
+    fit_predict_fold,
+    folds,
+    result_from_folds,
+    result_from_scores,
+    run_folds,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +51,16 @@ LEADERBOARD_COLUMNS = [
     "cv_expected_cost_std",
     "cv_threshold",
     "fit_seconds",
+    "folds",
+    "status",
 ]
+
+
+# A candidate's state at the end of stage 1.
+STATUS_FULL = "cross-validated"
+STATUS_RACED = "raced out"
+STATUS_SKIPPED = "skipped"
+_STATUS_ORDER = {STATUS_FULL: 0, STATUS_RACED: 1, STATUS_SKIPPED: 2}
 
 
 @dataclass(frozen=True)
@@ -49,7 +68,13 @@ class CandidateOutcome:
     name: str
     family: str
     params: dict
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # empty when skipped
+    status: str = STATUS_FULL
+    note: str = ""  # why it was raced out or skipped
+
+    @property
+    def scored(self) -> bool:
+        return "cv_roc_auc_mean" in self.metrics
 
 
 def validate_portfolio(config: PipelineConfig) -> None:
@@ -57,49 +82,198 @@ def validate_portfolio(config: PipelineConfig) -> None:
         validate_params(candidate.family, candidate.params, f"research.candidates.{name}.params")
 
 
-def evaluate_portfolio(
-    config: PipelineConfig, dataset: Dataset, split: Split, on_candidate=None
-) -> list[CandidateOutcome]:
-    """Cross-validate every candidate on the training part. No tracking, no I/O."""
+def _training_part(dataset: Dataset, split: Split) -> tuple[pd.DataFrame, pd.Series]:
     features = dataset.features.iloc[split.train_index].reset_index(drop=True)
     target = dataset.target.iloc[split.train_index].reset_index(drop=True)
+    return features, target
+
+
+def _summary(result: CVResult, n_folds: int) -> dict[str, float]:
+    return {
+        **result.summary(),
+        "cv_folds_done": float(n_folds),
+        "fold_seconds": (result.fit_seconds + result.predict_seconds) / max(1, n_folds),
+    }
+
+
+def evaluate_portfolio(
+    config: PipelineConfig,
+    dataset: Dataset,
+    split: Split,
+    on_candidate=None,
+    seconds: float | None = None,
+    clock=time.monotonic,
+) -> list[CandidateOutcome]:
+    """Cross-validate the candidates on the training part. No tracking, no I/O.
+
+    Without ``seconds`` every candidate runs every fold. With it the candidates are raced
+    (successive halving over folds, :func:`pipeline.budget.promote`): each runs a first rung of
+    ``n_jobs`` folds side by side, a candidate predicted too slow for its fair share is skipped
+    before its first fold, and only the promising ones that fit run the other folds.
+    """
+    features, target = _training_part(dataset, split)
     splits = folds(target, config.research.cv_folds, config.seed)
-    outcomes = []
-    for name, candidate in config.research.portfolio.items():
-        estimator = build_estimator(
-            candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
+    portfolio = config.research.portfolio
+    n_jobs = config.research.n_jobs
+    emit = on_candidate or (lambda outcome: None)
+    estimators = {
+        name: build_estimator(c.family, c.params, dataset.categorical, dataset.numeric, config.seed)
+        for name, c in portfolio.items()
+    }
+    if seconds is None:
+        outcomes = []
+        for name, candidate in portfolio.items():
+            result = cross_validate(estimators[name], features, target, splits, config.costs, n_jobs=n_jobs)
+            outcomes.append(
+                CandidateOutcome(
+                    name, candidate.family, dict(candidate.params), _summary(result, len(splits))
+                )
+            )
+            emit(outcomes[-1])
+        return outcomes
+
+    started = clock()
+    y = target.to_numpy()
+    rung = min(len(splits), max(1, n_jobs))
+    first: dict[str, tuple[list, float]] = {}
+    outcomes: dict[str, CandidateOutcome] = {}
+    order = budget.rung_order({name: c.family for name, c in portfolio.items()})
+    for position, name in enumerate(order):
+        candidate = portfolio[name]
+        left = seconds - (clock() - started)
+        cap = budget.fair_cap(left, len(portfolio) - position)
+        # Until one candidate besides the baselines has run, none is skipped: stage 2 needs a family.
+        ranked_one = any(portfolio[n].family not in BASELINE_FAMILIES for n in first)
+        predicted = (
+            _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
+            if left > 0
+            else 0.0  # no time to probe either
         )
-        result = cross_validate(
-            estimator, features, target, splits, config.costs, n_jobs=config.research.n_jobs
+        if ranked_one and (left <= 0 or predicted > cap):
+            note = (
+                f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
+                if left > 0
+                else "skipped: stage 1's share of the budget was spent before its turn"
+            )
+            outcomes[name] = CandidateOutcome(
+                name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
+            )
+            logger.warning("%s %s", name, outcomes[name].note)
+            emit(outcomes[name])
+            continue
+        rung_started = clock()
+        first[name] = (
+            run_folds(estimators[name], features, target, splits, range(rung), n_jobs),
+            clock() - rung_started,
         )
-        outcome = CandidateOutcome(name, candidate.family, dict(candidate.params), result.summary())
-        outcomes.append(outcome)
-        if on_candidate is not None:
-            on_candidate(outcome)
-    return outcomes
+
+    scores = []
+    for name, (fold_outcomes, wall) in first.items():
+        result = result_from_folds(y, fold_outcomes, splits, config.costs)
+        metrics = result.summary()
+        scores.append(
+            budget.RungScore(
+                name,
+                metrics["cv_roc_auc_mean"],
+                metrics["cv_expected_cost_mean"],
+                wall,
+                rung,
+                len(splits) - rung,
+                n_jobs,
+            )
+        )
+    promoted, raced_out = budget.promote(scores, seconds - (clock() - started))
+    rest = {s.name: s.predicted_rest for s in scores}
+    for name in promoted:
+        left = seconds - (clock() - started)
+        if rest[name] > left and rest[name] > 0:  # earlier candidates took longer than predicted
+            raced_out[name] = (
+                f"raced out: the other folds would take about {rest[name]:.0f} s, {left:.0f} s left"
+            )
+            continue
+        fold_outcomes = first[name][0] + run_folds(
+            estimators[name], features, target, splits, range(rung, len(splits)), n_jobs
+        )
+        candidate = portfolio[name]
+        result = result_from_folds(y, fold_outcomes, splits, config.costs)
+        outcomes[name] = CandidateOutcome(
+            name, candidate.family, dict(candidate.params), _summary(result, len(splits))
+        )
+        emit(outcomes[name])
+    for name, note in raced_out.items():
+        candidate = portfolio[name]
+        result = result_from_folds(y, first[name][0], splits, config.costs)
+        outcomes[name] = CandidateOutcome(
+            name, candidate.family, dict(candidate.params), _summary(result, rung), STATUS_RACED, note
+        )
+        logger.info("%s %s", name, note)
+        emit(outcomes[name])
+    return [outcomes[name] for name in portfolio]
+
+
+def _probe(estimator, features: pd.DataFrame, target: pd.Series, fold, family: str, seed: int) -> float:
+    """Predicted seconds of one full-size fold, timed on a sample when the fold is large (else 0)."""
+    train, valid = fold
+    if len(train) <= budget.PROBE_ROWS:
+        return 0.0  # small enough to just run
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(train, budget.PROBE_ROWS, replace=False))
+    scored = valid[: budget.PROBE_ROWS]
+    try:
+        # One OpenMP thread, as in the fold workers (joblib limits them): see OPENMP_FAMILIES.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            outcome = fit_predict_fold(estimator, features, target, 0, rows, scored)
+    except Exception:  # a sample with one class, say: the real fold decides
+        logger.debug("probe of %s failed", family, exc_info=True)
+        return 0.0
+    return budget.predicted_from_probe(
+        outcome.fit_seconds, outcome.predict_seconds, len(rows), len(train), len(valid), family
+    )
 
 
 def leaderboard_frame(
     outcomes: list[CandidateOutcome], run_ids: dict[str, str] | None = None
 ) -> pd.DataFrame:
-    """Candidates ranked by mean CV ROC AUC (ties: lower expected cost first)."""
-    rows = [{"candidate": o.name, "family": o.family, **o.metrics} for o in outcomes]
-    frame = pd.DataFrame(rows).sort_values(
-        [RANK_METRIC, "cv_expected_cost_mean"], ascending=[False, True], kind="mergesort"
+    """Candidates ranked by mean CV ROC AUC (ties: lower expected cost first).
+
+    Fully cross-validated candidates come first, then those raced out (scored on their first
+    folds only, so not comparable with the others), then the skipped ones.
+    """
+    rows = [
+        {
+            "candidate": o.name,
+            "family": o.family,
+            **o.metrics,
+            "folds": o.metrics.get("cv_folds_done", 0.0),
+            "status": o.status,
+            "note": o.note,
+            "_order": _STATUS_ORDER[o.status],
+        }
+        for o in outcomes
+    ]
+    frame = pd.DataFrame(rows).reindex(columns=[*LEADERBOARD_COLUMNS, "note", "_order"])
+    frame = frame.sort_values(
+        ["_order", RANK_METRIC, "cv_expected_cost_mean"], ascending=[True, False, True], kind="mergesort"
     )
-    frame.insert(0, "rank", range(1, len(frame) + 1))
-    frame = frame[LEADERBOARD_COLUMNS].reset_index(drop=True)
+    frame["rank"] = range(1, len(frame) + 1)
+    frame = frame[[*LEADERBOARD_COLUMNS, "note"]].reset_index(drop=True)
+    frame["folds"] = frame["folds"].astype(int)
     if run_ids is not None:
         frame["run_id"] = frame["candidate"].map(run_ids)
     return frame
 
 
-def fitted_scorecards(config: PipelineConfig, dataset: Dataset, split: Split) -> dict[str, object]:
-    """Every scorecard candidate of the portfolio fitted on the whole training part, for its table."""
+def fitted_scorecards(
+    config: PipelineConfig, dataset: Dataset, split: Split, only: set[str] | None = None
+) -> dict[str, object]:
+    """Every scorecard candidate of the portfolio (of ``only``, when given) fitted on the whole
+    training part, for its table."""
     features = dataset.features.iloc[split.train_index]
     target = dataset.target.iloc[split.train_index]
     fitted = {}
     for name, candidate in config.research.portfolio.items():
+        if only is not None and name not in only:
+            continue
         model = build_estimator(
             candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
         )
@@ -109,8 +283,9 @@ def fitted_scorecards(config: PipelineConfig, dataset: Dataset, split: Split) ->
 
 
 def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
-    """Families in leaderboard order, each once, baselines left out."""
-    families = leaderboard.loc[~leaderboard["family"].isin(BASELINE_FAMILIES), "family"]
+    """Families in leaderboard order, each once, baselines and skipped candidates left out."""
+    kept = ~leaderboard["family"].isin(BASELINE_FAMILIES) & (leaderboard["status"] != STATUS_SKIPPED)
+    families = leaderboard.loc[kept, "family"]
     return list(dict.fromkeys(families))
 
 
@@ -131,7 +306,11 @@ class FamilyOutcome:
     best_params: dict
     metrics: dict[str, float]  # CV summary of the family's best trial
     trials_cap: int = 0  # optimize.n_trials
-    stopped_by: str = "count"  # "count": the cap was reached; "time": the time limit ended the study
+    stopped_by: str = "count"  # "count": the cap was reached; "time": its share of the budget ended it
+    planned_seconds: float = 0.0  # its share of budget_seconds
+    spent_seconds: float = 0.0
+    # The best trial's CV result when this process ran it: the final step reuses it.
+    cv: CVResult | None = field(default=None, repr=False, compare=False)
 
     @property
     def cut_short(self) -> bool:
@@ -149,6 +328,9 @@ def family_objective(
     features: pd.DataFrame,
     target: pd.Series,
     splits: list,
+    deadline: float | None = None,
+    fold_seconds: float = 0.0,
+    keep: tuning.BestCV | None = None,
 ):
     """The Optuna objective for one family, from its search space and the stage's settings."""
     settings = config.optimize
@@ -164,6 +346,9 @@ def family_objective(
         config.seed,
         n_jobs=family_jobs(family, settings.n_jobs),
         pruning=settings.pruning,
+        deadline=deadline,
+        fold_seconds=fold_seconds,
+        keep=keep,
     )
 
 
@@ -174,7 +359,7 @@ class FinalCandidate:
     name: str
     estimator: object
     cv_metrics: dict[str, float]
-    cv: CVResult | None = None  # computed here for a vote; a single family's comes from its trial
+    cv: CVResult | None = None  # out-of-fold scores: a vote's, or a family's best trial's when known
 
 
 def vote_name(families: tuple[str, ...] | list[str]) -> str:
@@ -192,7 +377,8 @@ def choose_final_estimator(
 ) -> FinalCandidate:
     """The best single family, unless a soft vote of two or more tuned families cross-validates better.
 
-    Each family's best model is cross-validated once on the trials' folds. A soft vote's
+    Each family's best model is cross-validated on the trials' folds once: its best trial's
+    result is reused when this process ran it, else it is cross-validated here. A soft vote's
     out-of-fold scores are then the mean of its members' (what ``VotingClassifier`` computes),
     so every subset is judged without another fit. The vote of all of them is the default; a
     smaller one replaces it only when its CV ROC AUC is higher by more than ``ensemble_min_gain``
@@ -202,12 +388,16 @@ def choose_final_estimator(
     """
     settings = config.optimize
     if not settings.ensemble or len(outcomes) < 2:
-        return FinalCandidate(winner.family, estimator_for(config, dataset, winner), dict(winner.metrics))
+        return FinalCandidate(
+            winner.family, estimator_for(config, dataset, winner), dict(winner.metrics), cv=winner.cv
+        )
 
     y = train_y.to_numpy()
     members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
+    by_family = {o.family: o for o in outcomes}
     member_cv = {
-        family: cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
+        family: by_family[family].cv
+        or cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
         for family, model in members.items()
     }
     best: tuple[tuple[str, ...], CVResult, dict[str, float]] | None = None
@@ -241,7 +431,9 @@ def choose_final_estimator(
     if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
         vote = build_ensemble([(f, members[f]) for f in combo])
         return FinalCandidate(vote_name(combo), vote, metrics, cv=result)
-    return FinalCandidate(winner.family, members[winner.family], dict(winner.metrics))
+    return FinalCandidate(
+        winner.family, members[winner.family], dict(winner.metrics), cv=member_cv[winner.family]
+    )
 
 
 def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,10 +93,7 @@ def cross_validate(
     """
     y = target.to_numpy()
     if on_fold is None:
-        outcomes = Parallel(n_jobs=n_jobs)(
-            delayed(fit_predict_fold)(estimator, features, target, i, train, valid)
-            for i, (train, valid) in enumerate(splits)
-        )
+        outcomes = run_folds(estimator, features, target, splits, range(len(splits)), n_jobs)
     else:
         outcomes, aucs = [], []
         for i, (train, valid) in enumerate(splits):
@@ -105,13 +102,38 @@ def cross_validate(
             aucs.append(probability_metrics(y[valid], outcome.scores)["roc_auc"])
             on_fold(i, float(np.mean(aucs)))
 
+    return result_from_folds(y, outcomes, splits, costs)
+
+
+def run_folds(
+    estimator,
+    features: pd.DataFrame,
+    target: pd.Series,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    which: Iterable[int],
+    n_jobs: int = 1,
+) -> list[FoldOutcome]:
+    """Fit and score the folds numbered ``which``, ``n_jobs`` at a time."""
+    return Parallel(n_jobs=n_jobs)(
+        delayed(fit_predict_fold)(estimator, features, target, i, *splits[i]) for i in which
+    )
+
+
+def result_from_folds(
+    y: np.ndarray,
+    outcomes: list[FoldOutcome],
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    costs: CostConfig,
+) -> CVResult:
+    """A CV result from the folds that ran (all of them, or a raced-out candidate's first few)."""
+    outcomes = sorted(outcomes, key=lambda o: o.index)
     oof = np.full(len(y), np.nan)
     for outcome in outcomes:
         oof[outcome.validation_index] = outcome.scores
     return result_from_scores(
         y,
         oof,
-        splits,
+        [splits[o.index] for o in outcomes],
         costs,
         fit_seconds=float(sum(o.fit_seconds for o in outcomes)),
         predict_seconds=float(sum(o.predict_seconds for o in outcomes)),
@@ -126,8 +148,13 @@ def result_from_scores(
     fit_seconds: float = 0.0,
     predict_seconds: float = 0.0,
 ) -> CVResult:
-    """Threshold and per-fold metrics from out-of-fold scores, e.g. the average of several models'."""
-    threshold, _ = best_threshold(y, oof_scores, costs)
+    """Threshold and per-fold metrics from out-of-fold scores, e.g. the average of several models'.
+
+    ``splits`` may be some of the folds only (a raced-out candidate): the threshold is then chosen
+    on the rows those folds scored.
+    """
+    scored = ~np.isnan(oof_scores)
+    threshold, _ = best_threshold(y[scored], oof_scores[scored], costs)
     per_fold = [
         {
             **probability_metrics(y[valid], oof_scores[valid]),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pipeline.models import build_estimator, validate_params
 from pipeline.processes import process_alive, this_owner
 from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
 from pipeline.tracking import store
-from pipeline.training import cross_validate
+from pipeline.training import CVResult, cross_validate
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ HOST_ATTR, PID_ATTR = "host", "pid"
 FAILURE_ATTR = "failure_reason"
 # Optuna's heartbeat: a trial whose process beats no more is stale after the grace period.
 HEARTBEAT_SECONDS, GRACE_SECONDS = 30, 90
+# Trial user attribute set when the time budget stopped the trial ("time").
+STOPPED_ATTR = "stopped_by"
 
 
 @dataclass(frozen=True)
@@ -290,21 +293,47 @@ def make_objective(
     seed: int,
     n_jobs: int = 1,
     pruning: bool = True,
+    deadline: float | None = None,
+    fold_seconds: float = 0.0,
+    keep: BestCV | None = None,
 ) -> Callable[[optuna.Trial], float]:
     """Mean CV ROC AUC of one sampled configuration, reported fold by fold for pruning.
 
     ``features`` must be the training part only: the objective never sees the test part.
+    With a ``deadline`` (``time.monotonic()``), a trial whose next fold (predicted from its own
+    folds, or ``fold_seconds`` before the first) would end past it is stopped (pruned) and the study
+    stopped: Optuna's timeout is only checked between trials. A study's first complete trial is never
+    stopped, so every tuned family has one model. ``keep`` holds the best trial's CV result.
     """
+    complete = {"seen": False}
+
+    def time_is_up(study: optuna.Study, next_fold: float) -> bool:
+        if deadline is None or time.monotonic() + next_fold <= deadline:
+            return False
+        if not complete["seen"]:
+            complete["seen"] = bool(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        return complete["seen"]
+
+    def stop(trial: optuna.Trial, folds_done: int) -> None:
+        trial.set_user_attr(STOPPED_ATTR, "time")
+        trial.study.stop()
+        raise optuna.TrialPruned(f"stopped by the time budget after {folds_done} folds")
 
     def objective(trial: optuna.Trial) -> float:
+        if time_is_up(trial.study, fold_seconds):
+            stop(trial, 0)
         params = suggest(trial, space)
         estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=n_jobs)
+        started = time.monotonic()
 
         def on_fold(fold: int, mean_auc: float) -> None:
             trial.report(mean_auc, fold)
             trial.set_user_attr("folds_done", fold + 1)
-            if trial.should_prune():
+            if pruning and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after fold {fold + 1}: mean ROC AUC {mean_auc:.4f}")
+            per_fold = (time.monotonic() - started) / (fold + 1)
+            if fold + 1 < len(splits) and time_is_up(trial.study, per_fold):
+                stop(trial, fold + 1)
 
         result = cross_validate(
             estimator,
@@ -313,13 +342,56 @@ def make_objective(
             splits,
             costs,
             n_jobs=n_jobs,
-            on_fold=on_fold if pruning else None,
+            on_fold=on_fold if pruning or deadline is not None else None,
         )
         summary = result.summary()
         trial.set_user_attr(METRICS_ATTR, summary)
+        if keep is not None:
+            keep.offer(trial.number, result)
         return summary["cv_roc_auc_mean"]
 
     return objective
+
+
+class BestCV:
+    """The best trial's CV result in this process (out-of-fold scores included), so the final step
+    reuses it instead of cross-validating the winner again. Same order as :func:`best_trial`."""
+
+    def __init__(self) -> None:
+        self.number: int | None = None
+        self.result: CVResult | None = None
+        self._key: tuple | None = None
+
+    def offer(self, number: int, result: CVResult) -> None:
+        key = (rank_key(with_short_names(result.summary())), number)
+        if self._key is None or key < self._key:
+            self.number, self.result, self._key = number, result, key
+
+    def result_of(self, trial: FrozenTrial | None) -> CVResult | None:
+        return self.result if trial is not None and trial.number == self.number else None
+
+
+def enqueue_known(study: optuna.Study, configurations: Sequence[Mapping[str, Any]], space) -> int:
+    """Queue known good configurations as a new study's first trials; returns how many.
+
+    Only a study without trials gets them (a resumed one has its history). Values outside the
+    space are left to the sampler.
+    """
+    if study.get_trials(deepcopy=False):
+        return 0
+    queued = 0
+    for configuration in configurations:
+        params = {k: v for k, v in configuration.items() if k in space and _inside(space[k], v)}
+        if params:
+            study.enqueue_trial(params, skip_if_exists=True)
+            queued += 1
+    return queued
+
+
+def _inside(spec: SearchParam, value: Any) -> bool:
+    if spec.type == "categorical":
+        return value in spec.choices
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and spec.low <= value <= spec.high
 
 
 def tune(

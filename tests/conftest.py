@@ -57,9 +57,7 @@ def small_params(**overrides) -> dict:
     raw = project_params()
     raw["research"]["cv_folds"] = 3
     raw["research"]["use"] = ["dummy_prior", "logistic_regression", "decision_tree", "naive_bayes"]
-    raw["optimize"].update(
-        {"top_k": 2, "cv_folds": 3, "n_trials": 3, "timeout_seconds": 20, "permutation_repeats": 1}
-    )
+    raw["optimize"].update({"top_k": 2, "cv_folds": 3, "n_trials": 3, "permutation_repeats": 1})
     raw["register"]["bootstrap_samples"] = 200
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(raw.get(section), dict):

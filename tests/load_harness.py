@@ -33,7 +33,6 @@ def tiny_params(experiment: str, model_name: str) -> dict:
             "top_k": 1,
             "cv_folds": 3,
             "n_trials": 2,
-            "timeout_seconds": 20,
             "n_jobs": 1,
             "permutation_repeats": 1,
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -21,7 +22,7 @@ from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
-from pipeline import plots, reasons, scorecard, stability, tuning
+from pipeline import budget, plots, reasons, scorecard, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
@@ -32,6 +33,9 @@ from pipeline.tracking.session import TrackingSession
 from pipeline.training import folds, positive_scores
 
 logger = logging.getLogger(__name__)
+
+STOPPED_TIME = "time"  # a step its share of the budget ended
+STOPPED_SKIPPED = "skipped"  # a family whose one trial could not fit its share
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class OptimizeResult:
     test_metrics: dict[str, float]
     model_uri: str
     log_losses: dict[str, float] = field(default_factory=dict)
+    steps: list[budget.Step] = field(default_factory=list)  # planned and spent seconds per step
 
     def describe(self) -> str:
         rows = [
@@ -92,6 +97,12 @@ class OptimizeResult:
                 floatfmt=".4f",
             ),
             f"model {self.model_uri}",
+            "",
+            tabulate(
+                [[st.name, st.planned, st.spent, st.stopped_by] for st in self.steps],
+                headers=["budget step", "planned s", "spent s", "stopped by"],
+                floatfmt=".1f",
+            ),
         ]
         return "\n".join(lines)
 
@@ -148,6 +159,66 @@ def top_families(research_run, k: int) -> list[str]:
     return list(ranked[:k])
 
 
+def research_budget(research_run, config: PipelineConfig) -> tuple[budget.Step, dict[str, float], int]:
+    """What stage 1 planned and spent, one CV fold's seconds per family, and its number of folds.
+
+    A research run from before the budget has no such records: its duration stands in for the
+    spent seconds, and the families' trials are then not predicted (0 s).
+    """
+    metrics, tags = research_run.data.metrics, research_run.data.tags
+    spent = metrics.get(keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH)
+    if spent is None:
+        info = research_run.info
+        spent = max(0.0, ((info.end_time or info.start_time) - info.start_time) / 1000)
+    planned = metrics.get(
+        keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH, budget.research_plan(config.budget_seconds)
+    )
+    try:
+        fold_seconds = {str(k): float(v) for k, v in json.loads(tags[keys.TAG_FOLD_SECONDS]).items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        fold_seconds = {}
+    stopped = tags.get(keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH, "")
+    folds_used = int(float(research_run.data.params.get("cv_folds", config.research.cv_folds)))
+    return budget.Step(keys.STAGE_RESEARCH, planned, spent, stopped), fold_seconds, folds_used
+
+
+def log_budget(session: TrackingSession, run_id: str, steps: list[budget.Step]) -> None:
+    """Planned and spent seconds per step on the optimize run, and a warning per step over its plan."""
+    metrics, tags = {}, {}
+    for step in steps:
+        metrics[keys.METRIC_BUDGET_PLANNED + step.name] = step.planned
+        metrics[keys.METRIC_BUDGET_SPENT + step.name] = step.spent
+        if step.stopped_by in (STOPPED_TIME, STOPPED_SKIPPED):
+            tags[keys.TAG_BUDGET_STOPPED + step.name] = step.stopped_by
+    runs.log_batch(session, run_id, metrics=metrics, tags=tags)
+    frame = pd.DataFrame(
+        [
+            {
+                "step": st.name,
+                "planned_seconds": st.planned,
+                "spent_seconds": st.spent,
+                "stopped_by": st.stopped_by,
+            }
+            for st in steps
+        ]
+    )
+    runs.log_frame(session, run_id, frame, keys.ARTIFACT_BUDGET)
+    total = steps[-1]
+    # The rule: within 10 % of the budget, or 15 s, whichever is larger.
+    if total.over > max(0.1 * total.planned, 15.0):
+        slowest = max(steps[:-1], key=lambda st: st.over)
+        logger.warning(
+            "research and optimize took %.0f s against budget_seconds=%g; %s ran %.0f s over its %.0f s",
+            total.spent,
+            total.planned,
+            slowest.name,
+            slowest.over,
+            slowest.planned,
+        )
+    else:
+        logger.info("research and optimize took %.0f s of budget_seconds=%g", total.spent, total.planned)
+
+
 # --- Tuning with trials recorded as nested runs --------------------------------------------------------
 
 
@@ -188,12 +259,21 @@ def tune_family(
     features: pd.DataFrame,
     target: pd.Series,
     splits: list,
+    seconds: float,
+    fold_seconds: float = 0.0,
 ) -> FamilyOutcome:
+    """Tune one family within ``seconds`` (its share of the budget) and at most ``n_trials`` trials."""
+    started = time.monotonic()
     settings = config.optimize
     space = settings.search_spaces[family]
     name = tuning.study_name(dataset.digest, family, space, settings.cv_folds, config.seed, config.costs)
     runs.log_batch(session, parent_run_id, tags={f"{keys.TAG_STUDY_PREFIX}{family}": name})
     study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
+    # The research candidates' own configurations first: even a couple of trials are then good ones.
+    known = [c.params for c in config.research.candidates.values() if c.family == family]
+    queued = tuning.enqueue_known(study, known, space)
+    if queued:
+        logger.info("%s: %d known configuration(s) queued as the first trials", family, queued)
 
     # Trials finished by an earlier, interrupted run (or another worker) whose run never landed.
     logged = lookups.logged_trial_numbers(session, name)
@@ -210,9 +290,24 @@ def tune_family(
             progress.set_postfix_str(f"best AUC {best.value:.4f}")
         progress.update()
 
-    objective = family_objective(config, dataset, family, features, target, splits)
+    keep = tuning.BestCV()
+    objective = family_objective(
+        config,
+        dataset,
+        family,
+        features,
+        target,
+        splits,
+        deadline=started + seconds,
+        fold_seconds=fold_seconds,
+        keep=keep,
+    )
     try:
-        ran = tuning.tune(study, objective, settings.n_trials, settings.timeout_seconds, callbacks=[record])
+        left = max(0.0, seconds - (time.monotonic() - started))
+        if tuning.best_trial(study) is None:
+            # Optuna starts no trial once its timeout has passed; a family needs one model.
+            left = max(left, 1.0)
+        ran = tuning.tune(study, objective, settings.n_trials, left, callbacks=[record])
     finally:
         progress.close()
 
@@ -223,11 +318,13 @@ def tune_family(
     stopped_by = "count" if len(done) >= settings.n_trials else "time"
     if stopped_by == "time":
         logger.warning(
-            "tuning of %s stopped by its time limit after %d of %d trials (optimize.timeout_seconds=%g)",
+            "tuning of %s stopped by its time limit after %d of %d trials (its share of "
+            "budget_seconds=%g: %.0f s)",
             family,
             len(done),
             settings.n_trials,
-            settings.timeout_seconds,
+            config.budget_seconds,
+            seconds,
         )
     return FamilyOutcome(
         family=family,
@@ -239,18 +336,25 @@ def tune_family(
         metrics=tuning.trial_metrics(best),
         trials_cap=settings.n_trials,
         stopped_by=stopped_by,
+        planned_seconds=seconds,
+        spent_seconds=time.monotonic() - started,
+        cv=keep.result_of(best),
     )
 
 
 # --- The stage ---------------------------------------------------------------------------------------
 
 
-def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int):
+def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, rows: int):
     # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
     # calibrated model does, without scoring through the calibrator.
     folds_fitted = getattr(model, "calibrated_classifiers_", None)
     if folds_fitted:
         model = folds_fitted[0].estimator
+    # A seeded sample bounds its time (rows x features x repeats predictions).
+    if rows < len(features):
+        sample = np.sort(np.random.default_rng(seed).choice(len(features), rows, replace=False))
+        features, target = features.iloc[sample], target.iloc[sample]
     # One process: spawning workers and shipping the model costs more than 250 rows of scoring.
     result = permutation_importance(
         model, features, target, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
@@ -282,8 +386,15 @@ def _log_explanations(config, session, run_id: str, final, metadata: dict, rejec
     runs.log_frame(session, run_id, counts, keys.ARTIFACT_REASON_FREQUENCIES)
 
 
-def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeResult:
-    """Run stage 2 and return the winner's summary; raises PipelineError on bad input."""
+def run(
+    config: PipelineConfig, research_run_id: str | None = None, started: float | None = None
+) -> OptimizeResult:
+    """Run stage 2 and return the winner's summary; raises PipelineError on bad input.
+
+    ``started`` (``time.monotonic()``) is when the stage's clock began: the process's start for the
+    command, now when not given.
+    """
+    started = time.monotonic() if started is None else started
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     settings = config.optimize
@@ -293,6 +404,11 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     check_split(session, research_run, split)
     families = top_families(research_run, settings.top_k)
     tuning.validate_spaces(settings.search_spaces, families)
+    research_step, fold_seconds, research_folds = research_budget(research_run, config)
+
+    def left() -> float:
+        """Seconds of the budget still unspent by stages 1 and 2."""
+        return budget.seconds_left(config.budget_seconds, research_step.spent, time.monotonic() - started)
 
     # Row labels stay the dataset positions, so anything fitted can be traced back to its rows.
     train_x = dataset.features.iloc[split.train_index]
@@ -316,7 +432,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "top_k": settings.top_k,
                 "cv_folds": settings.cv_folds,
                 "n_trials": settings.n_trials,
-                "timeout_seconds": settings.timeout_seconds,
+                keys.PARAM_BUDGET_SECONDS: config.budget_seconds,
                 "pruning": settings.pruning,
                 "calibration_methods": ",".join(settings.calibration_methods),
                 "calibration_max_auc_loss": settings.calibration_max_auc_loss,
@@ -340,10 +456,46 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 keys.TAG_OPTUNA_SHARED: str(location.shared).lower(),
             },
         )
-        outcomes = [
-            tune_family(config, session, run_id, tags, storage, family, dataset, train_x, train_y, splits)
-            for family in families
-        ]
+        tuning_started_with = left()
+        steps = [research_step]
+        outcomes: list[FamilyOutcome] = []
+        for position, family in enumerate(families):
+            # The final step refits what may be in it: the families tuned and those still to come.
+            in_final = [o.family for o in outcomes] + families[position:]
+            reserve = budget.final_reserve(
+                {f: fold_seconds.get(f, 0.0) for f in in_final},
+                research_folds,
+                settings.cv_folds,
+                settings.ensemble,
+                tuning_started_with,
+            )
+            share = budget.family_share(left(), reserve, len(families) - position)
+            trial = budget.trial_seconds(fold_seconds.get(family, 0.0), research_folds, settings.cv_folds)
+            step = keys.BUDGET_STEP_TUNE + family
+            skipped = budget.skip_family(share, trial, first=not outcomes)
+            if skipped:
+                logger.warning("tuning of %s %s", family, skipped)
+                steps.append(budget.Step(step, share, 0.0, STOPPED_SKIPPED))
+                continue
+            outcome = tune_family(
+                config,
+                session,
+                run_id,
+                tags,
+                storage,
+                family,
+                dataset,
+                train_x,
+                train_y,
+                splits,
+                seconds=share,
+                fold_seconds=trial / settings.cv_folds,
+            )
+            outcomes.append(outcome)
+            steps.append(
+                budget.Step(step, share, outcome.spent_seconds, STOPPED_TIME if outcome.cut_short else "")
+            )
+        final_started, final_planned = time.monotonic(), max(0.0, left())
         winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
         logger.info(
             "winner %s: cv ROC AUC %.4f, cost %.4f, params %s",
@@ -360,7 +512,9 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         # The one evaluation on the held-out test part.
         test_x = dataset.features.iloc[split.test_index]
         test_y = dataset.target.iloc[split.test_index].to_numpy()
+        scoring_started = time.monotonic()
         test_scores = positive_scores(final, test_x)
+        scoring_seconds = time.monotonic() - scoring_started
         test_metrics = {
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
@@ -422,14 +576,37 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                     "cv_roc_auc": o.metrics["cv_roc_auc"],
                     "cv_expected_cost": o.metrics["cv_expected_cost"],
                     "best_params": json.dumps(o.best_params),
+                    "planned_seconds": o.planned_seconds,
+                    "spent_seconds": o.spent_seconds,
                 }
                 for o in outcomes
+            ]
+            + [
+                {
+                    "family": st.name.removeprefix(keys.BUDGET_STEP_TUNE),
+                    "trials": 0,
+                    "trials_cap": settings.n_trials,
+                    "stopped_by": STOPPED_SKIPPED,
+                    "planned_seconds": st.planned,
+                    "spent_seconds": 0.0,
+                }
+                for st in steps
+                if st.stopped_by == STOPPED_SKIPPED
             ]
         )
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
-        # Reporting only, after the evaluation: nothing below feeds a choice.
-        importance = _importance(final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed)
+        # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
+        # time left allows (every permutation scores them once more).
+        rows = budget.importance_rows(
+            len(test_x),
+            scoring_seconds,
+            test_x.shape[1] * settings.permutation_repeats,
+            left() - budget.FINAL_OVERHEAD_SECONDS / 2,
+        )
+        importance = _importance(
+            final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed, rows
+        )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
         _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
         test_curve = cost_curve(test_y, test_scores, config.costs)
@@ -457,6 +634,11 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             runs.log_figure(session, run_id, figure, path)
             plots.close(figure)
 
+        steps.append(budget.Step(keys.BUDGET_STEP_FINAL, final_planned, time.monotonic() - final_started))
+        spent = research_step.spent + time.monotonic() - started
+        steps.append(budget.Step(keys.BUDGET_STEP_TOTAL, config.budget_seconds, spent))
+        log_budget(session, run_id, steps)
+
     logger.info(
         "optimize run %s finished: %s (%s), test ROC AUC %.4f, cost %.4f",
         run_id,
@@ -476,4 +658,5 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         test_metrics=test_metrics,
         model_uri=model_uri,
         log_losses=choice.log_losses,
+        steps=steps,
     )

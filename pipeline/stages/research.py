@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,10 +16,12 @@ from datetime import UTC, datetime
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline import plots, scorecard
+from pipeline import budget, plots, scorecard
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.selection import (
+    STATUS_FULL,
+    STATUS_SKIPPED,
     CandidateOutcome,
     evaluate_portfolio,
     fitted_scorecards,
@@ -44,8 +47,15 @@ class ResearchResult:
         return f"research run {self.run_id} (dataset {self.dataset_digest})\n{table}"
 
 
-def run(config: PipelineConfig) -> ResearchResult:
-    """Run stage 1 and return its leaderboard; raises PipelineError on bad input."""
+def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
+    """Run stage 1 and return its leaderboard; raises PipelineError on bad input.
+
+    ``started`` (``time.monotonic()``) is when its share of the budget began: the process's
+    start for the command, now when not given.
+    """
+    entered = time.monotonic()
+    started = entered if started is None else started
+    planned = budget.research_plan(config.budget_seconds)
     validate_portfolio(config)
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
@@ -66,6 +76,7 @@ def run(config: PipelineConfig) -> ResearchResult:
                 "cost_false_positive": config.costs.false_positive,
                 "dataset_source": dataset.source,
                 "candidates": ",".join(config.research.portfolio),
+                keys.PARAM_BUDGET_SECONDS: config.budget_seconds,
             },
             metrics={
                 "n_rows": dataset.n_rows,
@@ -88,6 +99,8 @@ def run(config: PipelineConfig) -> ResearchResult:
                     keys.TAG_ROLE: keys.ROLE_CANDIDATE,
                     keys.TAG_FAMILY: outcome.family,
                     keys.TAG_CANDIDATE: outcome.name,
+                    keys.TAG_CANDIDATE_STATUS: outcome.status,
+                    **({keys.TAG_CANDIDATE_NOTE: outcome.note} if outcome.note else {}),
                 },
                 params={"family": outcome.family, **outcome.params},
                 metrics=outcome.metrics,
@@ -95,13 +108,15 @@ def run(config: PipelineConfig) -> ResearchResult:
 
         def record(outcome: CandidateOutcome) -> None:
             pending.append(writer.submit(log_candidate, outcome))
-            logger.info(
-                "%-24s cv ROC AUC %.4f ± %.4f, cost %.4f",
-                outcome.name,
-                outcome.metrics["cv_roc_auc_mean"],
-                outcome.metrics["cv_roc_auc_std"],
-                outcome.metrics["cv_expected_cost_mean"],
-            )
+            if outcome.scored:
+                logger.info(
+                    "%-24s cv ROC AUC %.4f ± %.4f, cost %.4f (%d folds)",
+                    outcome.name,
+                    outcome.metrics["cv_roc_auc_mean"],
+                    outcome.metrics["cv_roc_auc_std"],
+                    outcome.metrics["cv_expected_cost_mean"],
+                    outcome.metrics["cv_folds_done"],
+                )
             progress.set_postfix_str(outcome.name)
             progress.update()
 
@@ -113,7 +128,15 @@ def run(config: PipelineConfig) -> ResearchResult:
                 writer.submit(runs.log_split, session, run_id, split),
             ]
             try:
-                outcomes = evaluate_portfolio(config, dataset, split, on_candidate=record)
+                outcomes = evaluate_portfolio(
+                    config,
+                    dataset,
+                    split,
+                    on_candidate=record,
+                    # The share is for the stage's own work: the interpreter's start is the
+                    # command's fixed cost (it still counts in the spent seconds and the total).
+                    seconds=planned - (time.monotonic() - entered),
+                )
             finally:
                 progress.close()
             for future in pending:
@@ -122,6 +145,12 @@ def run(config: PipelineConfig) -> ResearchResult:
         leaderboard = leaderboard_frame(outcomes, child_ids)
         families = ranked_families(leaderboard)
         best = leaderboard.iloc[0]
+        # What stage 2 plans from: one fold's seconds per family (its slowest candidate).
+        fold_seconds: dict[str, float] = {}
+        for outcome in outcomes:
+            if outcome.scored:
+                seconds = outcome.metrics["fold_seconds"]
+                fold_seconds[outcome.family] = max(seconds, fold_seconds.get(outcome.family, 0.0))
         runs.log_batch(
             session,
             run_id,
@@ -133,17 +162,39 @@ def run(config: PipelineConfig) -> ResearchResult:
                 keys.TAG_RANKED_FAMILIES: json.dumps(families),
                 keys.TAG_RANKED_CANDIDATES: json.dumps(leaderboard["candidate"].tolist()),
                 keys.TAG_BEST_CANDIDATE: best["candidate"],
+                keys.TAG_FOLD_SECONDS: json.dumps(fold_seconds),
             },
         )
         runs.log_frame(session, run_id, leaderboard, keys.ARTIFACT_LEADERBOARD)
         # A scorecard candidate's table (fitted on the whole training part) in its own child run.
         scaling = scorecard.Scaling(**config.scorecard.model_dump())
-        for name, model in fitted_scorecards(config, dataset, split).items():
+        fitted = fitted_scorecards(config, dataset, split, only={o.name for o in outcomes if o.scored})
+        for name, model in fitted.items():
             table = scorecard.scorecard_table(model, scaling)
             runs.log_frame(session, child_ids[name], table, keys.ARTIFACT_SCORECARD)
-        figure = plots.leaderboard_chart(leaderboard)
+        figure = plots.leaderboard_chart(leaderboard[leaderboard["status"] != STATUS_SKIPPED])
         runs.log_figure(session, run_id, figure, keys.ARTIFACT_RESEARCH_CHART)
         plots.close(figure)
+        spent = time.monotonic() - started
+        cut = [o.name for o in outcomes if o.status != STATUS_FULL]
+        runs.log_batch(
+            session,
+            run_id,
+            metrics={
+                keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH: planned,
+                keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH: spent,
+            },
+            tags={keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH: "time"} if cut else None,
+        )
+        if cut:
+            logger.warning(
+                "research stopped by time: %s not cross-validated on every fold (%.0f s planned of "
+                "budget_seconds=%g); see the leaderboard's status column",
+                ", ".join(cut),
+                planned,
+                config.budget_seconds,
+            )
+        logger.info("research spent %.1f s of %.1f s planned", spent, planned)
 
     logger.info("research run %s finished; ranked families: %s", run_id, ", ".join(families))
     return ResearchResult(

@@ -61,6 +61,20 @@ TAG_OPTUNA_STATE = "optuna.state"
 TAG_RANKED_FAMILIES = "research.ranked_families"
 TAG_RANKED_CANDIDATES = "research.ranked_candidates"
 TAG_BEST_CANDIDATE = "research.best_candidate"
+# On a candidate's child run: cross-validated, raced out or skipped (pipeline.selection), and why.
+TAG_CANDIDATE_STATUS = "research.status"
+TAG_CANDIDATE_NOTE = "research.note"
+# On the research run: JSON {family: seconds of one CV fold}, what stage 2 plans its shares from.
+TAG_FOLD_SECONDS = "research.fold_seconds"
+
+# --- The time budget (pipeline.budget): metrics prefix + step, on the research and optimize runs ------
+PARAM_BUDGET_SECONDS = "budget_seconds"
+METRIC_BUDGET_PLANNED = "budget.planned."  # + step
+METRIC_BUDGET_SPENT = "budget.spent."  # + step; stage 1's step is STAGE_RESEARCH
+TAG_BUDGET_STOPPED = "budget.stopped_by."  # + step: "time" or "skipped" when the budget ended it
+BUDGET_STEP_TUNE = "tune."  # + family
+BUDGET_STEP_FINAL = "final"
+BUDGET_STEP_TOTAL = "total"  # stages 1 and 2 together, against budget_seconds
 
 # --- Stage 2, optimize ------------------------------------------------------------------------------
 TAG_RESEARCH_RUN = "optimize.research_run_id"
@@ -158,6 +172,7 @@ ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test r
 ARTIFACT_LEADERBOARD = "leaderboard"  # research: .csv and .md
 ARTIFACT_RESEARCH_CHART = "cv_roc_auc.png"
 ARTIFACT_FAMILIES = "families"  # optimize: .csv and .md
+ARTIFACT_BUDGET = "budget/steps"  # optimize: .csv and .md, planned and spent seconds per step
 ARTIFACT_TEST_SCORES = "evaluation/test_scores.csv"  # optimize: row_index, y_true, score
 ARTIFACT_IMPORTANCE = "evaluation/permutation_importance"  # optimize: .csv and .md
 PLOT_ROC = "plots/roc_curve.png"

@@ -177,7 +177,7 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
     params = write_params(
         tmp_path,
         tracking={"connect_retries": 1, "connect_backoff_seconds": 0.1},
-        optimize={"n_trials": 6, "timeout_seconds": 120, "pruning": False},
+        optimize={"n_trials": 6, "pruning": False},
     )
     env = cli_env(uri, tmp_path)
     assert run_cli(params, env, "research").returncode == 0

@@ -37,8 +37,48 @@ def test_soft_vote_is_kept_when_it_beats_the_best_family_by_the_margin():
 def test_soft_vote_is_dropped_when_it_does_not_beat_the_margin():
     dropped = _ensemble_case(best_single_auc=0.55, min_gain=0.99)
     assert dropped.name == "logistic_regression"
-    assert dropped.cv is None
+    # The winner's cross-validation comes along, so fitting the final model does not repeat it.
+    assert dropped.cv is not None and len(dropped.cv.per_fold) == 3
     assert dropped.cv_metrics["cv_roc_auc"] == 0.55
+
+
+def test_cross_validation_the_trials_did_is_reused_not_repeated(monkeypatch):
+    """Families whose best trial's CV is known are never cross-validated again (issue 15)."""
+    from pipeline import selection
+
+    raw = small_params()
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    x, y = dataset.features.iloc[:400], dataset.target.iloc[:400]
+    splits = folds(y, 3, config.seed)
+    weak = {"cv_roc_auc": 0.5, "cv_expected_cost": 0.7}
+    known = {
+        family: cross_validate(
+            estimator_for(config, dataset, FamilyOutcome(family, "s", 1, 1, 0, params, weak)),
+            x,
+            y,
+            splits,
+            config.costs,
+        )
+        for family, params in [("logistic_regression", {"C": 1.0}), ("naive_bayes", {})]
+    }
+    outcomes = [
+        FamilyOutcome(
+            "logistic_regression", "s1", 1, 1, 0, {"C": 1.0}, weak, cv=known["logistic_regression"]
+        ),
+        FamilyOutcome("naive_bayes", "s2", 1, 1, 0, {}, weak, cv=known["naive_bayes"]),
+    ]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cross-validated again")
+
+    monkeypatch.setattr(selection, "cross_validate", refuse)
+    chosen = choose_final_estimator(config, dataset, outcomes, outcomes[0], x, y, splits)
+    expected = np.mean([known["logistic_regression"].oof_scores, known["naive_bayes"].oof_scores], axis=0)
+    if chosen.name.startswith("soft_vote("):
+        np.testing.assert_allclose(chosen.cv.oof_scores, expected)
+    else:
+        assert chosen.cv is known["logistic_regression"]
 
 
 def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
@@ -68,3 +108,99 @@ def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
             auc = cross_validate(vote, x, y, splits, config.costs).summary()["cv_roc_auc_mean"]
             allowed = margin if size < chosen_size else 0.0
             assert auc <= chosen.cv_metrics["cv_roc_auc"] + allowed + 1e-12
+
+
+# --- Stage 1 within its share of the budget: racing and skipping ---------------------------------
+
+
+def _racing_config():
+    raw = small_params()
+    raw["research"]["n_jobs"] = 1  # the first rung is one fold
+    return make_config(raw)
+
+
+def test_with_time_to_spare_every_candidate_is_fully_cross_validated():
+    from pipeline.data import split_dataset
+    from pipeline.selection import STATUS_FULL, evaluate_portfolio
+
+    config = _racing_config()
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    raced = evaluate_portfolio(config, dataset, split, seconds=1_000)
+    plain = evaluate_portfolio(config, dataset, split)  # no budget: every fold at once, as before
+    assert [o.status for o in raced] == [STATUS_FULL] * len(config.research.portfolio)
+    # Racing changes the order folds run in, not the figures.
+    for a, b in zip(raced, plain, strict=True):
+        assert a.metrics["cv_roc_auc_mean"] == pytest.approx(b.metrics["cv_roc_auc_mean"])
+        assert a.metrics["cv_folds_done"] == 3
+
+
+def test_when_time_is_short_only_the_promising_half_is_fully_cross_validated():
+    from pipeline.data import split_dataset
+    from pipeline.selection import (
+        STATUS_FULL,
+        STATUS_RACED,
+        evaluate_portfolio,
+        leaderboard_frame,
+        ranked_families,
+    )
+
+    config = _racing_config()
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    # A clock that says each call is 1 s later: the rest of every candidate never fits 2 s ...
+    ticks = itertools.count()
+    outcomes = evaluate_portfolio(config, dataset, split, seconds=100, clock=lambda: float(next(ticks)))
+    statuses = {o.name: o.status for o in outcomes}
+    assert STATUS_RACED not in statuses.values()  # ... but 100 s is plenty here
+    ticks = itertools.count()  # every rung runs (about 13 s); the rests (2 s each) do not all fit
+    outcomes = evaluate_portfolio(config, dataset, split, seconds=17, clock=lambda: float(next(ticks)))
+    full = [o for o in outcomes if o.status == STATUS_FULL]
+    raced = [o for o in outcomes if o.status == STATUS_RACED]
+    assert raced and len(full) <= 2  # at most the better half of 4
+    assert all(o.metrics["cv_folds_done"] == 1 and o.note.startswith("raced out") for o in raced)
+    # The fully cross-validated are ranked first; raced-out candidates follow, on their own folds.
+    board = leaderboard_frame(outcomes)
+    assert list(board["status"][: len(full)]) == [STATUS_FULL] * len(full)
+    assert set(ranked_families(board)) == {o.family for o in outcomes if o.family != "dummy"}
+
+
+def test_a_candidate_predicted_too_slow_is_skipped_with_its_reason_and_ranked_last(monkeypatch):
+    from pipeline import budget
+    from pipeline.data import split_dataset
+    from pipeline.selection import STATUS_SKIPPED, evaluate_portfolio, leaderboard_frame, ranked_families
+
+    config = _racing_config()
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    monkeypatch.setattr(budget, "PROBE_ROWS", 100)  # probe even this small table
+    # A probe predicting an hour per fold for the decision tree only.
+    original = budget.predicted_from_probe
+    monkeypatch.setattr(
+        budget,
+        "predicted_from_probe",
+        lambda fit, predict, rows, train, valid, family: (
+            3600.0 if family == "decision_tree" else original(fit, predict, rows, train, valid, family)
+        ),
+    )
+    outcomes = evaluate_portfolio(config, dataset, split, seconds=300)
+    skipped = [o for o in outcomes if o.status == STATUS_SKIPPED]
+    assert [o.family for o in skipped] == ["decision_tree"]
+    assert skipped[0].metrics == {} and "3600 s" in skipped[0].note
+    board = leaderboard_frame(outcomes)
+    assert board.iloc[-1]["candidate"] == skipped[0].name and board.iloc[-1]["status"] == STATUS_SKIPPED
+    assert "decision_tree" not in ranked_families(board)
+
+
+def test_once_the_share_is_spent_the_candidates_not_yet_run_are_skipped_cheapest_first_ran():
+    from pipeline.data import split_dataset
+    from pipeline.selection import STATUS_SKIPPED, evaluate_portfolio
+
+    config = _racing_config()
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    outcomes = evaluate_portfolio(config, dataset, split, seconds=0)
+    ran = [o.family for o in outcomes if o.status != STATUS_SKIPPED]
+    # The cheapest by the prior, up to one besides the baseline: stage 2 still has a family to tune.
+    assert ran == ["dummy", "naive_bayes"]
+    assert all("spent before its turn" in o.note for o in outcomes if o.status == STATUS_SKIPPED)

@@ -174,3 +174,24 @@ def test_on_fold_raising_stops_before_the_next_fold_is_fitted(data):
         cross_validate(RecordingClassifier(), features, target, splits, COSTS, on_fold=prune_after_second)
     fitted = [entry[1] for entry in LOG if entry[0] == "fit"]
     assert fitted == [frozenset(train.tolist()) for train, _ in splits[:2]]
+
+
+def test_a_raced_out_candidate_is_scored_on_the_folds_it_ran_only(data):
+    """Racing runs some folds first; their result (and threshold) come from those rows alone."""
+    from pipeline.training import result_from_folds, run_folds
+
+    features, target = data
+    splits = folds(target, 3, seed=0)
+    y = target.to_numpy()
+    first = run_folds(RecordingClassifier(), features, target, splits, [0])
+    partial = result_from_folds(y, first, splits, COSTS)
+    assert len(partial.per_fold) == 1
+    scored = ~np.isnan(partial.oof_scores)
+    np.testing.assert_array_equal(np.flatnonzero(scored), np.sort(splits[0][1]))
+    assert partial.threshold == best_threshold(y[scored], partial.oof_scores[scored], COSTS)[0]
+    # The other folds added later give exactly the one-go cross-validation.
+    rest = run_folds(RecordingClassifier(), features, target, splits, [1, 2], n_jobs=1)
+    whole = result_from_folds(y, rest + first, splits, COSTS)
+    at_once = cross_validate(RecordingClassifier(), features, target, splits, COSTS)
+    np.testing.assert_array_equal(whole.oof_scores, at_once.oof_scores)
+    assert whole.threshold == at_once.threshold and whole.per_fold == at_once.per_fold

@@ -146,7 +146,7 @@ def train_part():
     return features, target, folds(target, 3, seed=0)
 
 
-def lr_objective(train_part, pruning=True):
+def lr_objective(train_part, pruning=True, **budget):
     features, target, splits = train_part
     return tuning.make_objective(
         "logistic_regression",
@@ -159,6 +159,7 @@ def lr_objective(train_part, pruning=True):
         COSTS,
         seed=0,
         pruning=pruning,
+        **budget,
     )
 
 
@@ -278,6 +279,58 @@ def test_a_rerun_fails_trials_whose_process_is_gone_whatever_the_study_state(tmp
     )
     assert sum("marked optuna trial" in r.getMessage() for r in caplog.records) == 3
     assert tuning.fail_stale_trials(reopened) == {}  # nothing left to close
+
+
+# --- The time budget: enqueued configurations, the deadline inside a trial, CV kept for reuse ------
+
+
+def test_known_configurations_are_the_first_trials_of_a_new_study(train_part):
+    c_space = space(
+        C={"type": "float", "low": 0.01, "high": 10, "log": True},
+        class_weight={"type": "categorical", "choices": [None, "balanced"]},
+    )
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "known", seed=0)
+    known = [{"C": 1.0, "class_weight": "balanced"}, {"C": 0.1, "penalty_not_in_space": 3}, {"C": 500.0}]
+    assert tuning.enqueue_known(study, known, c_space) == 2  # C=500 is outside the space: left out
+    waiting = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))]
+    assert waiting == [{"C": 1.0, "class_weight": "balanced"}, {"C": 0.1}]
+    study.optimize(lr_objective(train_part), n_trials=2)
+    assert study.trials[0].params["C"] == 1.0 and study.trials[1].params["C"] == 0.1
+    # A study with history (a resume) gets nothing more.
+    assert tuning.enqueue_known(study, known, c_space) == 0
+
+
+def test_a_trial_past_its_deadline_is_stopped_but_never_the_first_complete_one(train_part):
+    keep = tuning.BestCV()
+    past = lr_objective(train_part, deadline=0.0, keep=keep)  # time.monotonic() is far beyond 0
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "late", seed=0)
+    study.optimize(past, n_trials=5)
+    first, second = study.trials  # the second stopped the study: no third started
+    assert first.state == TrialState.COMPLETE  # one model per family, whatever the time
+    assert second.state == TrialState.PRUNED and second.user_attrs[tuning.STOPPED_ATTR] == "time"
+    assert keep.number == 0 and keep.result_of(tuning.best_trial(study)) is keep.result
+
+
+def test_a_trial_stops_between_folds_when_the_next_fold_would_end_past_the_deadline(train_part):
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "folds", seed=0, pruning=False)
+    study.optimize(lr_objective(train_part, pruning=False), n_trials=1)  # a complete one first
+    import time
+
+    # Its first fold is predicted at an hour: the trial stops before fitting anything.
+    objective = lr_objective(train_part, pruning=False, deadline=time.monotonic() + 60, fold_seconds=3600)
+    study.optimize(objective, n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[1].intermediate_values == {}
+
+
+def test_best_cv_keeps_the_best_result_in_best_trial_order(train_part):
+    keep = tuning.BestCV()
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "keep", seed=0)
+    study.optimize(lr_objective(train_part, keep=keep), n_trials=4)
+    best = tuning.best_trial(study)
+    assert keep.number == best.number
+    assert keep.result.summary()["cv_roc_auc_mean"] == pytest.approx(best.value)
+    assert keep.result_of(study.trials[(best.number + 1) % 4]) is None
 
 
 def test_best_trial_breaks_auc_ties_on_cost():

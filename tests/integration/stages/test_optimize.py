@@ -73,6 +73,13 @@ def check_landed(uri: str, result: optimize.OptimizeResult, config) -> MlflowCli
         assert name in metrics, name
     assert 0.5 < metrics["test_roc_auc"] <= 1
     assert sum(metrics[k] for k in ("test_tn", "test_fp", "test_fn", "test_tp")) == 250
+    # Planned and spent seconds of every step of the budget.
+    steps = [keys.STAGE_RESEARCH, *(keys.BUDGET_STEP_TUNE + f for f in families), keys.BUDGET_STEP_FINAL]
+    for step in [*steps, keys.BUDGET_STEP_TOTAL]:
+        assert metrics[keys.METRIC_BUDGET_PLANNED + step] >= 0, step
+        assert metrics[keys.METRIC_BUDGET_SPENT + step] >= 0, step
+    assert metrics[keys.METRIC_BUDGET_PLANNED + keys.BUDGET_STEP_TOTAL] == config.budget_seconds
+    assert [s.name for s in result.steps] == [*steps, keys.BUDGET_STEP_TOTAL]
 
     # Every trial is a nested run, once, tagged with its study and number.
     experiment_id = parent.info.experiment_id
@@ -352,7 +359,7 @@ def test_two_processes_share_one_study_on_postgres(postgres_url):
 @pytest.mark.integration
 def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
     research.run(make_config(small_params()))
-    config = make_config(small_params(optimize={"n_trials": 500, "timeout_seconds": 1.5, "top_k": 1}))
+    config = make_config(small_params(budget_seconds=20, optimize={"n_trials": 500, "top_k": 1}))
     with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
         result = optimize.run(config)
     (outcome,) = result.families

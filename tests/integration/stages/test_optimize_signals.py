@@ -30,7 +30,8 @@ def _params() -> dict:
     raw = small_params()
     raw["dataset"]["path"] = str(PROJECT_ROOT / raw["dataset"]["path"])
     raw["research"]["use"] = ["dummy_prior", "logistic_regression"]
-    raw["optimize"].update({"top_k": 1, "n_trials": N_TRIALS, "timeout_seconds": 300, "pruning": False})
+    raw["budget_seconds"] = 600  # the trial cap, not time, must be what is left when the signal comes
+    raw["optimize"].update({"top_k": 1, "n_trials": N_TRIALS, "pruning": False})
     return raw
 
 

@@ -27,6 +27,11 @@ def check_landed(uri: str, result: research.ResearchResult, n_candidates: int) -
     ranked = json.loads(parent.data.tags[keys.TAG_RANKED_FAMILIES])
     assert ranked == result.ranked_families and "dummy" not in ranked
     assert parent.data.metrics["n_test"] == 250
+    # Its share of the budget, planned and spent, and one fold's seconds per family for stage 2.
+    planned = parent.data.metrics[keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH]
+    assert 0 < planned < float(parent.data.params[keys.PARAM_BUDGET_SECONDS])
+    assert parent.data.metrics[keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH] > 0
+    assert set(json.loads(parent.data.tags[keys.TAG_FOLD_SECONDS])) >= set(ranked)
     contexts = sorted(
         next(t.value for t in d.tags if t.key == "mlflow.data.context") for d in parent.inputs.dataset_inputs
     )
@@ -40,6 +45,7 @@ def check_landed(uri: str, result: research.ResearchResult, n_candidates: int) -
         assert child.info.status == "FINISHED"
         assert child.data.tags[TAG_DATASET_DIGEST] == result.dataset_digest
         assert 0 <= child.data.metrics["cv_roc_auc_mean"] <= 1
+        assert child.data.tags[keys.TAG_CANDIDATE_STATUS] == "cross-validated"  # the budget is ample
         assert "cv_expected_cost_mean" in child.data.metrics
     baseline = next(c for c in children if c.data.tags[keys.TAG_FAMILY] == "dummy")
     assert baseline.data.metrics["cv_roc_auc_mean"] == pytest.approx(0.5)

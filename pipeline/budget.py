@@ -1,0 +1,222 @@
+"""The one time budget of stages 1 and 2: how it is split, and the racing decisions of stage 1.
+
+Pure: seconds and scores in, decisions out. The stages measure, these functions decide, and the
+stages record planned against spent seconds per step (``budget.planned.<step>`` /
+``budget.spent.<step>``).
+
+The split: stage 1 plans ``RESEARCH_SHARE`` of the budget. Stage 2 takes what stage 1 left, keeps a
+reserve for the final step (estimated from the fit times stage 1 measured) and gives each tuned
+family an equal share of the rest, re-planned at each family's start so that time one family did
+not use goes to the next.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+# Stage 1 plans this share: enough to rank a portfolio on small data, and the rest is tuning, which
+# buys more than an exhaustive comparison once the promising families are known.
+RESEARCH_SHARE = 0.3
+# Above this many fold-training rows a candidate is first timed on this many rows (a probe), so a
+# candidate too slow for the budget is skipped before its first real fold.
+PROBE_ROWS = 2_000
+# Fit time grows a little faster than the rows (sorting in trees, more boosting splits).
+FIT_EXPONENT = 1.15
+# Families whose prediction time grows with the training rows too (neighbour search).
+QUADRATIC_PREDICT = frozenset({"knn"})
+# A candidate's first folds may take this multiple of its fair share of what is left: cheap
+# candidates leave time, but one slow candidate never takes more than a couple of shares.
+FAIR_SHARE_SLACK = 2.0
+# The final step's fixed part: the logged model (7-8 s on 2 shared cores), plots, tables ...
+FINAL_OVERHEAD_SECONDS = 15.0
+# ... plus the refit (a calibrated refit is cv_folds fits) of the tuned parameters, which may be
+# larger than the research candidate's (more trees), hence the slack.
+FINAL_FIT_SLACK = 1.5
+# The final step never takes more than this share of what stage 2 has left (the rest is tuning:
+# the first family's first trial runs whatever the time). Measured finals took what the estimate said.
+MAX_RESERVE_SHARE = 0.8
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the budget: what it was given, what it took, and why it ended."""
+
+    name: str
+    planned: float
+    spent: float
+    stopped_by: str = ""  # "time", "count", "skipped", or "" when it simply finished
+
+    @property
+    def over(self) -> float:
+        return self.spent - self.planned
+
+
+# What a command takes after its stage returns (printing, worker pools and the interpreter shutting
+# down), which its own clock cannot see: each stage leaves this much of its plan unused.
+PROCESS_EXIT_SECONDS = 3.0
+
+
+def research_plan(budget_seconds: float) -> float:
+    """Seconds stage 1 plans to spend (its process's exit not included)."""
+    return max(0.0, budget_seconds * RESEARCH_SHARE - PROCESS_EXIT_SECONDS)
+
+
+def seconds_left(budget_seconds: float, research_spent: float, optimize_elapsed: float) -> float:
+    """What stage 2 has left: the budget less stage 1, its own time so far, and both processes' exits."""
+    return budget_seconds - research_spent - optimize_elapsed - 2 * PROCESS_EXIT_SECONDS
+
+
+def fair_cap(seconds_left: float, candidates_left: int) -> float:
+    """The most a candidate's first rung may take: a couple of fair shares of what is left."""
+    return max(0.0, seconds_left) / max(1, candidates_left) * FAIR_SHARE_SLACK
+
+
+def predicted_from_probe(
+    fit_seconds: float, predict_seconds: float, probe_rows: int, train_rows: int, valid_rows: int, family: str
+) -> float:
+    """Seconds one fold would take at full size, scaled from a probe on ``probe_rows`` rows."""
+    fit_ratio = max(1.0, train_rows / max(1, probe_rows))
+    predict_ratio = max(1.0, valid_rows / max(1, probe_rows))
+    if family in QUADRATIC_PREDICT:
+        predict_ratio *= fit_ratio
+    return fit_seconds * fit_ratio**FIT_EXPONENT + predict_seconds * predict_ratio
+
+
+# The order candidates run their first rung in: usually cheapest first (a prior, not a
+# measurement), so that when stage 1's share runs out the candidates left unrun are the dear ones.
+COST_PRIOR = (
+    "dummy",
+    "naive_bayes",
+    "logistic_regression",
+    "decision_tree",
+    "lightgbm",
+    "hist_gradient_boosting",
+    "woe_scorecard",
+    "knn",
+    "extra_trees",
+    "random_forest",
+)
+
+
+def rung_order(families: Mapping[str, str]) -> list[str]:
+    """Candidate names (``{name: family}``, in config order) in the order their first rungs run."""
+    rank = {family: position for position, family in enumerate(COST_PRIOR)}
+    return sorted(families, key=lambda name: rank.get(families[name], len(COST_PRIOR)))
+
+
+@dataclass(frozen=True)
+class RungScore:
+    """A candidate after its first rung (a few folds): how it scored and what the rest would cost."""
+
+    name: str
+    roc_auc: float
+    expected_cost: float
+    rung_seconds: float  # wall time of the rung (its folds ran side by side)
+    rung_folds: int
+    folds_left: int
+    n_jobs: int = 1
+
+    @property
+    def predicted_rest(self) -> float:
+        """Seconds the remaining folds would take, in batches of ``n_jobs`` like the rung."""
+        batches_done = math.ceil(self.rung_folds / self.n_jobs)
+        batches_left = math.ceil(self.folds_left / self.n_jobs)
+        return self.rung_seconds / max(1, batches_done) * batches_left
+
+
+def promote(scores: Sequence[RungScore], seconds_left: float) -> tuple[list[str], dict[str, str]]:
+    """Successive halving's cut: which candidates go on to full cross-validation.
+
+    Everyone when the whole rest fits in ``seconds_left``. Otherwise the better half by first-rung
+    ROC AUC (ties: lower cost), best first, each only if its predicted rest still fits; the others
+    are raced out, with the reason. Returns (promoted names, {raced-out name: reason}).
+    """
+    ranked = sorted(scores, key=lambda s: (-_finite(s.roc_auc), s.expected_cost))
+    if sum(s.predicted_rest for s in ranked) <= seconds_left:
+        return [s.name for s in ranked], {}
+    half = math.ceil(len(ranked) / 2)
+    promoted: list[str] = []
+    raced_out: dict[str, str] = {}
+    left = seconds_left
+    for position, score in enumerate(ranked):
+        if position >= half:
+            raced_out[score.name] = f"raced out: ranked {position + 1} of {len(ranked)} after its first folds"
+        elif score.predicted_rest > left:
+            raced_out[score.name] = (
+                f"raced out: the other folds would take about {score.predicted_rest:.0f} s, {left:.0f} s left"
+            )
+        else:
+            promoted.append(score.name)
+            left -= score.predicted_rest
+    return promoted, raced_out
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
+
+
+def full_fit_seconds(fold_seconds: float, cv_folds: int) -> float:
+    """A fit on the whole training part, from a fold's (which trains on (k-1)/k of it)."""
+    return fold_seconds * cv_folds / max(1, cv_folds - 1)
+
+
+def trial_seconds(research_fold_seconds: float, research_folds: int, cv_folds: int) -> float:
+    """Predicted seconds of one tuning trial (``cv_folds`` folds one after another)."""
+    per_row = research_fold_seconds / max(1e-9, (research_folds - 1) / research_folds)
+    return cv_folds * per_row * (cv_folds - 1) / cv_folds
+
+
+def final_reserve(
+    research_fold_seconds: Mapping[str, float],
+    research_folds: int,
+    cv_folds: int,
+    ensemble: bool,
+    seconds_left: float,
+) -> float:
+    """Seconds kept for the final step: refit (calibrated: ``cv_folds`` fits), test scoring, logging.
+
+    A soft vote refits every tuned family, a single winner only itself; the winner is not known
+    yet, so the dearest case is kept. Never more than ``MAX_RESERVE_SHARE`` of what is left.
+    """
+    fits = [full_fit_seconds(s, research_folds) for s in research_fold_seconds.values()]
+    fit = (sum(fits) if ensemble else max(fits, default=0.0)) * cv_folds * FINAL_FIT_SLACK
+    return min(FINAL_OVERHEAD_SECONDS + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
+
+
+def family_share(seconds_left: float, reserve: float, families_left: int) -> float:
+    """A tuned family's share: what is left after the reserve, split evenly over the families left."""
+    return max(0.0, seconds_left - reserve) / max(1, families_left)
+
+
+def skip_family(share: float, predicted_trial: float, first: bool) -> str | None:
+    """Why a family is not tuned (its one trial cannot fit its share), or None.
+
+    The first family is always tuned: stage 2 needs one model, and its first trial is the research
+    candidate's own configuration.
+    """
+    if first or predicted_trial <= share:
+        return None
+    return f"skipped: one trial would take about {predicted_trial:.0f} s, its share is {share:.0f} s"
+
+
+# Permutation importance on fewer rows than this says little; it gets them even when time is up.
+MIN_IMPORTANCE_ROWS = 200
+MAX_IMPORTANCE_ROWS = 5_000
+
+
+def importance_rows(n_rows: int, scoring_seconds: float, predictions: int, seconds_left: float) -> int:
+    """Test rows permutation importance can use: ``predictions`` scorings of them fit ``seconds_left``."""
+    per_row = scoring_seconds / max(1, n_rows)
+    affordable = max(0.0, seconds_left) / max(1e-9, per_row * predictions)
+    return int(min(n_rows, MAX_IMPORTANCE_ROWS, max(MIN_IMPORTANCE_ROWS, affordable)))
+
+
+def process_started() -> float:
+    """When this process started, on the ``time.monotonic()`` clock (the one clock read here)."""
+    import psutil
+
+    age = time.time() - psutil.Process().create_time()
+    return time.monotonic() - max(0.0, age)

@@ -1,0 +1,61 @@
+"""Stage 2's budget bookkeeping without a store: what stage 1 left, and the report's notes."""
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from pipeline import budget, presentation
+from pipeline.stages import optimize
+from pipeline.tracking import keys
+from tests.conftest import make_config, small_params
+
+
+def research_run(metrics: dict, tags: dict, params: dict | None = None, start=1_000, end=31_000):
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id="r1", start_time=start, end_time=end),
+        data=SimpleNamespace(metrics=metrics, tags=tags, params=params or {"cv_folds": "5"}),
+    )
+
+
+def test_stage_2_plans_from_what_stage_1_recorded():
+    config = make_config(small_params(budget_seconds=100))
+    run = research_run(
+        {
+            keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH: 30.0,
+            keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH: 42.5,
+        },
+        {
+            keys.TAG_FOLD_SECONDS: json.dumps({"lightgbm": 0.8, "random_forest": 2.0}),
+            keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH: "time",
+        },
+    )
+    step, fold_seconds, folds = optimize.research_budget(run, config)
+    assert step == budget.Step(keys.STAGE_RESEARCH, 30.0, 42.5, "time")
+    assert fold_seconds == {"lightgbm": 0.8, "random_forest": 2.0} and folds == 5
+
+
+def test_a_research_run_from_before_the_budget_counts_its_duration():
+    config = make_config(small_params(budget_seconds=100))
+    step, fold_seconds, _ = optimize.research_budget(research_run({}, {}), config)
+    assert step.spent == pytest.approx(30.0) and step.planned == budget.research_plan(100)
+    assert fold_seconds == {}
+
+
+def test_the_report_says_which_steps_the_budget_cut_short():
+    steps = pd.DataFrame(
+        [
+            {"step": "research", "planned_seconds": 18.0, "spent_seconds": 20.0, "stopped_by": "time"},
+            {"step": "tune.lightgbm", "planned_seconds": 10.0, "spent_seconds": 10.4, "stopped_by": "time"},
+            {"step": "tune.knn", "planned_seconds": 2.0, "spent_seconds": 0.0, "stopped_by": "skipped"},
+            {"step": "final", "planned_seconds": 15.0, "spent_seconds": 12.0, "stopped_by": None},
+        ]
+    )
+    notes = presentation.budget_notes(steps)
+    assert notes == [
+        "research: stopped by time after 20 s of 18 s",
+        "tune.lightgbm: stopped by time after 10 s of 10 s",
+        "tune.knn: skipped, its one trial could not fit its 2 s",
+    ]
+    assert presentation.budget_notes(steps.iloc[3:]) == []

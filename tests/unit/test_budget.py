@@ -1,0 +1,124 @@
+"""The budget's pure decisions: shares, racing, skipping, the final reserve."""
+
+import pytest
+
+from pipeline import budget
+from pipeline.budget import RungScore
+
+
+def score(name: str, auc: float, seconds: float = 1.0, folds_left: int = 3, cost: float = 0.5) -> RungScore:
+    return RungScore(name, auc, cost, seconds, rung_folds=2, folds_left=folds_left, n_jobs=2)
+
+
+def test_research_plans_a_share_of_the_budget_not_all():
+    assert 0 < budget.research_plan(100) < 100
+    assert budget.research_plan(200) > budget.research_plan(100)
+    assert budget.research_plan(1) == 0
+
+
+def test_stage_2_has_what_stage_1_and_its_own_time_left():
+    left = budget.seconds_left(100, research_spent=30, optimize_elapsed=5)
+    assert left == pytest.approx(65 - 2 * budget.PROCESS_EXIT_SECONDS)
+    assert budget.seconds_left(60, research_spent=70, optimize_elapsed=5) < 0
+
+
+def test_the_rest_of_a_rung_is_predicted_in_batches_of_jobs():
+    # 2 folds side by side took 4 s; 3 more folds are 2 batches.
+    assert score("a", 0.7, seconds=4.0, folds_left=3).predicted_rest == pytest.approx(8.0)
+    assert score("a", 0.7, seconds=4.0, folds_left=0).predicted_rest == 0
+
+
+def test_everyone_is_promoted_when_the_whole_rest_fits():
+    scores = [score("a", 0.7), score("b", 0.6), score("c", 0.5)]
+    promoted, raced_out = budget.promote(scores, seconds_left=100)
+    assert promoted == ["a", "b", "c"] and raced_out == {}
+
+
+def test_racing_keeps_the_best_half_when_time_is_short():
+    scores = [score("weak", 0.55), score("best", 0.80), score("good", 0.75), score("poor", 0.60)]
+    promoted, raced_out = budget.promote(scores, seconds_left=5)  # each rest is 2 s: not all 8 s fit
+    assert promoted == ["best", "good"]
+    assert set(raced_out) == {"weak", "poor"}
+    assert all(reason.startswith("raced out") for reason in raced_out.values())
+
+
+def test_a_promising_candidate_whose_rest_cannot_fit_is_raced_out_and_does_not_block_the_next():
+    scores = [score("slow", 0.80, seconds=50.0), score("fast", 0.75), score("weak", 0.5), score("dummy", 0.5)]
+    promoted, raced_out = budget.promote(scores, seconds_left=10)
+    assert promoted == ["fast"]
+    assert "slow" in raced_out and "100 s" in raced_out["slow"]
+
+
+def test_ties_go_to_the_lower_cost_and_nan_scores_rank_last():
+    scores = [score("dear", 0.7, cost=0.6), score("cheap", 0.7, cost=0.4), score("nan", float("nan"))]
+    promoted, _ = budget.promote(scores, seconds_left=2.5)  # one rest of 2 s fits
+    assert promoted == ["cheap"]
+
+
+def test_a_slow_candidate_is_skipped_when_its_probe_predicts_more_than_a_fair_share():
+    cap = budget.fair_cap(seconds_left=60, candidates_left=6)
+    assert cap == pytest.approx(20.0)
+    # 0.5 s on 2,000 rows, scaled to 200,000 rows: far above the cap.
+    predicted = budget.predicted_from_probe(0.5, 0.1, 2_000, 200_000, 50_000, "random_forest")
+    assert predicted > cap
+    cheap = budget.predicted_from_probe(0.01, 0.001, 2_000, 20_000, 5_000, "logistic_regression")
+    assert cheap < cap
+
+
+def test_neighbour_search_prediction_grows_with_training_rows():
+    linear = budget.predicted_from_probe(0.0, 0.1, 1_000, 10_000, 1_000, "random_forest")
+    quadratic = budget.predicted_from_probe(0.0, 0.1, 1_000, 10_000, 1_000, "knn")
+    assert quadratic == pytest.approx(10 * linear)
+
+
+def test_trial_seconds_scale_with_folds_and_rows():
+    # Research: 5 folds, 2 s per fold (each on 4/5 of the rows). A 3-fold trial: 3 folds on 2/3.
+    assert budget.trial_seconds(2.0, 5, 3) == pytest.approx(3 * 2.0 / 0.8 * 2 / 3)
+    assert budget.trial_seconds(0.0, 5, 5) == 0
+
+
+def test_final_reserve_comes_from_measured_fit_times_and_is_bounded():
+    fold = {"random_forest": 4.0, "logistic_regression": 0.2}
+    single = budget.final_reserve(fold, research_folds=5, cv_folds=5, ensemble=False, seconds_left=1_000)
+    vote = budget.final_reserve(fold, research_folds=5, cv_folds=5, ensemble=True, seconds_left=1_000)
+    assert budget.FINAL_OVERHEAD_SECONDS < single < vote
+    assert single == pytest.approx(budget.FINAL_OVERHEAD_SECONDS + 5.0 * 5 * budget.FINAL_FIT_SLACK)
+    # Never more than a share of what is left, so tuning always gets some.
+    assert budget.final_reserve(fold, 5, 5, True, seconds_left=20) == pytest.approx(
+        20 * budget.MAX_RESERVE_SHARE
+    )
+    assert budget.final_reserve({}, 5, 5, True, seconds_left=-5) == 0
+
+
+@pytest.mark.parametrize(
+    ("left", "reserve", "families", "share"),
+    [(100, 10, 3, 30), (100, 10, 1, 90), (5, 10, 2, 0), (-3, 0, 2, 0)],
+)
+def test_each_family_gets_an_even_share_of_what_is_left_after_the_reserve(left, reserve, families, share):
+    assert budget.family_share(left, reserve, families) == pytest.approx(share)
+
+
+def test_a_family_whose_one_trial_cannot_fit_is_skipped_unless_it_is_the_first():
+    assert budget.skip_family(share=10, predicted_trial=5, first=False) is None
+    reason = budget.skip_family(share=10, predicted_trial=50, first=False)
+    assert reason is not None and reason.startswith("skipped") and "50 s" in reason
+    assert budget.skip_family(share=0, predicted_trial=50, first=True) is None
+
+
+def test_planned_against_spent():
+    step = budget.Step("tune.lightgbm", planned=30.0, spent=33.5, stopped_by="time")
+    assert step.over == pytest.approx(3.5)
+
+
+def test_importance_rows_fit_the_time_left_within_bounds():
+    # 0.1 s to score 1,000 rows; 60 permutations: 6 s for all of them.
+    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=100) == 1_000
+    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=3) == 500
+    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=-1) == budget.MIN_IMPORTANCE_ROWS
+    assert budget.importance_rows(10**6, 1.0, 60, seconds_left=10**6) == budget.MAX_IMPORTANCE_ROWS
+
+
+def test_the_process_started_before_now():
+    import time
+
+    assert budget.process_started() <= time.monotonic()
