@@ -121,17 +121,16 @@ def check_split(session: TrackingSession, research_run, split: Split) -> None:
     """The research run's recorded test rows must be exactly the ones we hold out now."""
     run_id = research_run.info.run_id
     try:
-        with runs.quiet_artifact_downloads():
-            recorded = json.loads(runs.download_artifact_text(session, run_id, keys.ARTIFACT_SPLIT))
+        train, test = runs.read_split(session, run_id)
     except Exception as error:
         raise LookupFailedError(
             f"research run {run_id} has no readable {keys.ARTIFACT_SPLIT}: {error}"
         ) from None
-    if sorted(recorded.get("test", [])) != sorted(split.test_index.tolist()):
+    if not np.array_equal(test, np.sort(split.test_index)):
         raise LookupFailedError(
             f"research run {run_id} held out other test rows than this split (seed or test_size changed?)"
         )
-    if set(recorded.get("train", [])) != set(split.train_index.tolist()):
+    if not np.array_equal(train, np.sort(split.train_index)):
         raise LookupFailedError(f"research run {run_id} trained on other rows than this split")
 
 
