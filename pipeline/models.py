@@ -40,6 +40,31 @@ _FAMILIES: dict[str, tuple[str, str, bool, bool]] = {
 
 FAMILIES = tuple(_FAMILIES)
 
+# Families whose estimator refuses a sparse matrix: their one-hot encoding stays dense.
+DENSE_INPUT_FAMILIES = frozenset({"naive_bayes"})
+
+# Families whose cost grows faster than the rows, left out of a portfolio above this many training
+# rows: k-nearest neighbours compares every scored row with every training row (brute force on
+# one-hot data), so one 5-fold CV of 100,000 rows is 8 x 10^9 distances.
+ROW_LIMITS: dict[str, int] = {"knn": 50_000}
+
+# One-hot encoding at any size: a level seen in fewer than this share of the training rows, or
+# beyond a column's most frequent ONEHOT_MAX_LEVELS - 1, joins the column's one "infrequent" level
+# (new levels at scoring time too). The share is of the rows, so a table of a few thousand rows
+# keeps every level it has, while at a million rows a level needs 1,000 rows of its own; a column
+# of 10,000 employers then costs at most 64 columns instead of 10,000.
+ONEHOT_MIN_FREQUENCY = 0.001
+ONEHOT_MAX_LEVELS = 64
+
+
+def row_limit_reason(family: str, n_rows: int) -> str | None:
+    """Why ``family`` is left out at ``n_rows`` training rows, or None when it is not."""
+    limit = ROW_LIMITS.get(family)
+    if limit is None or n_rows <= limit:
+        return None
+    return f"{n_rows:,} training rows are more than the {limit:,} {family} is run on (its cost grows faster)"
+
+
 # The only non-primitive types a logged model may ask skops to rebuild. Kept in code, not read from
 # the model's files, so a tampered model cannot widen it (MLflow itself trusts the list in MLmodel).
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -108,7 +133,9 @@ def _binning(categorical: list[str], numeric: list[str], settings: Mapping[str, 
     )
 
 
-def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> ColumnTransformer:
+def _preprocessor(
+    kind: str, categorical: list[str], numeric: list[str], sparse: bool = True
+) -> ColumnTransformer:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -123,7 +150,15 @@ def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> Colu
         categorical_steps = Pipeline(
             [
                 ("impute", SimpleImputer(strategy="most_frequent")),
-                ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                (
+                    "encode",
+                    OneHotEncoder(
+                        handle_unknown="infrequent_if_exist",
+                        min_frequency=ONEHOT_MIN_FREQUENCY,
+                        max_categories=ONEHOT_MAX_LEVELS,
+                        sparse_output=sparse,
+                    ),
+                ),
             ]
         )
     else:
@@ -134,9 +169,12 @@ def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> Colu
             unknown_value=-1,
             encoded_missing_value=-1,
         )
+    # Sparse output only when most of the matrix is zeros (scikit-learn's default of 30 % filled);
+    # a few one-hot columns stay dense, as before.
     return ColumnTransformer(
         [("categorical", categorical_steps, categorical), ("numeric", numeric_steps, numeric)],
         remainder="drop",
+        sparse_threshold=0.3 if sparse else 0.0,
         verbose_feature_names_out=False,
     )
 
@@ -174,7 +212,8 @@ def build_estimator(
         model = factory(**settings)
     except TypeError as error:
         raise ConfigError(f"invalid parameters for {family}: {error}") from None
-    steps = [("preprocess", _preprocessor(kind, categorical, numeric))]
+    sparse = family not in DENSE_INPUT_FAMILIES
+    steps = [("preprocess", _preprocessor(kind, categorical, numeric, sparse=sparse))]
     if kind == "woe":
         steps.append(("binning", _binning(categorical, numeric, binning)))
     return Pipeline([*steps, ("model", model)])

@@ -19,7 +19,13 @@ from pipeline import scorecard, tuning
 from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
-from pipeline.models import BASELINE_FAMILIES, build_ensemble, build_estimator, validate_params
+from pipeline.models import (
+    BASELINE_FAMILIES,
+    build_ensemble,
+    build_estimator,
+    row_limit_reason,
+    validate_params,
+)
 from pipeline.tracking import keys
 from pipeline.training import CVResult, cross_validate, folds, result_from_scores
 
@@ -57,15 +63,30 @@ def validate_portfolio(config: PipelineConfig) -> None:
         validate_params(candidate.family, candidate.params, f"research.candidates.{name}.params")
 
 
+def left_out_candidates(config: PipelineConfig, n_train: int) -> dict[str, str]:
+    """Candidates of the portfolio not run at ``n_train`` training rows, each with the reason."""
+    reasons = {
+        name: row_limit_reason(candidate.family, n_train)
+        for name, candidate in config.research.portfolio.items()
+    }
+    return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
 def evaluate_portfolio(
     config: PipelineConfig, dataset: Dataset, split: Split, on_candidate=None
 ) -> list[CandidateOutcome]:
-    """Cross-validate every candidate on the training part. No tracking, no I/O."""
+    """Cross-validate every candidate on the training part (those of ``left_out_candidates`` left out,
+    with a warning). No tracking, no I/O."""
     features = dataset.features.iloc[split.train_index].reset_index(drop=True)
     target = dataset.target.iloc[split.train_index].reset_index(drop=True)
     splits = folds(target, config.research.cv_folds, config.seed)
+    left_out = left_out_candidates(config, len(target))
+    for name, reason in left_out.items():
+        logger.warning("candidate %s left out: %s", name, reason)
     outcomes = []
     for name, candidate in config.research.portfolio.items():
+        if name in left_out:
+            continue
         estimator = build_estimator(
             candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
         )

@@ -1,13 +1,21 @@
-"""The final estimator of stage 2: the soft vote judged from its members' out-of-fold scores."""
+"""Stage 1's portfolio at any size; stage 2's final estimator: the soft vote judged from its members'
+out-of-fold scores."""
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
 
-from pipeline.data import load_dataset
-from pipeline.models import build_ensemble
-from pipeline.selection import FamilyOutcome, choose_final_estimator, estimator_for
+from pipeline.data import load_dataset, split_dataset
+from pipeline.models import ROW_LIMITS, build_ensemble
+from pipeline.selection import (
+    FamilyOutcome,
+    choose_final_estimator,
+    estimator_for,
+    evaluate_portfolio,
+    left_out_candidates,
+)
 from pipeline.training import cross_validate, folds
 from tests.conftest import make_config, small_params
 
@@ -68,3 +76,18 @@ def test_vote_judged_from_member_scores_matches_a_refit_voting_classifier():
             auc = cross_validate(vote, x, y, splits, config.costs).summary()["cv_roc_auc_mean"]
             allowed = margin if size < chosen_size else 0.0
             assert auc <= chosen.cv_metrics["cv_roc_auc"] + allowed + 1e-12
+
+
+def test_knn_is_left_out_above_its_row_limit_and_the_rest_still_runs(monkeypatch, caplog):
+    config = make_config(small_params(research={"cv_folds": 3, "use": ["dummy_prior", "knn"]}))
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    assert left_out_candidates(config, len(split.train_index)) == {}
+
+    monkeypatch.setitem(ROW_LIMITS, "knn", 100)  # the 750 training rows are then too many
+    left_out = left_out_candidates(config, len(split.train_index))
+    assert list(left_out) == ["knn"] and "750 training rows" in left_out["knn"]
+    with caplog.at_level(logging.WARNING, logger="pipeline.selection"):
+        outcomes = evaluate_portfolio(config, dataset, split)
+    assert [o.name for o in outcomes] == ["dummy_prior"]
+    assert "candidate knn left out: 750 training rows" in caplog.text
