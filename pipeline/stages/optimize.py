@@ -25,7 +25,7 @@ from pipeline import plots, reasons, scorecard, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
-from pipeline.evaluation import all_metrics, cost_curve
+from pipeline.evaluation import all_metrics, cost_curve, sample_positions
 from pipeline.selection import FamilyOutcome, choose_final_estimator, family_objective, fit_final
 from pipeline.tracking import keys, lookups, model_io, runs
 from pipeline.tracking.session import TrackingSession
@@ -244,17 +244,28 @@ def tune_family(
 # --- The stage ---------------------------------------------------------------------------------------
 
 
-def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int):
+def _importance(
+    model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, max_rows: int
+) -> tuple[pd.DataFrame, int]:
+    """Permutation importance on a seeded sample of at most ``max_rows`` rows; the frame and the rows used."""
     # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
     # calibrated model does, without scoring through the calibrator.
     folds_fitted = getattr(model, "calibrated_classifiers_", None)
     if folds_fitted:
         model = folds_fitted[0].estimator
+    rows = sample_positions(len(features), max_rows, seed)
+    if len(rows) < len(features):
+        logger.info(
+            "permutation importance on %d of %d test rows (optimize.permutation_max_rows)",
+            len(rows),
+            len(features),
+        )
+        features, target = features.iloc[rows], target.iloc[rows]
     # One process: spawning workers and shipping the model costs more than 250 rows of scoring.
     result = permutation_importance(
         model, features, target, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
     )
-    return (
+    frame = (
         pd.DataFrame(
             {
                 "feature": features.columns,
@@ -265,6 +276,7 @@ def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, 
         .sort_values("importance_mean", ascending=False)
         .reset_index(drop=True)
     )
+    return frame, len(rows)
 
 
 def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
@@ -319,6 +331,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "pruning": settings.pruning,
                 "calibration_methods": ",".join(settings.calibration_methods),
                 "calibration_max_auc_loss": settings.calibration_max_auc_loss,
+                "permutation_max_rows": settings.permutation_max_rows,
                 "ensemble": settings.ensemble,
                 "ensemble_min_gain": settings.ensemble_min_gain,
                 "cost_false_negative": config.costs.false_negative,
@@ -428,8 +441,16 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
         # Reporting only, after the evaluation: nothing below feeds a choice.
-        importance = _importance(final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed)
+        importance, importance_rows = _importance(
+            final,
+            test_x,
+            pd.Series(test_y),
+            settings.permutation_repeats,
+            config.seed,
+            settings.permutation_max_rows,
+        )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
+        runs.log_batch(session, run_id, metrics={"importance_rows": importance_rows})
         _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
