@@ -55,6 +55,7 @@ ROW_LIMITS: dict[str, int] = {"knn": 50_000}
 # of 10,000 employers then costs at most 64 columns instead of 10,000.
 ONEHOT_MIN_FREQUENCY = 0.001
 ONEHOT_MAX_LEVELS = 64
+NATIVE_MAX_LEVELS = 255
 
 
 def row_limit_reason(family: str, n_rows: int) -> str | None:
@@ -162,12 +163,20 @@ def _preprocessor(
             ]
         )
     else:
-        # Trees need no scaling; unseen or missing categories map to -1.
+        # Trees need no scaling; unseen or missing categories map to -1. A native categorical
+        # feature takes at most 255 levels (HistGradientBoosting's bins), so rare levels are
+        # grouped there as for one-hot (a 1,000-row table keeps every level).
         numeric_steps = "passthrough" if kind == "native" else SimpleImputer(strategy="median")
+        grouping = (
+            {"min_frequency": ONEHOT_MIN_FREQUENCY, "max_categories": NATIVE_MAX_LEVELS}
+            if kind == "native"
+            else {}
+        )
         categorical_steps = OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=-1,
             encoded_missing_value=-1,
+            **grouping,
         )
     # Sparse output only when most of the matrix is zeros (scikit-learn's default of 30 % filled);
     # a few one-hot columns stay dense, as before.
