@@ -138,8 +138,11 @@ def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
 # --- Stage 2: tuning and the final model ---------------------------------------------------------
 
 # Families whose threads are OpenMP: on a shared 2-core machine, OpenMP's busy-waiting made one
-# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread.
+# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread, on
+# the 1,000-row default data, where a fit is too short for threads to pay. They get one thread below
+# OPENMP_MIN_ROWS training rows and the cores the config gives (optimize.n_jobs) from there on.
 OPENMP_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
+OPENMP_MIN_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -159,8 +162,14 @@ class FamilyOutcome:
         return self.stopped_by == "time"
 
 
-def family_jobs(family: str, n_jobs: int) -> int:
-    return 1 if family in OPENMP_FAMILIES else n_jobs
+def openmp_threads(n_jobs: int, n_rows: int) -> int:
+    """OpenMP threads for stage 2's boosters on ``n_rows`` training rows (see OPENMP_FAMILIES)."""
+    return n_jobs if n_rows >= OPENMP_MIN_ROWS else 1
+
+
+def family_jobs(family: str, n_jobs: int, n_rows: int = 0) -> int:
+    """Threads (``n_jobs``) one model of ``family`` gets in stage 2."""
+    return openmp_threads(n_jobs, n_rows) if family in OPENMP_FAMILIES else n_jobs
 
 
 def family_objective(
@@ -183,7 +192,7 @@ def family_objective(
         dataset.numeric,
         config.costs,
         config.seed,
-        n_jobs=family_jobs(family, settings.n_jobs),
+        n_jobs=family_jobs(family, settings.n_jobs, len(target)),
         pruning=settings.pruning,
     )
 
@@ -223,10 +232,12 @@ def choose_final_estimator(
     """
     settings = config.optimize
     if not settings.ensemble or len(outcomes) < 2:
-        return FinalCandidate(winner.family, estimator_for(config, dataset, winner), dict(winner.metrics))
+        return FinalCandidate(
+            winner.family, estimator_for(config, dataset, winner, len(train_y)), dict(winner.metrics)
+        )
 
     y = train_y.to_numpy()
-    members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
+    members = {o.family: estimator_for(config, dataset, o, len(train_y)) for o in outcomes}
     member_cv = {
         family: cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
         for family, model in members.items()
@@ -265,15 +276,15 @@ def choose_final_estimator(
     return FinalCandidate(winner.family, members[winner.family], dict(winner.metrics))
 
 
-def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):
-    """An unfitted estimator with a family's best parameters."""
+def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome, n_rows: int = 0):
+    """An unfitted estimator with a family's best parameters, threaded for ``n_rows`` training rows."""
     return build_estimator(
         outcome.family,
         outcome.best_params,
         dataset.categorical,
         dataset.numeric,
         config.seed,
-        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
+        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs, n_rows),
     )
 
 

@@ -228,9 +228,13 @@ def make_objective(
     ``features`` must be the training part only: the objective never sees the test part.
     """
 
+    # The cores go to the model when folds run one by one (pruning reports after each), to the folds
+    # when they run at once: never both, which would ask for n_jobs x n_jobs threads.
+    model_jobs, fold_jobs = (n_jobs, 1) if pruning else (1, n_jobs)
+
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
-        estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=n_jobs)
+        estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=model_jobs)
 
         def on_fold(fold: int, mean_auc: float) -> None:
             trial.report(mean_auc, fold)
@@ -244,7 +248,7 @@ def make_objective(
             target,
             splits,
             costs,
-            n_jobs=n_jobs,
+            n_jobs=fold_jobs,
             on_fold=on_fold if pruning else None,
         )
         summary = result.summary()

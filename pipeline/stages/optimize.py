@@ -26,7 +26,13 @@ from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
-from pipeline.selection import FamilyOutcome, choose_final_estimator, family_objective, fit_final
+from pipeline.selection import (
+    FamilyOutcome,
+    choose_final_estimator,
+    family_objective,
+    fit_final,
+    openmp_threads,
+)
 from pipeline.tracking import keys, lookups, model_io, runs
 from pipeline.tracking.session import TrackingSession
 from pipeline.training import folds, positive_scores
@@ -314,10 +320,11 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
     tags = runs.base_tags(config, keys.STAGE_OPTIMIZE, dataset, split)
     run_name = f"{keys.STAGE_OPTIMIZE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     stage_tags = {**tags, keys.TAG_RESEARCH_RUN: research_id, keys.TAG_TUNED_FAMILIES: json.dumps(families)}
-    # OpenMP threads (HistGradientBoosting, LightGBM) capped at one for the whole stage: see OPENMP_FAMILIES.
+    # OpenMP threads (HistGradientBoosting, LightGBM) capped for the whole stage: one on small data,
+    # optimize.n_jobs from OPENMP_MIN_ROWS training rows (see OPENMP_FAMILIES).
     with (
         runs.stage_run(session, run_name, stage_tags) as run_id,
-        threadpool_limits(limits=1, user_api="openmp"),
+        threadpool_limits(limits=openmp_threads(settings.n_jobs, len(train_y)), user_api="openmp"),
     ):
         runs.log_batch(
             session,

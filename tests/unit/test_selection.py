@@ -10,10 +10,12 @@ import pytest
 from pipeline.data import load_dataset, split_dataset
 from pipeline.models import ROW_LIMITS, build_ensemble
 from pipeline.selection import (
+    OPENMP_MIN_ROWS,
     FamilyOutcome,
     choose_final_estimator,
     estimator_for,
     evaluate_portfolio,
+    family_jobs,
     left_out_candidates,
 )
 from pipeline.training import cross_validate, folds
@@ -91,3 +93,25 @@ def test_knn_is_left_out_above_its_row_limit_and_the_rest_still_runs(monkeypatch
         outcomes = evaluate_portfolio(config, dataset, split)
     assert [o.name for o in outcomes] == ["dummy_prior"]
     assert "candidate knn left out: 750 training rows" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("family", "n_rows", "threads"),
+    [
+        ("lightgbm", 1_000, 1),  # small data: one OpenMP thread, as measured best on 2 shared cores
+        ("hist_gradient_boosting", OPENMP_MIN_ROWS - 1, 1),
+        ("lightgbm", OPENMP_MIN_ROWS, 4),  # large data: the cores the config gives
+        ("hist_gradient_boosting", 1_000_000, 4),
+        ("random_forest", 1_000, 4),  # joblib threads: always the config's
+    ],
+)
+def test_boosters_get_the_configured_cores_on_large_data(family, n_rows, threads):
+    assert family_jobs(family, 4, n_rows) == threads
+
+
+def test_the_final_estimator_is_threaded_for_the_training_rows():
+    config = make_config(small_params(optimize={"n_jobs": 2}))
+    dataset = load_dataset(config)
+    outcome = FamilyOutcome("lightgbm", "s", 1, 1, 0, {}, {"cv_roc_auc": 0.7, "cv_expected_cost": 0.6})
+    assert estimator_for(config, dataset, outcome).named_steps["model"].n_jobs == 1
+    assert estimator_for(config, dataset, outcome, 100_000).named_steps["model"].n_jobs == 2
