@@ -8,6 +8,7 @@ from pipeline.data import load_dataset
 from pipeline.errors import ConfigError
 from pipeline.models import (
     FAMILIES,
+    NATIVE_MAX_LEVELS,
     ONEHOT_MAX_LEVELS,
     ROW_LIMITS,
     build_estimator,
@@ -133,3 +134,15 @@ def test_knn_is_left_out_above_its_row_limit_with_a_reason():
     reason = row_limit_reason("knn", limit + 1)
     assert reason is not None and f"{limit:,}" in reason and "knn" in reason
     assert row_limit_reason("logistic_regression", 10 * limit) is None
+
+
+def test_a_native_categorical_of_more_levels_than_histgradientboosting_takes_still_fits():
+    rng = np.random.default_rng(2)
+    n_rows = 30_000
+    features = pd.DataFrame({"zip": rng.integers(0, 900, n_rows).astype(str), "income": rng.random(n_rows)})
+    target = pd.Series((rng.random(n_rows) < 0.2).astype(int))
+    model = build_estimator("hist_gradient_boosting", {"max_iter": 5}, ["zip"], ["income"], seed=0)
+    model.fit(features, target)
+    codes = model.named_steps["preprocess"].transform(features)[:, 0]
+    assert codes.max() == NATIVE_MAX_LEVELS - 1  # 254 frequent levels, then one for the rest
+    assert model.predict_proba(features.iloc[:3].assign(zip="never-seen")).shape == (3, 2)
