@@ -4,7 +4,8 @@ The table has the column types real loan tables have: skewed amounts and incomes
 with missing values, categoricals with rare levels (an employer column of about 20,000 names, most
 of them seen a handful of times), an all-unique application id (dropped through ``dataset.drop``)
 and a default flag driven by a plausible signal (grade, debt to income, loan to income,
-delinquencies; about 15 % positive). It is written to a temporary folder, never into the project.
+delinquencies; about a quarter positive, as in high-risk lending). It is written to a temporary
+folder, never into the project.
 
 Each size runs in a fresh process (so peak memory is that size's own) against a temporary SQLite
 tracking store: ``research.run`` then ``optimize.run``, with the config loaded from ``params.yaml``
@@ -242,6 +243,13 @@ def run_size(args, n_rows: int) -> dict:
             found = research.run(config)
             figures["research_seconds"] = round(time.perf_counter() - started, 1)
             figures["ranked_families"] = found.ranked_families
+            # On stderr as it happens: a long run that is stopped still leaves its first figures.
+            print(
+                f"rows {n_rows:,}: research {figures['research_seconds']} s, "
+                f"peak memory so far {memory.peak / 2**20:,.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
             started = time.perf_counter()
             tuned = optimize.run(config, research_run_id=found.run_id)
             figures["optimize_seconds"] = round(time.perf_counter() - started, 1)
