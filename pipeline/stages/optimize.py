@@ -262,7 +262,7 @@ def _importance(
     rows = sample_positions(len(features), max_rows, seed)
     if len(rows) < len(features):
         logger.info(
-            "permutation importance on %d of %d test rows (optimize.permutation_max_rows)",
+            "permutation importance on %d of %d test rows (optimize.report_max_rows)",
             len(rows),
             len(features),
         )
@@ -287,7 +287,8 @@ def _importance(
 
 def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
     """The scorecard table when the model is or holds a scorecard, and how often each reason code
-    is given to the rejected applicants of the test part."""
+    is given to the rejected applicants of the test part (a seeded sample of at most
+    ``optimize.report_max_rows`` of them)."""
     card = scorecard.find_scorecard(final)
     if card is not None:
         table = scorecard.scorecard_table(card, scorecard.Scaling(**config.scorecard.model_dump()))
@@ -338,7 +339,7 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
                 "pruning": settings.pruning,
                 "calibration_methods": ",".join(settings.calibration_methods),
                 "calibration_max_auc_loss": settings.calibration_max_auc_loss,
-                "permutation_max_rows": settings.permutation_max_rows,
+                "report_max_rows": settings.report_max_rows,
                 "ensemble": settings.ensemble,
                 "ensemble_min_gain": settings.ensemble_min_gain,
                 "cost_false_negative": config.costs.false_negative,
@@ -454,11 +455,13 @@ def run(config: PipelineConfig, research_run_id: str | None = None) -> OptimizeR
             pd.Series(test_y),
             settings.permutation_repeats,
             config.seed,
-            settings.permutation_max_rows,
+            settings.report_max_rows,
         )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
         runs.log_batch(session, run_id, metrics={"importance_rows": importance_rows})
-        _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
+        rejected = test_x[test_scores >= threshold]
+        rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
+        _log_explanations(config, session, run_id, final, metadata, rejected)
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
             keys.PLOT_ROC: plots.roc_chart(test_y, test_scores, candidate.name),
