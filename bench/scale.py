@@ -202,6 +202,8 @@ class TreeMemory:
             for process in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):  # a worker that just ended
                     total += process.memory_info().rss
+            if total > self.peak + 512 * 2**20:  # as it happens, for a run stopped before its end
+                print(f"peak memory {total / 2**20:,.0f} MiB", file=sys.stderr, flush=True)
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
