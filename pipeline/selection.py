@@ -88,7 +88,12 @@ def evaluate_portfolio(
         if name in left_out:
             continue
         estimator = build_estimator(
-            candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
+            candidate.family,
+            candidate.params,
+            dataset.categorical,
+            dataset.numeric,
+            config.seed,
+            n_rows=len(target),
         )
         result = cross_validate(
             estimator, features, target, splits, config.costs, n_jobs=config.research.n_jobs
@@ -285,6 +290,7 @@ def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutco
         dataset.numeric,
         config.seed,
         n_jobs=family_jobs(outcome.family, config.optimize.n_jobs, n_rows),
+        n_rows=n_rows or None,
     )
 
 

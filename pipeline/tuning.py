@@ -234,7 +234,9 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> float:
         params = suggest(trial, space)
-        estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=model_jobs)
+        estimator = build_estimator(
+            family, params, categorical, numeric, seed, n_jobs=model_jobs, n_rows=len(target)
+        )
 
         def on_fold(fold: int, mean_auc: float) -> None:
             trial.report(mean_auc, fold)

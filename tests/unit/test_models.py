@@ -8,11 +8,13 @@ from pipeline.data import load_dataset
 from pipeline.errors import ConfigError
 from pipeline.models import (
     FAMILIES,
+    FOREST_MAX_SAMPLES,
     NATIVE_MAX_LEVELS,
     ONEHOT_MAX_LEVELS,
     ROW_LIMITS,
     build_estimator,
     row_limit_reason,
+    size_settings,
     validate_params,
 )
 from tests.conftest import PROJECT_ROOT
@@ -146,3 +148,15 @@ def test_a_native_categorical_of_more_levels_than_histgradientboosting_takes_sti
     codes = model.named_steps["preprocess"].transform(features)[:, 0]
     assert codes.max() == NATIVE_MAX_LEVELS - 1  # 254 frequent levels, then one for the rest
     assert model.predict_proba(features.iloc[:3].assign(zip="never-seen")).shape == (3, 2)
+
+
+@pytest.mark.parametrize("family", ["random_forest", "extra_trees"])
+def test_forests_grow_each_tree_on_a_capped_sample_above_the_row_cap(family):
+    small = build_estimator(family, {}, [], ["x"], seed=0, n_rows=FOREST_MAX_SAMPLES).named_steps["model"]
+    default = build_estimator(family, {}, [], ["x"], seed=0).named_steps["model"]
+    assert small.get_params() == default.get_params()  # unchanged up to the cap
+    large = build_estimator(family, {}, [], ["x"], seed=0, n_rows=4 * FOREST_MAX_SAMPLES).named_steps["model"]
+    assert large.bootstrap and large.max_samples == pytest.approx(0.25)
+    chosen = build_estimator(family, {"max_samples": 0.5}, [], ["x"], seed=0, n_rows=10**7)
+    assert chosen.named_steps["model"].max_samples == 0.5  # the parameters win
+    assert size_settings("lightgbm", 10**7) == {}
