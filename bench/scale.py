@@ -197,13 +197,15 @@ class TreeMemory:
 
     def _sample(self) -> None:
         me = psutil.Process()
+        shown = 0
         while not self._stop.is_set():
             total = 0
             for process in [me, *me.children(recursive=True)]:
                 with contextlib.suppress(psutil.Error):  # a worker that just ended
                     total += process.memory_info().rss
-            if total > self.peak + 512 * 2**20:  # as it happens, for a run stopped before its end
+            if total > shown + 512 * 2**20:  # as it happens, for a run stopped before its end
                 print(f"peak memory {total / 2**20:,.0f} MiB", file=sys.stderr, flush=True)
+                shown = total
             self.peak = max(self.peak, total)
             self._stop.wait(self.interval)
 
