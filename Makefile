@@ -7,7 +7,7 @@ CONFIG ?= params.yaml
 PROFILE ?=
 STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-reasons bench-load bench-serving actionlint ui status clean
+.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-reasons bench-load bench-serving bench-scale actionlint ui status clean
 
 help:
 	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
@@ -67,6 +67,9 @@ bench-load: $(STAMP)
 
 bench-serving: $(STAMP)
 	$(BIN)/python bench/serving.py
+
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py
 
 actionlint: $(STAMP)
 	$(BIN)/actionlint

@@ -171,6 +171,10 @@ class OptimizeConfig(_Section):
     # A calibration that lowers the out-of-fold ROC AUC by more than this is not used.
     calibration_max_auc_loss: float = Field(0.001, ge=0, le=1)
     permutation_repeats: int = Field(3, ge=1, le=100)
+    # Permutation importance and the reason-code counts take this many test rows at most (a seeded
+    # sample): they are reporting, and their cost grows with the rows (repeats x features x rows,
+    # and about 160 scorings per rejected applicant).
+    report_max_rows: int = Field(10_000, ge=100)
     # Also try soft votes of the tuned families' best models (all of them unless a smaller vote is
     # better by ensemble_min_gain); kept only when it beats the best single family by that margin.
     ensemble: bool = True

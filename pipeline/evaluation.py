@@ -141,3 +141,10 @@ def summarise_folds(per_fold: list[dict[str, float]], prefix: str = "cv") -> dic
         summary[f"{prefix}_{name}_mean"] = float(values.mean())
         summary[f"{prefix}_{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     return summary
+
+
+def sample_positions(n_rows: int, max_rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of at most ``max_rows`` of ``n_rows`` (all of them when fewer)."""
+    if n_rows <= max_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False))

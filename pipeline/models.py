@@ -40,6 +40,48 @@ _FAMILIES: dict[str, tuple[str, str, bool, bool]] = {
 
 FAMILIES = tuple(_FAMILIES)
 
+# Families whose estimator refuses a sparse matrix: their one-hot encoding stays dense.
+DENSE_INPUT_FAMILIES = frozenset({"naive_bayes"})
+
+# Families whose cost grows faster than the rows, left out of a portfolio above this many training
+# rows: k-nearest neighbours compares every scored row with every training row (brute force on
+# one-hot data), so one 5-fold CV of 100,000 rows is 8 x 10^9 distances.
+ROW_LIMITS: dict[str, int] = {"knn": 50_000}
+
+# One-hot encoding at any size: a level seen in fewer than this share of the training rows, or
+# beyond a column's most frequent ONEHOT_MAX_LEVELS - 1, joins the column's one "infrequent" level
+# (new levels at scoring time too). The share is of the rows, so a table of a few thousand rows
+# keeps every level it has, while at a million rows a level needs 1,000 rows of its own; a column
+# of 10,000 employers then costs at most 64 columns instead of 10,000.
+ONEHOT_MIN_FREQUENCY = 0.001
+ONEHOT_MAX_LEVELS = 64
+NATIVE_MAX_LEVELS = 255
+
+
+# Forests keep every node of every tree: measured 1.8 MB a tree at 75,000 rows (random forest,
+# min_samples_leaf 2; 2.8 MB for extra trees), growing with the rows, so 300 trees at 500,000 rows
+# would hold about 3.6 GB per fitted model, one per parallel fold. Above this many rows each tree is
+# grown on a sample of this size (``max_samples``; extra trees then draw bootstrap samples too),
+# unless the parameters set ``max_samples`` themselves. Below it nothing changes.
+FOREST_MAX_SAMPLES = 100_000
+_FORESTS = frozenset({"random_forest", "extra_trees"})
+
+
+def size_settings(family: str, n_rows: int | None) -> dict[str, Any]:
+    """Settings a family gets for fitting on ``n_rows`` rows (see FOREST_MAX_SAMPLES)."""
+    if family not in _FORESTS or n_rows is None or n_rows <= FOREST_MAX_SAMPLES:
+        return {}
+    return {"bootstrap": True, "max_samples": FOREST_MAX_SAMPLES / n_rows}
+
+
+def row_limit_reason(family: str, n_rows: int) -> str | None:
+    """Why ``family`` is left out at ``n_rows`` training rows, or None when it is not."""
+    limit = ROW_LIMITS.get(family)
+    if limit is None or n_rows <= limit:
+        return None
+    return f"{n_rows:,} training rows are more than the {limit:,} {family} is run on (its cost grows faster)"
+
+
 # The only non-primitive types a logged model may ask skops to rebuild. Kept in code, not read from
 # the model's files, so a tampered model cannot widen it (MLflow itself trusts the list in MLmodel).
 TRUSTED_TYPES: tuple[str, ...] = (
@@ -108,7 +150,9 @@ def _binning(categorical: list[str], numeric: list[str], settings: Mapping[str, 
     )
 
 
-def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> ColumnTransformer:
+def _preprocessor(
+    kind: str, categorical: list[str], numeric: list[str], sparse: bool = True
+) -> ColumnTransformer:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
@@ -123,20 +167,39 @@ def _preprocessor(kind: str, categorical: list[str], numeric: list[str]) -> Colu
         categorical_steps = Pipeline(
             [
                 ("impute", SimpleImputer(strategy="most_frequent")),
-                ("encode", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                (
+                    "encode",
+                    OneHotEncoder(
+                        handle_unknown="infrequent_if_exist",
+                        min_frequency=ONEHOT_MIN_FREQUENCY,
+                        max_categories=ONEHOT_MAX_LEVELS,
+                        sparse_output=sparse,
+                    ),
+                ),
             ]
         )
     else:
-        # Trees need no scaling; unseen or missing categories map to -1.
+        # Trees need no scaling; unseen or missing categories map to -1. A native categorical
+        # feature takes at most 255 levels (HistGradientBoosting's bins), so rare levels are
+        # grouped there as for one-hot (a 1,000-row table keeps every level).
         numeric_steps = "passthrough" if kind == "native" else SimpleImputer(strategy="median")
+        grouping = (
+            {"min_frequency": ONEHOT_MIN_FREQUENCY, "max_categories": NATIVE_MAX_LEVELS}
+            if kind == "native"
+            else {}
+        )
         categorical_steps = OrdinalEncoder(
             handle_unknown="use_encoded_value",
             unknown_value=-1,
             encoded_missing_value=-1,
+            **grouping,
         )
+    # Sparse output only when most of the matrix is zeros (scikit-learn's default of 30 % filled);
+    # a few one-hot columns stay dense, as before.
     return ColumnTransformer(
         [("categorical", categorical_steps, categorical), ("numeric", numeric_steps, numeric)],
         remainder="drop",
+        sparse_threshold=0.3 if sparse else 0.0,
         verbose_feature_names_out=False,
     )
 
@@ -148,8 +211,10 @@ def build_estimator(
     numeric: list[str],
     seed: int,
     n_jobs: int = 1,
+    n_rows: int | None = None,
 ) -> Pipeline:
-    """An unfitted ``Pipeline(preprocess, model)`` for one family and its settings."""
+    """An unfitted ``Pipeline(preprocess, model)`` for one family and its settings, sized for
+    ``n_rows`` training rows when given (see ``size_settings``)."""
     if family not in _FAMILIES:
         raise ConfigError(f"unknown model family '{family}' (known: {', '.join(FAMILIES)})")
     from sklearn.pipeline import Pipeline
@@ -164,6 +229,7 @@ def build_estimator(
     if kind == "native":
         # Ordinal-encoded categoricals come first in the ColumnTransformer output.
         settings["categorical_features"] = list(range(len(categorical))) or None
+    settings.update(size_settings(family, n_rows))
     settings.update(params)
     binning = (
         {key: settings.pop(key, default) for key, default in BINNING_DEFAULTS.items()}
@@ -174,7 +240,8 @@ def build_estimator(
         model = factory(**settings)
     except TypeError as error:
         raise ConfigError(f"invalid parameters for {family}: {error}") from None
-    steps = [("preprocess", _preprocessor(kind, categorical, numeric))]
+    sparse = family not in DENSE_INPUT_FAMILIES
+    steps = [("preprocess", _preprocessor(kind, categorical, numeric, sparse=sparse))]
     if kind == "woe":
         steps.append(("binning", _binning(categorical, numeric, binning)))
     return Pipeline([*steps, ("model", model)])

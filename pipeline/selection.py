@@ -21,7 +21,13 @@ from pipeline import budget, scorecard, tuning
 from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
-from pipeline.models import BASELINE_FAMILIES, build_ensemble, build_estimator, validate_params
+from pipeline.models import (
+    BASELINE_FAMILIES,
+    build_ensemble,
+    build_estimator,
+    row_limit_reason,
+    validate_params,
+)
 from pipeline.tracking import keys
 from pipeline.training import (
     CVResult,
@@ -82,6 +88,15 @@ def validate_portfolio(config: PipelineConfig) -> None:
         validate_params(candidate.family, candidate.params, f"research.candidates.{name}.params")
 
 
+def left_out_candidates(config: PipelineConfig, n_train: int) -> dict[str, str]:
+    """Candidates of the portfolio not run at ``n_train`` training rows, each with the reason."""
+    reasons = {
+        name: row_limit_reason(candidate.family, n_train)
+        for name, candidate in config.research.portfolio.items()
+    }
+    return {name: reason for name, reason in reasons.items() if reason is not None}
+
+
 def _training_part(dataset: Dataset, split: Split) -> tuple[pd.DataFrame, pd.Series]:
     features = dataset.features.iloc[split.train_index].reset_index(drop=True)
     target = dataset.target.iloc[split.train_index].reset_index(drop=True)
@@ -113,11 +128,16 @@ def evaluate_portfolio(
     """
     features, target = _training_part(dataset, split)
     splits = folds(target, config.research.cv_folds, config.seed)
-    portfolio = config.research.portfolio
+    left_out = left_out_candidates(config, len(target))
+    for name, reason in left_out.items():
+        logger.warning("candidate %s left out: %s", name, reason)
+    portfolio = {name: c for name, c in config.research.portfolio.items() if name not in left_out}
     n_jobs = config.research.n_jobs
     emit = on_candidate or (lambda outcome: None)
     estimators = {
-        name: build_estimator(c.family, c.params, dataset.categorical, dataset.numeric, config.seed)
+        name: build_estimator(
+            c.family, c.params, dataset.categorical, dataset.numeric, config.seed, n_rows=len(target)
+        )
         for name, c in portfolio.items()
     }
     if seconds is None:
@@ -292,8 +312,11 @@ def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
 # --- Stage 2: tuning and the final model ---------------------------------------------------------
 
 # Families whose threads are OpenMP: on a shared 2-core machine, OpenMP's busy-waiting made one
-# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread.
+# HistGradientBoosting CV take 86 s with the default thread count against 5 s with one thread, on
+# the 1,000-row default data, where a fit is too short for threads to pay. They get one thread below
+# OPENMP_MIN_ROWS training rows and the cores the config gives (optimize.n_jobs) from there on.
 OPENMP_FAMILIES = frozenset({"hist_gradient_boosting", "lightgbm"})
+OPENMP_MIN_ROWS = 20_000
 
 
 @dataclass(frozen=True)
@@ -317,8 +340,14 @@ class FamilyOutcome:
         return self.stopped_by == "time"
 
 
-def family_jobs(family: str, n_jobs: int) -> int:
-    return 1 if family in OPENMP_FAMILIES else n_jobs
+def openmp_threads(n_jobs: int, n_rows: int) -> int:
+    """OpenMP threads for stage 2's boosters on ``n_rows`` training rows (see OPENMP_FAMILIES)."""
+    return n_jobs if n_rows >= OPENMP_MIN_ROWS else 1
+
+
+def family_jobs(family: str, n_jobs: int, n_rows: int = 0) -> int:
+    """Threads (``n_jobs``) one model of ``family`` gets in stage 2."""
+    return openmp_threads(n_jobs, n_rows) if family in OPENMP_FAMILIES else n_jobs
 
 
 def family_objective(
@@ -344,7 +373,7 @@ def family_objective(
         dataset.numeric,
         config.costs,
         config.seed,
-        n_jobs=family_jobs(family, settings.n_jobs),
+        n_jobs=family_jobs(family, settings.n_jobs, len(target)),
         pruning=settings.pruning,
         deadline=deadline,
         fold_seconds=fold_seconds,
@@ -389,11 +418,14 @@ def choose_final_estimator(
     settings = config.optimize
     if not settings.ensemble or len(outcomes) < 2:
         return FinalCandidate(
-            winner.family, estimator_for(config, dataset, winner), dict(winner.metrics), cv=winner.cv
+            winner.family,
+            estimator_for(config, dataset, winner, len(train_y)),
+            dict(winner.metrics),
+            cv=winner.cv,
         )
 
     y = train_y.to_numpy()
-    members = {o.family: estimator_for(config, dataset, o) for o in outcomes}
+    members = {o.family: estimator_for(config, dataset, o, len(train_y)) for o in outcomes}
     by_family = {o.family: o for o in outcomes}
     member_cv = {
         family: by_family[family].cv
@@ -436,15 +468,16 @@ def choose_final_estimator(
     )
 
 
-def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome):
-    """An unfitted estimator with a family's best parameters."""
+def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome, n_rows: int = 0):
+    """An unfitted estimator with a family's best parameters, threaded for ``n_rows`` training rows."""
     return build_estimator(
         outcome.family,
         outcome.best_params,
         dataset.categorical,
         dataset.numeric,
         config.seed,
-        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs),
+        n_jobs=family_jobs(outcome.family, config.optimize.n_jobs, n_rows),
+        n_rows=n_rows or None,
     )
 
 

@@ -319,11 +319,18 @@ def make_objective(
         trial.study.stop()
         raise optuna.TrialPruned(f"stopped by the time budget after {folds_done} folds")
 
+    # The cores go to the model when folds run one by one (pruning and the deadline look after each),
+    # to the folds when they run at once: never both, which would ask for n_jobs x n_jobs threads.
+    one_by_one = pruning or deadline is not None
+    model_jobs, fold_jobs = (n_jobs, 1) if one_by_one else (1, n_jobs)
+
     def objective(trial: optuna.Trial) -> float:
         if time_is_up(trial.study, fold_seconds):
             stop(trial, 0)
         params = suggest(trial, space)
-        estimator = build_estimator(family, params, categorical, numeric, seed, n_jobs=n_jobs)
+        estimator = build_estimator(
+            family, params, categorical, numeric, seed, n_jobs=model_jobs, n_rows=len(target)
+        )
         started = time.monotonic()
 
         def on_fold(fold: int, mean_auc: float) -> None:
@@ -341,8 +348,8 @@ def make_objective(
             target,
             splits,
             costs,
-            n_jobs=n_jobs,
-            on_fold=on_fold if pruning or deadline is not None else None,
+            n_jobs=fold_jobs,
+            on_fold=on_fold if one_by_one else None,
         )
         summary = result.summary()
         trial.set_user_attr(METRICS_ATTR, summary)

@@ -26,8 +26,14 @@ from pipeline import budget, plots, reasons, scorecard, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
 from pipeline.errors import LookupFailedError
-from pipeline.evaluation import all_metrics, cost_curve
-from pipeline.selection import FamilyOutcome, choose_final_estimator, family_objective, fit_final
+from pipeline.evaluation import all_metrics, cost_curve, sample_positions
+from pipeline.selection import (
+    FamilyOutcome,
+    choose_final_estimator,
+    family_objective,
+    fit_final,
+    openmp_threads,
+)
 from pipeline.tracking import keys, lookups, model_io, runs
 from pipeline.tracking.session import TrackingSession
 from pipeline.training import folds, positive_scores
@@ -132,17 +138,16 @@ def check_split(session: TrackingSession, research_run, split: Split) -> None:
     """The research run's recorded test rows must be exactly the ones we hold out now."""
     run_id = research_run.info.run_id
     try:
-        with runs.quiet_artifact_downloads():
-            recorded = json.loads(runs.download_artifact_text(session, run_id, keys.ARTIFACT_SPLIT))
+        train, test = runs.read_split(session, run_id)
     except Exception as error:
         raise LookupFailedError(
             f"research run {run_id} has no readable {keys.ARTIFACT_SPLIT}: {error}"
         ) from None
-    if sorted(recorded.get("test", [])) != sorted(split.test_index.tolist()):
+    if not np.array_equal(test, np.sort(split.test_index)):
         raise LookupFailedError(
             f"research run {run_id} held out other test rows than this split (seed or test_size changed?)"
         )
-    if set(recorded.get("train", [])) != set(split.train_index.tolist()):
+    if not np.array_equal(train, np.sort(split.train_index)):
         raise LookupFailedError(f"research run {run_id} trained on other rows than this split")
 
 
@@ -345,21 +350,28 @@ def tune_family(
 # --- The stage ---------------------------------------------------------------------------------------
 
 
-def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, rows: int):
+def _importance(
+    model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, max_rows: int
+) -> tuple[pd.DataFrame, int]:
+    """Permutation importance on a seeded sample of at most ``max_rows`` rows; the frame and the rows used."""
     # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
     # calibrated model does, without scoring through the calibrator.
     folds_fitted = getattr(model, "calibrated_classifiers_", None)
     if folds_fitted:
         model = folds_fitted[0].estimator
-    # A seeded sample bounds its time (rows x features x repeats predictions).
-    if rows < len(features):
-        sample = np.sort(np.random.default_rng(seed).choice(len(features), rows, replace=False))
-        features, target = features.iloc[sample], target.iloc[sample]
+    rows = sample_positions(len(features), max_rows, seed)
+    if len(rows) < len(features):
+        logger.info(
+            "permutation importance on %d of %d test rows (optimize.report_max_rows)",
+            len(rows),
+            len(features),
+        )
+        features, target = features.iloc[rows], target.iloc[rows]
     # One process: spawning workers and shipping the model costs more than 250 rows of scoring.
     result = permutation_importance(
         model, features, target, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
     )
-    return (
+    frame = (
         pd.DataFrame(
             {
                 "feature": features.columns,
@@ -370,11 +382,13 @@ def _importance(model, features: pd.DataFrame, target: pd.Series, repeats: int, 
         .sort_values("importance_mean", ascending=False)
         .reset_index(drop=True)
     )
+    return frame, len(rows)
 
 
 def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
     """The scorecard table when the model is or holds a scorecard, and how often each reason code
-    is given to the rejected applicants of the test part."""
+    is given to the rejected applicants of the test part (a seeded sample of at most
+    ``optimize.report_max_rows`` of them)."""
     card = scorecard.find_scorecard(final)
     if card is not None:
         table = scorecard.scorecard_table(card, scorecard.Scaling(**config.scorecard.model_dump()))
@@ -419,10 +433,11 @@ def run(
     tags = runs.base_tags(config, keys.STAGE_OPTIMIZE, dataset, split)
     run_name = f"{keys.STAGE_OPTIMIZE}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     stage_tags = {**tags, keys.TAG_RESEARCH_RUN: research_id, keys.TAG_TUNED_FAMILIES: json.dumps(families)}
-    # OpenMP threads (HistGradientBoosting, LightGBM) capped at one for the whole stage: see OPENMP_FAMILIES.
+    # OpenMP threads (HistGradientBoosting, LightGBM) capped for the whole stage: one on small data,
+    # optimize.n_jobs from OPENMP_MIN_ROWS training rows (see OPENMP_FAMILIES).
     with (
         runs.stage_run(session, run_name, stage_tags) as run_id,
-        threadpool_limits(limits=1, user_api="openmp"),
+        threadpool_limits(limits=openmp_threads(settings.n_jobs, len(train_y)), user_api="openmp"),
     ):
         runs.log_batch(
             session,
@@ -436,6 +451,7 @@ def run(
                 "pruning": settings.pruning,
                 "calibration_methods": ",".join(settings.calibration_methods),
                 "calibration_max_auc_loss": settings.calibration_max_auc_loss,
+                "report_max_rows": settings.report_max_rows,
                 "ensemble": settings.ensemble,
                 "ensemble_min_gain": settings.ensemble_min_gain,
                 "cost_false_negative": config.costs.false_negative,
@@ -597,18 +613,26 @@ def run(
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
         # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
-        # time left allows (every permutation scores them once more).
+        # time left allows (every permutation scores them once more), at most optimize.report_max_rows.
         rows = budget.importance_rows(
             len(test_x),
             scoring_seconds,
             test_x.shape[1] * settings.permutation_repeats,
             left() - budget.FINAL_OVERHEAD_SECONDS / 2,
         )
-        importance = _importance(
-            final, test_x, pd.Series(test_y), settings.permutation_repeats, config.seed, rows
+        importance, importance_rows = _importance(
+            final,
+            test_x,
+            pd.Series(test_y),
+            settings.permutation_repeats,
+            config.seed,
+            min(rows, settings.report_max_rows),
         )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
-        _log_explanations(config, session, run_id, final, metadata, test_x[test_scores >= threshold])
+        runs.log_batch(session, run_id, metrics={"importance_rows": importance_rows})
+        rejected = test_x[test_scores >= threshold]
+        rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
+        _log_explanations(config, session, run_id, final, metadata, rejected)
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {
             keys.PLOT_ROC: plots.roc_chart(test_y, test_scores, candidate.name),

@@ -26,6 +26,7 @@ from pipeline.selection import (
     evaluate_portfolio,
     fitted_scorecards,
     leaderboard_frame,
+    left_out_candidates,
     ranked_families,
     validate_portfolio,
 )
@@ -163,6 +164,9 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                 keys.TAG_RANKED_CANDIDATES: json.dumps(leaderboard["candidate"].tolist()),
                 keys.TAG_BEST_CANDIDATE: best["candidate"],
                 keys.TAG_FOLD_SECONDS: json.dumps(fold_seconds),
+                keys.TAG_LEFT_OUT_CANDIDATES: json.dumps(
+                    left_out_candidates(config, len(split.train_index)), sort_keys=True
+                ),
             },
         )
         runs.log_frame(session, run_id, leaderboard, keys.ARTIFACT_LEADERBOARD)

@@ -75,6 +75,8 @@ TAG_BUDGET_STOPPED = "budget.stopped_by."  # + step: "time" or "skipped" when th
 BUDGET_STEP_TUNE = "tune."  # + family
 BUDGET_STEP_FINAL = "final"
 BUDGET_STEP_TOTAL = "total"  # stages 1 and 2 together, against budget_seconds
+# Candidates not run at this data size, each with the reason (JSON object; models.ROW_LIMITS).
+TAG_LEFT_OUT_CANDIDATES = "research.left_out_candidates"
 
 # --- Stage 2, optimize ------------------------------------------------------------------------------
 TAG_RESEARCH_RUN = "optimize.research_run_id"
@@ -168,7 +170,7 @@ META_REASON_COUNT = "reason_codes_count"  # how many reasons per applicant the s
 META_SCORECARD_SCALING = "scorecard_scaling"  # a scorecard's points scaling (base_points, base_odds, pdo)
 
 # --- Artifact paths ---------------------------------------------------------------------------------
-ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test row positions
+ARTIFACT_SPLIT = "split/indices.json"  # research and optimize: train and test rows (runs.split_record)
 ARTIFACT_LEADERBOARD = "leaderboard"  # research: .csv and .md
 ARTIFACT_RESEARCH_CHART = "cv_roc_auc.png"
 ARTIFACT_FAMILIES = "families"  # optimize: .csv and .md

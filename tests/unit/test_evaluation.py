@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from pipeline.config import CostConfig
-from pipeline.evaluation import all_metrics, best_threshold, cost_curve, expected_cost, ks_statistic
+from pipeline.evaluation import (
+    all_metrics,
+    best_threshold,
+    cost_curve,
+    expected_cost,
+    ks_statistic,
+    sample_positions,
+)
 
 COSTS = CostConfig(false_negative=5, false_positive=1)
 
@@ -62,3 +69,15 @@ def test_threshold_by_hand():
     threshold, cost = best_threshold(y, scores, CostConfig(false_negative=0.5, false_positive=1))
     assert threshold == pytest.approx(0.8)
     assert cost == pytest.approx(0.125)
+
+
+def test_a_sample_of_positions_is_seeded_sorted_distinct_and_capped():
+    rows = sample_positions(250_000, 10_000, seed=42)
+    assert len(rows) == 10_000 and len(np.unique(rows)) == 10_000
+    assert np.all(np.diff(rows) > 0) and rows[-1] < 250_000
+    assert np.array_equal(rows, sample_positions(250_000, 10_000, seed=42))
+    assert not np.array_equal(rows, sample_positions(250_000, 10_000, seed=43))
+
+
+def test_fewer_rows_than_the_cap_are_all_kept_in_order():
+    assert sample_positions(250, 10_000, seed=1).tolist() == list(range(250))

@@ -1,9 +1,22 @@
+import numpy as np
+import pandas as pd
 import pytest
+from scipy import sparse
 
 from pipeline.config import load_config
 from pipeline.data import load_dataset
 from pipeline.errors import ConfigError
-from pipeline.models import FAMILIES, build_estimator, validate_params
+from pipeline.models import (
+    FAMILIES,
+    FOREST_MAX_SAMPLES,
+    NATIVE_MAX_LEVELS,
+    ONEHOT_MAX_LEVELS,
+    ROW_LIMITS,
+    build_estimator,
+    row_limit_reason,
+    size_settings,
+    validate_params,
+)
 from tests.conftest import PROJECT_ROOT
 
 
@@ -60,3 +73,90 @@ def test_scorecard_binning_settings_are_parameters():
     validate_params("woe_scorecard", {"max_n_bins": 4, "C": 1.0}, "here")
     with pytest.raises(ConfigError, match="unknown parameter\\(s\\) for woe_scorecard: bins"):
         validate_params("woe_scorecard", {"bins": 4}, "here")
+
+
+# --- One-hot encoding at any size -------------------------------------------------------------------
+
+
+def _rare_levels_table(n_rows: int, seed: int = 0):
+    """An employer column of a few common levels and many rare ones, beside one numeric column."""
+    rng = np.random.default_rng(seed)
+    common = rng.choice(["acme", "globex", "initech"], size=n_rows)
+    rare = np.array([f"employer-{i}" for i in range(n_rows)])
+    employer = np.where(rng.random(n_rows) < 0.3, rare, common)
+    features = pd.DataFrame({"employer": employer, "income": rng.lognormal(10, 1, n_rows)})
+    target = pd.Series((rng.random(n_rows) < 0.2).astype(int))
+    return features, target
+
+
+def test_rare_levels_share_one_column():
+    features, target = _rare_levels_table(5000)
+    model = build_estimator("logistic_regression", {}, ["employer"], ["income"], seed=0)
+    model.fit(features, target)
+    encoded = model.named_steps["preprocess"].transform(features)
+    # Three common employers, one infrequent column for about 1,500 one-row employers, the income.
+    assert encoded.shape == (5000, 3 + 1 + 1)
+    encoder = model.named_steps["preprocess"].named_transformers_["categorical"].named_steps["encode"]
+    assert len(encoder.infrequent_categories_[0]) > 1000
+    # A new employer at scoring time is scored as an infrequent one.
+    unseen = features.iloc[:3].assign(employer="never-seen")
+    assert np.allclose(
+        model.predict_proba(unseen), model.predict_proba(features.iloc[:3].assign(employer="employer-1"))
+    )
+
+
+def test_a_column_of_many_frequent_levels_is_capped_and_encoded_sparse():
+    rng = np.random.default_rng(1)
+    features = pd.DataFrame({"zip": rng.integers(0, 500, 20_000).astype(str), "income": rng.random(20_000)})
+    model = build_estimator("logistic_regression", {}, ["zip"], ["income"], seed=0)
+    encoded = model.named_steps["preprocess"].fit_transform(features)
+    assert encoded.shape[1] == ONEHOT_MAX_LEVELS + 1
+    assert sparse.issparse(encoded) and encoded.nnz == 2 * len(features)
+
+
+def test_small_tables_keep_every_level_and_a_dense_encoding():
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    dataset = load_dataset(config)
+    model = build_estimator("logistic_regression", {}, dataset.categorical, dataset.numeric, seed=0)
+    encoded = model.named_steps["preprocess"].fit_transform(dataset.features.iloc[:600])
+    levels = sum(dataset.features[c].iloc[:600].nunique() for c in dataset.categorical)
+    assert not sparse.issparse(encoded)
+    assert encoded.shape[1] == levels + len(dataset.numeric)
+
+
+def test_naive_bayes_gets_a_dense_encoding_at_any_size():
+    features, target = _rare_levels_table(5000)
+    model = build_estimator("naive_bayes", {}, ["employer"], ["income"], seed=0).fit(features, target)
+    assert not sparse.issparse(model.named_steps["preprocess"].transform(features))
+
+
+def test_knn_is_left_out_above_its_row_limit_with_a_reason():
+    limit = ROW_LIMITS["knn"]
+    assert row_limit_reason("knn", limit) is None
+    reason = row_limit_reason("knn", limit + 1)
+    assert reason is not None and f"{limit:,}" in reason and "knn" in reason
+    assert row_limit_reason("logistic_regression", 10 * limit) is None
+
+
+def test_a_native_categorical_of_more_levels_than_histgradientboosting_takes_still_fits():
+    rng = np.random.default_rng(2)
+    n_rows = 30_000
+    features = pd.DataFrame({"zip": rng.integers(0, 900, n_rows).astype(str), "income": rng.random(n_rows)})
+    target = pd.Series((rng.random(n_rows) < 0.2).astype(int))
+    model = build_estimator("hist_gradient_boosting", {"max_iter": 5}, ["zip"], ["income"], seed=0)
+    model.fit(features, target)
+    codes = model.named_steps["preprocess"].transform(features)[:, 0]
+    assert codes.max() == NATIVE_MAX_LEVELS - 1  # 254 frequent levels, then one for the rest
+    assert model.predict_proba(features.iloc[:3].assign(zip="never-seen")).shape == (3, 2)
+
+
+@pytest.mark.parametrize("family", ["random_forest", "extra_trees"])
+def test_forests_grow_each_tree_on_a_capped_sample_above_the_row_cap(family):
+    small = build_estimator(family, {}, [], ["x"], seed=0, n_rows=FOREST_MAX_SAMPLES).named_steps["model"]
+    default = build_estimator(family, {}, [], ["x"], seed=0).named_steps["model"]
+    assert small.get_params() == default.get_params()  # unchanged up to the cap
+    large = build_estimator(family, {}, [], ["x"], seed=0, n_rows=4 * FOREST_MAX_SAMPLES).named_steps["model"]
+    assert large.bootstrap and large.max_samples == pytest.approx(0.25)
+    chosen = build_estimator(family, {"max_samples": 0.5}, [], ["x"], seed=0, n_rows=10**7)
+    assert chosen.named_steps["model"].max_samples == 0.5  # the parameters win
+    assert size_settings("lightgbm", 10**7) == {}

@@ -1,13 +1,23 @@
-"""The final estimator of stage 2: the soft vote judged from its members' out-of-fold scores."""
+"""Stage 1's portfolio at any size; stage 2's final estimator: the soft vote judged from its members'
+out-of-fold scores."""
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
 
-from pipeline.data import load_dataset
-from pipeline.models import build_ensemble
-from pipeline.selection import FamilyOutcome, choose_final_estimator, estimator_for
+from pipeline.data import load_dataset, split_dataset
+from pipeline.models import ROW_LIMITS, build_ensemble
+from pipeline.selection import (
+    OPENMP_MIN_ROWS,
+    FamilyOutcome,
+    choose_final_estimator,
+    estimator_for,
+    evaluate_portfolio,
+    family_jobs,
+    left_out_candidates,
+)
 from pipeline.training import cross_validate, folds
 from tests.conftest import make_config, small_params
 
@@ -204,3 +214,40 @@ def test_once_the_share_is_spent_the_candidates_not_yet_run_are_skipped_cheapest
     # The cheapest by the prior, up to one besides the baseline: stage 2 still has a family to tune.
     assert ran == ["dummy", "naive_bayes"]
     assert all("spent before its turn" in o.note for o in outcomes if o.status == STATUS_SKIPPED)
+
+
+def test_knn_is_left_out_above_its_row_limit_and_the_rest_still_runs(monkeypatch, caplog):
+    config = make_config(small_params(research={"cv_folds": 3, "use": ["dummy_prior", "knn"]}))
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    assert left_out_candidates(config, len(split.train_index)) == {}
+
+    monkeypatch.setitem(ROW_LIMITS, "knn", 100)  # the 750 training rows are then too many
+    left_out = left_out_candidates(config, len(split.train_index))
+    assert list(left_out) == ["knn"] and "750 training rows" in left_out["knn"]
+    with caplog.at_level(logging.WARNING, logger="pipeline.selection"):
+        outcomes = evaluate_portfolio(config, dataset, split)
+    assert [o.name for o in outcomes] == ["dummy_prior"]
+    assert "candidate knn left out: 750 training rows" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("family", "n_rows", "threads"),
+    [
+        ("lightgbm", 1_000, 1),  # small data: one OpenMP thread, as measured best on 2 shared cores
+        ("hist_gradient_boosting", OPENMP_MIN_ROWS - 1, 1),
+        ("lightgbm", OPENMP_MIN_ROWS, 4),  # large data: the cores the config gives
+        ("hist_gradient_boosting", 1_000_000, 4),
+        ("random_forest", 1_000, 4),  # joblib threads: always the config's
+    ],
+)
+def test_boosters_get_the_configured_cores_on_large_data(family, n_rows, threads):
+    assert family_jobs(family, 4, n_rows) == threads
+
+
+def test_the_final_estimator_is_threaded_for_the_training_rows():
+    config = make_config(small_params(optimize={"n_jobs": 2}))
+    dataset = load_dataset(config)
+    outcome = FamilyOutcome("lightgbm", "s", 1, 1, 0, {}, {"cv_roc_auc": 0.7, "cv_expected_cost": 0.6})
+    assert estimator_for(config, dataset, outcome).named_steps["model"].n_jobs == 1
+    assert estimator_for(config, dataset, outcome, 100_000).named_steps["model"].n_jobs == 2

@@ -382,3 +382,38 @@ def test_where_the_studies_are_shared(monkeypatch, tmp_path):
     shared = tuning.storage_location("https://mlflow.example.com", tmp_path)
     assert shared.shared is True and shared.schema == "optuna"
     assert "s3cret" not in shared.safe_url
+
+
+@pytest.mark.parametrize(("pruning", "model_jobs", "fold_jobs"), [(True, 4, 1), (False, 1, 4)])
+def test_the_cores_go_to_the_model_or_to_the_folds_never_both(
+    train_part, monkeypatch, pruning, model_jobs, fold_jobs
+):
+    features, target, splits = train_part
+    asked: dict[str, int] = {}
+    build, validate = tuning.build_estimator, tuning.cross_validate
+
+    def spy_build(*args, n_jobs=1, **kwargs):
+        asked["model"] = n_jobs
+        return build(*args, n_jobs=n_jobs, **kwargs)
+
+    def spy_validate(*args, n_jobs=1, **kwargs):
+        asked["folds"] = n_jobs
+        return validate(*args, n_jobs=1, **kwargs)
+
+    monkeypatch.setattr(tuning, "build_estimator", spy_build)
+    monkeypatch.setattr(tuning, "cross_validate", spy_validate)
+    objective = tuning.make_objective(
+        "random_forest",
+        space(n_estimators={"type": "int", "low": 5, "high": 6}),
+        features,
+        target,
+        splits,
+        ["purpose"],
+        ["income", "age"],
+        COSTS,
+        seed=0,
+        n_jobs=4,
+        pruning=pruning,
+    )
+    optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
+    assert asked == {"model": model_jobs, "folds": fold_jobs}

@@ -164,14 +164,9 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     first_config = make_config(small_params(optimize={"n_trials": 2}))
     research_result = research.run(first_config)
     client = MlflowClient(sqlite_store)
-    indices = json.loads(
-        runs.download_artifact_text(
-            session.TrackingSession(sqlite_store, "", "", client),
-            research_result.run_id,
-            keys.ARTIFACT_SPLIT,
-        )
-    )
-    train_rows, test_rows = set(indices["train"]), set(indices["test"])
+    store = session.TrackingSession(sqlite_store, "", "", client)
+    train, test = runs.read_split(store, research_result.run_id)
+    train_rows, test_rows = set(train.tolist()), set(test.tolist())
     fit_spy.clear()
 
     first = optimize.run(first_config)
