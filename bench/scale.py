@@ -41,7 +41,7 @@ import pandas as pd
 import psutil
 import yaml
 
-from pipeline.config import PipelineConfig, config_from_mapping
+from pipeline.config import PipelineConfig, config_from_mapping, deep_merge
 from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV, temporary_environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,16 +144,6 @@ def synthetic_loans(n_rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def bench_config(args, table: Path) -> PipelineConfig:
     """``params.yaml`` (and the profile) with the dataset pointed at ``table`` and the budget set."""
     raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -173,9 +163,9 @@ def bench_config(args, table: Path) -> PipelineConfig:
         profile = (raw.get("profiles") or {}).get(args.profile)
         if profile is None:
             raise SystemExit(f"profile {args.profile!r} is not in {args.config}")
-        raw = _deep_merge(raw, profile)
+        raw = deep_merge(raw, profile)
     raw.pop("profiles", None)
-    raw = _deep_merge(raw, overrides)
+    raw = deep_merge(raw, overrides)
     if "budget_seconds" in PipelineConfig.model_fields:
         raw["budget_seconds"] = args.budget
     else:  # before the one budget: the tuning share of it, split over the tuned families

@@ -316,11 +316,12 @@ class PipelineConfig(_Section):
         return path if path.is_absolute() else (self.root / path).resolve()
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` merged into ``base``, mappings key by key (profiles, benchmark overrides)."""
     merged = dict(base)
     for key, value in override.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -352,7 +353,7 @@ def config_from_mapping(
         if profile not in profiles:
             known = ", ".join(sorted(profiles)) or "none"
             raise ConfigError(f"profile '{profile}' is not defined in the config (known: {known})")
-        raw = _deep_merge(raw, profiles[profile] or {})
+        raw = deep_merge(raw, profiles[profile] or {})
     try:
         return PipelineConfig.model_validate(
             {**raw, "root": root.resolve(), "profile": profile, "source": source}

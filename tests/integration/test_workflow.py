@@ -30,7 +30,7 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from pipeline.tracking import keys
-from tests.conftest import PROJECT_ROOT, _postgres_admin
+from tests.conftest import PROJECT_ROOT, _postgres_admin, throwaway_database
 from tests.github_actions import (
     PIPELINE_WORKFLOW,
     WORKFLOW_DIR,
@@ -226,21 +226,10 @@ def stage_runs(postgres_url: str) -> list:
 
 
 @pytest.fixture
-def second_database(postgres_url):
+def second_database():
     """Another throwaway database: the pull request's own service container."""
-    name = f"{make_url(postgres_url).database}_pr"
-    admin = _postgres_admin()
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    with throwaway_database("loan_mlops_pr") as url:
+        yield url
 
 
 @pytest.mark.slow

@@ -3,38 +3,25 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 
 import pytest
-from sqlalchemy.engine import make_url
 
 from pipeline import pgtools
 from pipeline.errors import ConfigError
 from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV
 from pipeline.stages import baseline, register
 from pipeline.tracking import keys, model_io, registry, runs
-from tests.conftest import _postgres_admin, make_config, small_params
+from tests.conftest import make_config, small_params, throwaway_database
 from tests.integration.fakes import fake_optimize_run, fake_research_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 
 @pytest.fixture
-def main_database(postgres_url):
+def main_database():
     """A second throwaway database on the same server, standing for main's service container."""
-    name = f"loan_mlops_main_{uuid.uuid4().hex[:10]}"
-    admin = _postgres_admin()
-    with admin.cursor() as cursor:
-        cursor.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    with throwaway_database("loan_mlops_main") as url:
+        yield url
 
 
 def publish_main(main_uri: str, tmp_path, monkeypatch) -> tuple:
