@@ -56,12 +56,35 @@ def test_applicants_in_batches_get_the_same_weights(monkeypatch):
         }
     )
     whole = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
-    monkeypatch.setattr(reasons, "_SUBSTITUTED_ROWS", 12)  # 6 candidates a row: 2 applicants a batch
+    monkeypatch.setattr(reasons, "_SUBSTITUTED_ROWS", 14)  # an applicant and its 6 copies: 2 a batch
     batched = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
     pd.testing.assert_frame_equal(batched[0], whole[0])
     pd.testing.assert_frame_equal(batched[1], whole[1])
     empty = reasons.substitution_weights(LinearModel(), applicants.head(0), CANDIDATES)
     assert empty[0].empty
+
+
+def test_the_applicants_probabilities_come_from_the_same_call_as_their_copies(monkeypatch):
+    """One scoring call per batch (a request's main cost): the applicants' own probabilities are
+    those of the model, whatever their column types (whole numbers, categories)."""
+    applicants = pd.DataFrame(
+        {
+            "debt": np.array([3, 0, 1]),  # integers; a candidate may be fractional
+            "late_payments": [1.0, 0.0, 2.0],
+            "region": pd.Categorical(["south", "north", "north"]),
+        }
+    )
+    candidates = {**CANDIDATES, "debt": [0.0, 0.5]}
+    calls: list[int] = []
+    model = LinearModel()
+    original = model.predict_proba
+    monkeypatch.setattr(model, "predict_proba", lambda frame: calls.append(len(frame)) or original(frame))
+    given = reasons.substitution_reasons(model, applicants, candidates, count=2)
+    assert calls == [3 * 7]  # the 3 applicants and 6 copies of each, at once
+    np.testing.assert_allclose(given.probabilities, original(applicants)[:, 1], rtol=0, atol=1e-15)
+    weights, best = reasons.substitution_weights(LinearModel(), applicants, candidates)
+    np.testing.assert_allclose(weights["debt"], [6.0, 0.0, 2.0])  # 0.5 was not truncated to 0
+    assert best["region"].tolist() == ["north", "north", "north"]
 
 
 def test_frame_has_ranked_code_and_text_columns_and_the_method():
