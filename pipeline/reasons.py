@@ -181,13 +181,16 @@ def _substitution_batch(
     )
     scored = _logit(probabilities)
     base, start = scored[:n], 1
+    lost, best = {}, {}  # frames built once at the end: a column set at a time costs ms a request
     for name in names:
         k = len(candidates[name])
         block = scored[start * n : (start + k) * n].reshape(k, n)
         start += k
         lowest = block.argmin(axis=0)
-        weights[name] = np.maximum(base - block[lowest, np.arange(n)], 0.0)
-        best_values[name] = [candidates[name][i] for i in lowest]
+        lost[name] = np.maximum(base - block[lowest, np.arange(n)], 0.0)
+        best[name] = [candidates[name][i] for i in lowest]
+    weights = pd.DataFrame(lost, index=features.index, columns=names, dtype=float)
+    best_values = pd.DataFrame(best, index=features.index, columns=names, dtype=object)
     return weights, best_values, probabilities[:n]
 
 
