@@ -25,10 +25,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
+from pipeline.config import load_config
+from pipeline.data import load_dataset, split_dataset
 from pipeline.tracking import keys
 from tests.conftest import PROJECT_ROOT, _postgres_admin, throwaway_database
 from tests.github_actions import (
@@ -439,14 +442,26 @@ def test_deploy_job_steps_deploy_the_champion_of_the_team_store(postgres_url, tm
     assert any('"https://github.com/Team/Loan-MLOps/actions/runs/77"' in value for value in moves)
 
 
+def held_out_applicants(folder: Path) -> Path:
+    """The shipped data's held-out rows: new applicants to the model, from the population it was
+    trained on. (Its training rows would not do: their in-sample scores are more extreme than the
+    out-of-fold scores monitoring compares with, so an overfitting forest would read as shifted.)"""
+    config = load_config(PROJECT_ROOT / "params.yaml")
+    split = split_dataset(load_dataset(config), config.split.test_size, config.seed)
+    path = folder / "new_applicants.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.read_csv(PROJECT_ROOT / "data" / "german_credit.csv").iloc[split.test_index].to_csv(path, index=False)
+    return path
+
+
 def replay_weekly_monitor(store: str, tmp_path: Path) -> None:
     """The scheduled monitor job against the champion the main replay registered: the team's store is
-    that database, the repository variable names the shipped data (the population it was trained on,
-    so stable: exit 0)."""
+    that database, the repository variable names new applicants from the population the model was
+    trained on (so stable: exit 0)."""
     job = load_workflow()["jobs"]["monitor"]
     contexts = stand_in_contexts(tmp_path / "monitor-workspace", "schedule")
     contexts["secrets"] = {"MLFLOW_TRACKING_URI": store}
-    contexts["vars"] = {"PIPELINE_MONITOR_DATA": "data/german_credit.csv"}
+    contexts["vars"] = {"PIPELINE_MONITOR_DATA": str(held_out_applicants(tmp_path / "monitor-data"))}
     assert evaluate(job["if"], {**contexts, "env": {}})
     job_env = {k: substitute(v, {**contexts, "env": {}}) for k, v in job["env"].items()}
     assert job_env["MLFLOW_TRACKING_URI"] == store
