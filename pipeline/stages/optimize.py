@@ -15,33 +15,25 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
-import optuna
 import pandas as pd
 from sklearn.inspection import permutation_importance
 from tabulate import tabulate
 from threadpoolctl import threadpool_limits
-from tqdm.auto import tqdm
 
 from pipeline import budget, plots, reasons, scorecard, stability, tuning
 from pipeline.config import PipelineConfig
-from pipeline.data import Dataset, Split, check_folds, load_dataset, split_dataset
-from pipeline.errors import LookupFailedError
+from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
 from pipeline.selection import (
     FamilyOutcome,
     choose_final_estimator,
-    family_objective,
     fit_final,
     openmp_threads,
 )
-from pipeline.tracking import keys, lookups, model_io, runs
-from pipeline.tracking.session import TrackingSession
+from pipeline.tracking import handover, keys, model_io, runs, trials
 from pipeline.training import folds, positive_scores
 
 logger = logging.getLogger(__name__)
-
-STOPPED_TIME = "time"  # a step its share of the budget ended
-STOPPED_SKIPPED = "skipped"  # a family whose one trial could not fit its share
 
 
 @dataclass(frozen=True)
@@ -113,240 +105,6 @@ class OptimizeResult:
         return "\n".join(lines)
 
 
-# --- Hand-over from stage 1 --------------------------------------------------------------------------
-
-
-def find_research_run(session: TrackingSession, dataset: Dataset, research_run_id: str | None):
-    """The given research run, or the latest finished one for this dataset; checked either way."""
-    run = lookups.finished_stage_run(
-        session,
-        keys.STAGE_RESEARCH,
-        research_run_id,
-        conditions={keys.TAG_DATASET_DIGEST: dataset.digest},
-        missing_hint="; run `python -m pipeline research` first",
-    )
-    recorded = run.data.tags.get(keys.TAG_DATASET_DIGEST)
-    if recorded != dataset.digest:
-        raise LookupFailedError(
-            f"research run {run.info.run_id} used dataset {recorded}, but the data now has digest "
-            f"{dataset.digest}; rerun research on this data"
-        )
-    return run
-
-
-def check_split(session: TrackingSession, research_run, split: Split) -> None:
-    """The research run's recorded test rows must be exactly the ones we hold out now."""
-    run_id = research_run.info.run_id
-    try:
-        train, test = runs.read_split(session, run_id)
-    except Exception as error:
-        raise LookupFailedError(
-            f"research run {run_id} has no readable {keys.ARTIFACT_SPLIT}: {error}"
-        ) from None
-    if not np.array_equal(test, np.sort(split.test_index)):
-        raise LookupFailedError(
-            f"research run {run_id} held out other test rows than this split (seed or test_size changed?)"
-        )
-    if not np.array_equal(train, np.sort(split.train_index)):
-        raise LookupFailedError(f"research run {run_id} trained on other rows than this split")
-
-
-def top_families(research_run, k: int) -> list[str]:
-    raw = research_run.data.tags.get(keys.TAG_RANKED_FAMILIES)
-    try:
-        ranked = json.loads(raw)
-    except (TypeError, ValueError):
-        raise LookupFailedError(
-            f"research run {research_run.info.run_id} has no valid {keys.TAG_RANKED_FAMILIES} tag"
-        ) from None
-    if not ranked:
-        raise LookupFailedError(f"research run {research_run.info.run_id} ranked no families")
-    return list(ranked[:k])
-
-
-def research_budget(research_run, config: PipelineConfig) -> tuple[budget.Step, dict[str, float], int]:
-    """What stage 1 planned and spent, one CV fold's seconds per family, and its number of folds.
-
-    A research run from before the budget has no such records: its duration stands in for the
-    spent seconds, and the families' trials are then not predicted (0 s).
-    """
-    metrics, tags = research_run.data.metrics, research_run.data.tags
-    spent = metrics.get(keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH)
-    if spent is None:
-        info = research_run.info
-        spent = max(0.0, ((info.end_time or info.start_time) - info.start_time) / 1000)
-    planned = metrics.get(
-        keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH, budget.research_plan(config.budget_seconds)
-    )
-    try:
-        fold_seconds = {str(k): float(v) for k, v in json.loads(tags[keys.TAG_FOLD_SECONDS]).items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
-        fold_seconds = {}
-    stopped = tags.get(keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH, "")
-    folds_used = int(float(research_run.data.params.get("cv_folds", config.research.cv_folds)))
-    return budget.Step(keys.STAGE_RESEARCH, planned, spent, stopped), fold_seconds, folds_used
-
-
-def log_budget(session: TrackingSession, run_id: str, steps: list[budget.Step]) -> None:
-    """Planned and spent seconds per step on the optimize run, and a warning per step over its plan."""
-    metrics, tags = {}, {}
-    for step in steps:
-        metrics[keys.METRIC_BUDGET_PLANNED + step.name] = step.planned
-        metrics[keys.METRIC_BUDGET_SPENT + step.name] = step.spent
-        if step.stopped_by in (STOPPED_TIME, STOPPED_SKIPPED):
-            tags[keys.TAG_BUDGET_STOPPED + step.name] = step.stopped_by
-    runs.log_batch(session, run_id, metrics=metrics, tags=tags)
-    frame = pd.DataFrame(
-        [
-            {
-                "step": st.name,
-                "planned_seconds": st.planned,
-                "spent_seconds": st.spent,
-                "stopped_by": st.stopped_by,
-            }
-            for st in steps
-        ]
-    )
-    runs.log_frame(session, run_id, frame, keys.ARTIFACT_BUDGET)
-    total = steps[-1]
-    # The rule: within 10 % of the budget, or 15 s, whichever is larger.
-    if total.over > max(0.1 * total.planned, 15.0):
-        slowest = max(steps[:-1], key=lambda st: st.over)
-        logger.warning(
-            "research and optimize took %.0f s against budget_seconds=%g; %s ran %.0f s over its %.0f s",
-            total.spent,
-            total.planned,
-            slowest.name,
-            slowest.over,
-            slowest.planned,
-        )
-    else:
-        logger.info("research and optimize took %.0f s of budget_seconds=%g", total.spent, total.planned)
-
-
-# --- Tuning with trials recorded as nested runs --------------------------------------------------------
-
-
-def _trial_tags(base: dict[str, str], family: str, name: str, trial: optuna.trial.FrozenTrial) -> dict:
-    return {
-        **base,
-        keys.TAG_ROLE: keys.ROLE_TRIAL,
-        keys.TAG_FAMILY: family,
-        keys.TAG_OPTUNA_STUDY: name,
-        keys.TAG_OPTUNA_TRIAL: str(trial.number),
-        keys.TAG_OPTUNA_STATE: trial.state.name,
-    }
-
-
-def _record_trial(session, parent_run_id, base_tags, family, name, trial, logged: set[int]) -> None:
-    if trial.number in logged or trial.state not in tuning.DONE_STATES:
-        return
-    runs.log_child_run(
-        session,
-        parent_run_id,
-        f"{family}-trial-{trial.number:03d}",
-        tags=_trial_tags(base_tags, family, name, trial),
-        params={"family": family, **trial.params},
-        metrics=tuning.trial_metrics(trial),
-        status="FINISHED" if trial.state == optuna.trial.TrialState.COMPLETE else "KILLED",
-    )
-    logged.add(trial.number)
-
-
-def tune_family(
-    config: PipelineConfig,
-    session: TrackingSession,
-    parent_run_id: str,
-    base_tags: dict[str, str],
-    storage,
-    family: str,
-    dataset: Dataset,
-    features: pd.DataFrame,
-    target: pd.Series,
-    splits: list,
-    seconds: float,
-    fold_seconds: float = 0.0,
-) -> FamilyOutcome:
-    """Tune one family within ``seconds`` (its share of the budget) and at most ``n_trials`` trials."""
-    started = time.monotonic()
-    settings = config.optimize
-    space = settings.search_spaces[family]
-    name = tuning.study_name(dataset.digest, family, space, settings.cv_folds, config.seed, config.costs)
-    runs.log_batch(session, parent_run_id, tags={f"{keys.TAG_STUDY_PREFIX}{family}": name})
-    study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
-    # The research candidates' own configurations first: even a couple of trials are then good ones.
-    known = [c.params for c in config.research.candidates.values() if c.family == family]
-    queued = tuning.enqueue_known(study, known, space)
-    if queued:
-        logger.info("%s: %d known configuration(s) queued as the first trials", family, queued)
-
-    # Trials finished by an earlier, interrupted run (or another worker) whose run never landed.
-    logged = lookups.logged_trial_numbers(session, name)
-    for trial in tuning.done_trials(study):
-        _record_trial(session, parent_run_id, base_tags, family, name, trial, logged)
-
-    remaining = tuning.remaining_trials(study, settings.n_trials)
-    progress = tqdm(total=remaining, desc=f"optimize {family}", unit="trial", leave=False)
-
-    def record(_study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        _record_trial(session, parent_run_id, base_tags, family, name, trial, logged)
-        best = tuning.best_trial(_study)
-        if best is not None:
-            progress.set_postfix_str(f"best AUC {best.value:.4f}")
-        progress.update()
-
-    keep = tuning.BestCV()
-    objective = family_objective(
-        config,
-        dataset,
-        family,
-        features,
-        target,
-        splits,
-        deadline=started + seconds,
-        fold_seconds=fold_seconds,
-        keep=keep,
-    )
-    try:
-        left = max(0.0, seconds - (time.monotonic() - started))
-        if tuning.best_trial(study) is None:
-            # Optuna starts no trial once its timeout has passed; a family needs one model.
-            left = max(left, 1.0)
-        ran = tuning.tune(study, objective, settings.n_trials, left, callbacks=[record])
-    finally:
-        progress.close()
-
-    best = tuning.best_trial(study)
-    if best is None:
-        raise LookupFailedError(f"no trial of {family} completed within the budget; raise the budget")
-    done = tuning.done_trials(study)
-    stopped_by = "count" if len(done) >= settings.n_trials else "time"
-    if stopped_by == "time":
-        logger.warning(
-            "tuning of %s stopped by its time limit after %d of %d trials (its share of "
-            "budget_seconds=%g: %.0f s)",
-            family,
-            len(done),
-            settings.n_trials,
-            config.budget_seconds,
-            seconds,
-        )
-    return FamilyOutcome(
-        family=family,
-        study_name=name,
-        trials_done=len(done),
-        trials_run_now=ran,
-        pruned=sum(t.state == optuna.trial.TrialState.PRUNED for t in done),
-        best_params=dict(best.params),
-        metrics=tuning.trial_metrics(best),
-        trials_cap=settings.n_trials,
-        stopped_by=stopped_by,
-        planned_seconds=seconds,
-        spent_seconds=time.monotonic() - started,
-        cv=keep.result_of(best),
-    )
-
-
 # --- The stage ---------------------------------------------------------------------------------------
 
 
@@ -414,11 +172,11 @@ def run(
     settings = config.optimize
     check_folds(dataset.target.iloc[split.train_index], settings.cv_folds, "optimize.cv_folds")
     session = runs.connect(config)
-    research_run = find_research_run(session, dataset, research_run_id)
-    check_split(session, research_run, split)
-    families = top_families(research_run, settings.top_k)
+    research_run = handover.find_research_run(session, dataset, research_run_id)
+    handover.check_split(session, research_run, split)
+    families = handover.top_families(research_run, settings.top_k)
     tuning.validate_spaces(settings.search_spaces, families)
-    research_step, fold_seconds, research_folds = research_budget(research_run, config)
+    research_step, fold_seconds, research_folds = handover.research_budget(research_run, config)
 
     def left() -> float:
         """Seconds of the budget still unspent by stages 1 and 2."""
@@ -491,9 +249,9 @@ def run(
             skipped = budget.skip_family(share, trial, first=not outcomes)
             if skipped:
                 logger.warning("tuning of %s %s", family, skipped)
-                steps.append(budget.Step(step, share, 0.0, STOPPED_SKIPPED))
+                steps.append(budget.Step(step, share, 0.0, keys.BUDGET_STOPPED_SKIPPED))
                 continue
-            outcome = tune_family(
+            outcome = trials.tune_family(
                 config,
                 session,
                 run_id,
@@ -509,7 +267,9 @@ def run(
             )
             outcomes.append(outcome)
             steps.append(
-                budget.Step(step, share, outcome.spent_seconds, STOPPED_TIME if outcome.cut_short else "")
+                budget.Step(
+                    step, share, outcome.spent_seconds, keys.BUDGET_STOPPED_TIME if outcome.cut_short else ""
+                )
             )
         final_started, final_planned = time.monotonic(), max(0.0, left())
         winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
@@ -602,12 +362,12 @@ def run(
                     "family": st.name.removeprefix(keys.BUDGET_STEP_TUNE),
                     "trials": 0,
                     "trials_cap": settings.n_trials,
-                    "stopped_by": STOPPED_SKIPPED,
+                    "stopped_by": keys.BUDGET_STOPPED_SKIPPED,
                     "planned_seconds": st.planned,
                     "spent_seconds": 0.0,
                 }
                 for st in steps
-                if st.stopped_by == STOPPED_SKIPPED
+                if st.stopped_by == keys.BUDGET_STOPPED_SKIPPED
             ]
         )
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
@@ -661,7 +421,7 @@ def run(
         steps.append(budget.Step(keys.BUDGET_STEP_FINAL, final_planned, time.monotonic() - final_started))
         spent = research_step.spent + time.monotonic() - started
         steps.append(budget.Step(keys.BUDGET_STEP_TOTAL, config.budget_seconds, spent))
-        log_budget(session, run_id, steps)
+        handover.log_budget(session, run_id, steps)
 
     logger.info(
         "optimize run %s finished: %s (%s), test ROC AUC %.4f, cost %.4f",

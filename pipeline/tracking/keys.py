@@ -75,6 +75,8 @@ TAG_BUDGET_STOPPED = "budget.stopped_by."  # + step: "time" or "skipped" when th
 BUDGET_STEP_TUNE = "tune."  # + family
 BUDGET_STEP_FINAL = "final"
 BUDGET_STEP_TOTAL = "total"  # stages 1 and 2 together, against budget_seconds
+BUDGET_STOPPED_TIME = "time"  # a step its share of the budget ended
+BUDGET_STOPPED_SKIPPED = "skipped"  # a family whose one trial could not fit its share
 # Candidates not run at this data size, each with the reason (JSON object; models.ROW_LIMITS).
 TAG_LEFT_OUT_CANDIDATES = "research.left_out_candidates"
 

@@ -1,49 +1,12 @@
 """Stage 2 without a store: what stage 1 left of the budget, the report's notes, and permutation
 importance on a capped, seeded sample of the test part."""
 
-import json
-from types import SimpleNamespace
-
 import numpy as np
 import pandas as pd
-import pytest
 
-from pipeline import budget, presentation
+from pipeline import presentation
 from pipeline.models import build_estimator
 from pipeline.stages import optimize
-from pipeline.tracking import keys
-from tests.conftest import make_config, small_params
-
-
-def research_run(metrics: dict, tags: dict, params: dict | None = None, start=1_000, end=31_000):
-    return SimpleNamespace(
-        info=SimpleNamespace(run_id="r1", start_time=start, end_time=end),
-        data=SimpleNamespace(metrics=metrics, tags=tags, params=params or {"cv_folds": "5"}),
-    )
-
-
-def test_stage_2_plans_from_what_stage_1_recorded():
-    config = make_config(small_params(budget_seconds=100))
-    run = research_run(
-        {
-            keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH: 30.0,
-            keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH: 42.5,
-        },
-        {
-            keys.TAG_FOLD_SECONDS: json.dumps({"lightgbm": 0.8, "random_forest": 2.0}),
-            keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH: "time",
-        },
-    )
-    step, fold_seconds, folds = optimize.research_budget(run, config)
-    assert step == budget.Step(keys.STAGE_RESEARCH, 30.0, 42.5, "time")
-    assert fold_seconds == {"lightgbm": 0.8, "random_forest": 2.0} and folds == 5
-
-
-def test_a_research_run_from_before_the_budget_counts_its_duration():
-    config = make_config(small_params(budget_seconds=100))
-    step, fold_seconds, _ = optimize.research_budget(research_run({}, {}), config)
-    assert step.spent == pytest.approx(30.0) and step.planned == budget.research_plan(100)
-    assert fold_seconds == {}
 
 
 def test_the_report_says_which_steps_the_budget_cut_short():
