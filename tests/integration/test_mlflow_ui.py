@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.tracking import keys
 from pipeline.tracking.store import ui_url
+from tests.browser import FLAGS
 from tests.integration.servers import ADMIN, start_server
 
 pytestmark = [
@@ -70,14 +71,7 @@ def page_text(browser: str, url: str, expected: str) -> str:
             done = subprocess.run(
                 [
                     browser,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--no-first-run",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
+                    *FLAGS,
                     f"--user-data-dir={profile}",
                     f"--virtual-time-budget={SCRIPT_BUDGET_MS}",
                     "--dump-dom",
