@@ -11,14 +11,14 @@ model's recorded threshold, else ``accept``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline import reasons
+from pipeline import inference, reasons
 from pipeline.errors import DataError
 
 PROBABILITY_COLUMN = "default_probability"
@@ -105,7 +105,7 @@ class Scorer:
 
     @classmethod
     def of(cls, estimator: Any, spec: ScoringSpec) -> Scorer:
-        return cls(predict_on_one_thread(estimator), spec, known_categories(estimator))
+        return cls(inference.for_few_rows(estimator), spec, known_categories(estimator))
 
     @property
     def threshold(self) -> float:
@@ -159,36 +159,13 @@ def raw_rows(features: pd.DataFrame, columns: Sequence[InputColumn]) -> pd.DataF
     return pd.DataFrame(typed, index=features.index)
 
 
-def _parts(estimator: Any) -> Iterator[Any]:
-    """``estimator`` and every estimator inside it: pipeline steps, column transformers, calibration
-    folds, the members of a soft vote and the trees of a forest."""
-    from sklearn.compose import ColumnTransformer
-    from sklearn.pipeline import Pipeline
-
-    seen: set[int] = set()
-    pending = [estimator]
-    while pending:
-        node = pending.pop()
-        if id(node) in seen or node is None or isinstance(node, str):
-            continue
-        seen.add(id(node))
-        yield node
-        if isinstance(node, Pipeline):
-            pending.extend(step for _, step in node.steps)
-        if isinstance(node, ColumnTransformer) and hasattr(node, "transformers_"):
-            pending.extend(transformer for _, transformer, _ in node.transformers_)
-        pending.extend(getattr(node, "calibrated_classifiers_", None) or [])
-        pending.extend(getattr(node, "estimators_", None) or [])
-        pending.append(getattr(node, "estimator", None))
-
-
 def known_categories(estimator: Any) -> dict[str, set[str]]:
     """Category values each fitted encoder inside ``estimator`` has seen, by input column."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
 
     known: dict[str, set[str]] = {}
-    for node in _parts(estimator):
+    for node in inference.parts(estimator):
         if not (isinstance(node, ColumnTransformer) and hasattr(node, "transformers_")):
             continue
         for _, transformer, columns in node.transformers_:
@@ -199,20 +176,6 @@ def known_categories(estimator: Any) -> dict[str, set[str]]:
             for column, values in zip(columns, categories, strict=False):
                 known.setdefault(str(column), set()).update(str(v) for v in values if not pd.isna(v))
     return known
-
-
-def predict_on_one_thread(estimator: Any) -> Any:
-    """Set ``n_jobs=1`` on every scikit-learn part of a fitted estimator; returns it.
-
-    Scoring is a few rows at a time and a scoring server takes requests side by side: joblib's
-    worker threads cost far more than they save there (a forest's 1-row prediction went from about
-    120 ms to a few ms). The probabilities do not change, except that a forest now sums its trees
-    in one fixed order.
-    """
-    for node in _parts(estimator):
-        if type(node).__module__.startswith("sklearn.") and getattr(node, "n_jobs", None) not in (None, 1):
-            node.n_jobs = 1
-    return estimator
 
 
 # Typing works on numpy arrays, column by column: a request is often one row, where pandas'
