@@ -7,7 +7,8 @@ stages record planned against spent seconds per step (``budget.planned.<step>`` 
 The split: stage 1 plans ``RESEARCH_SHARE`` of the budget. Stage 2 takes what stage 1 left, keeps a
 reserve for the final step (estimated from the fit times stage 1 measured) and gives each tuned
 family an equal share of the rest, re-planned at each family's start so that time one family did
-not use goes to the next.
+not use goes to the next. What the first round leaves (a family at its trial cap, a reserve kept
+for families then skipped) goes in a second round to the families time stopped or skipped.
 """
 
 from __future__ import annotations
@@ -200,6 +201,16 @@ def skip_family(share: float, predicted_trial: float, first: bool) -> str | None
     if first or predicted_trial <= share:
         return None
     return f"skipped: one trial would take about {predicted_trial:.0f} s, its share is {share:.0f} s"
+
+
+# A second round gives a family time the first round left only when this much or more is free:
+# each round opens the study and logs its trials, a few seconds' work that a sliver would waste.
+EXTRA_ROUND_MIN_SECONDS = 5.0
+
+
+def extra_round(share: float, predicted_trial: float) -> bool:
+    """Whether a second-round share is worth tuning: at least one whole trial, and not a sliver."""
+    return share >= max(predicted_trial, EXTRA_ROUND_MIN_SECONDS)
 
 
 # Permutation importance on fewer rows than this says little; it gets them even when time is up.

@@ -8,6 +8,7 @@ pipeline makes.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -338,6 +339,20 @@ class FamilyOutcome:
     @property
     def cut_short(self) -> bool:
         return self.stopped_by == "time"
+
+
+def merge_outcomes(earlier: FamilyOutcome, later: FamilyOutcome) -> FamilyOutcome:
+    """One family tuned twice in a stage (a second round on time left over): ``later`` read the
+    whole study, so its best trial is the family's; the times and trials run add up. The best
+    trial's CV result is kept from whichever round ran it."""
+    same_best = later.best_params == earlier.best_params
+    return dataclasses.replace(
+        later,
+        trials_run_now=earlier.trials_run_now + later.trials_run_now,
+        planned_seconds=earlier.planned_seconds + later.planned_seconds,
+        spent_seconds=earlier.spent_seconds + later.spent_seconds,
+        cv=later.cv if later.cv is not None else (earlier.cv if same_best else None),
+    )
 
 
 def openmp_threads(n_jobs: int, n_rows: int) -> int:

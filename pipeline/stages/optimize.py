@@ -28,6 +28,7 @@ from pipeline.selection import (
     FamilyOutcome,
     choose_final_estimator,
     fit_final,
+    merge_outcomes,
     openmp_threads,
 )
 from pipeline.tracking import handover, keys, model_io, runs, trials
@@ -231,26 +232,23 @@ def run(
             },
         )
         tuning_started_with = left()
-        steps = [research_step]
-        outcomes: list[FamilyOutcome] = []
-        for position, family in enumerate(families):
-            # The final step refits what may be in it: the families tuned and those still to come.
-            in_final = [o.family for o in outcomes] + families[position:]
-            reserve = budget.final_reserve(
-                {f: fold_seconds.get(f, 0.0) for f in in_final},
+        tuned: dict[str, FamilyOutcome] = {}
+        family_steps: dict[str, budget.Step] = {}
+
+        def reserve_with(final_families: list[str]) -> float:
+            return budget.final_reserve(
+                {f: fold_seconds.get(f, 0.0) for f in final_families},
                 research_folds,
                 settings.cv_folds,
                 settings.ensemble,
                 tuning_started_with,
             )
-            share = budget.family_share(left(), reserve, len(families) - position)
-            trial = budget.trial_seconds(fold_seconds.get(family, 0.0), research_folds, settings.cv_folds)
-            step = keys.BUDGET_STEP_TUNE + family
-            skipped = budget.skip_family(share, trial, first=not outcomes)
-            if skipped:
-                logger.warning("tuning of %s %s", family, skipped)
-                steps.append(budget.Step(step, share, 0.0, keys.BUDGET_STOPPED_SKIPPED))
-                continue
+
+        def trial_of(family: str) -> float:
+            """Predicted seconds of one of ``family``'s trials."""
+            return budget.trial_seconds(fold_seconds.get(family, 0.0), research_folds, settings.cv_folds)
+
+        def tune(family: str, share: float, trial: float) -> None:
             outcome = trials.tune_family(
                 config,
                 session,
@@ -265,12 +263,47 @@ def run(
                 seconds=share,
                 fold_seconds=trial / settings.cv_folds,
             )
-            outcomes.append(outcome)
-            steps.append(
-                budget.Step(
-                    step, share, outcome.spent_seconds, keys.BUDGET_STOPPED_TIME if outcome.cut_short else ""
-                )
+            earlier, step = tuned.get(family), family_steps.get(family)
+            tuned[family] = outcome if earlier is None else merge_outcomes(earlier, outcome)
+            family_steps[family] = budget.Step(
+                keys.BUDGET_STEP_TUNE + family,
+                share + (step.planned if step else 0.0),
+                outcome.spent_seconds + (step.spent if step else 0.0),
+                keys.BUDGET_STOPPED_TIME if outcome.cut_short else "",
             )
+
+        for position, family in enumerate(families):
+            # The final step refits what may be in it: the families tuned and those still to come.
+            reserve = reserve_with([*tuned, *families[position:]])
+            share = budget.family_share(left(), reserve, len(families) - position)
+            trial = trial_of(family)
+            skipped = budget.skip_family(share, trial, first=not tuned)
+            if skipped:
+                logger.warning("tuning of %s %s", family, skipped)
+                family_steps[family] = budget.Step(
+                    keys.BUDGET_STEP_TUNE + family, share, 0.0, keys.BUDGET_STOPPED_SKIPPED
+                )
+                continue
+            tune(family, share, trial)
+
+        # Time the first round left (a family that reached its trial cap, a reserve kept for
+        # families that were then skipped) goes back to those stopped by time or skipped, best first;
+        # a family whose one trial cannot fit even all that is left is not counted in.
+        again = [
+            f
+            for f in families
+            if (f not in tuned or tuned[f].cut_short)
+            and budget.extra_round(left() - reserve_with(list(dict.fromkeys([*tuned, f]))), trial_of(f))
+        ]
+        for position, family in enumerate(again):
+            reserve = reserve_with(list(dict.fromkeys([*tuned, *again[position:]])))
+            share = budget.family_share(left(), reserve, len(again) - position)
+            trial = trial_of(family)
+            if budget.extra_round(share, trial):
+                logger.info("%s: %.0f s more of the budget, left by the first round", family, share)
+                tune(family, share, trial)
+        outcomes = [tuned[f] for f in families if f in tuned]
+        steps = [research_step, *(family_steps[f] for f in families)]
         final_started, final_planned = time.monotonic(), max(0.0, left())
         winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
         logger.info(

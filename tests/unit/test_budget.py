@@ -105,6 +105,12 @@ def test_a_family_whose_one_trial_cannot_fit_is_skipped_unless_it_is_the_first()
     assert budget.skip_family(share=0, predicted_trial=50, first=True) is None
 
 
+def test_a_second_round_takes_a_share_that_fits_a_trial_and_is_not_a_sliver():
+    assert budget.extra_round(share=30, predicted_trial=4)
+    assert not budget.extra_round(share=30, predicted_trial=40)  # not one whole trial
+    assert not budget.extra_round(share=budget.EXTRA_ROUND_MIN_SECONDS / 2, predicted_trial=0.1)
+
+
 def test_planned_against_spent():
     step = budget.Step("tune.lightgbm", planned=30.0, spent=33.5, stopped_by="time")
     assert step.over == pytest.approx(3.5)

@@ -17,6 +17,7 @@ from pipeline.selection import (
     evaluate_portfolio,
     family_jobs,
     left_out_candidates,
+    merge_outcomes,
 )
 from pipeline.training import cross_validate, folds
 from tests.conftest import make_config, small_params
@@ -251,3 +252,33 @@ def test_the_final_estimator_is_threaded_for_the_training_rows():
     outcome = FamilyOutcome("lightgbm", "s", 1, 1, 0, {}, {"cv_roc_auc": 0.7, "cv_expected_cost": 0.6})
     assert estimator_for(config, dataset, outcome).named_steps["model"].n_jobs == 1
     assert estimator_for(config, dataset, outcome, 100_000).named_steps["model"].n_jobs == 2
+
+
+def _outcome(params: dict, cv, run_now: int, seconds: float, stopped_by: str) -> FamilyOutcome:
+    return FamilyOutcome(
+        "lightgbm",
+        "study",
+        run_now,
+        run_now,
+        0,
+        params,
+        {"cv_roc_auc": 0.8},
+        40,
+        stopped_by,
+        seconds,
+        seconds,
+        cv,
+    )
+
+
+def test_a_family_tuned_twice_adds_up_its_rounds_and_keeps_its_best_trials_cv():
+    first_cv, second_cv = object(), object()
+    first = _outcome({"n": 1}, first_cv, run_now=3, seconds=10.0, stopped_by="time")
+    # The second round found no better trial: the best is still the first round's, with its CV.
+    same = merge_outcomes(first, _outcome({"n": 1}, None, run_now=2, seconds=6.0, stopped_by="count"))
+    assert (same.trials_run_now, same.planned_seconds, same.spent_seconds) == (5, 16.0, 16.0)
+    assert same.cv is first_cv and same.stopped_by == "count"
+    better = merge_outcomes(first, _outcome({"n": 2}, second_cv, run_now=2, seconds=6.0, stopped_by="time"))
+    assert better.cv is second_cv and better.best_params == {"n": 2}
+    # A better trial from elsewhere (another worker): no CV result to reuse, the final step recomputes it.
+    assert merge_outcomes(first, _outcome({"n": 3}, None, 1, 1.0, "time")).cv is None

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
-from pipeline import cli, tuning
+from pipeline import budget, cli, tuning
 from pipeline.stages import optimize, research
 from pipeline.tracking import keys, lookups, runs, session
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -370,6 +370,28 @@ def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
         )
     )
     assert families.loc[0, "stopped_by"] == "time" and families.loc[0, "trials_cap"] == 500
+
+
+def test_time_the_first_round_left_goes_to_a_family_it_skipped(sqlite_store, monkeypatch, caplog):
+    research.run(make_config(small_params()))
+    config = make_config(small_params(budget_seconds=120))
+    # The first round skips every family after the first, as when their trials look too dear for
+    # their shares; the first reaches its trial cap and leaves most of the budget.
+    monkeypatch.setattr(
+        budget, "skip_family", lambda share, trial, first: None if first else "skipped (test)"
+    )
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    first, second = result.families
+    assert first.trials_done == first.trials_run_now == 3 and first.stopped_by == "count"
+    assert second.trials_done == 3 and second.stopped_by == "count"
+    assert (
+        f"{second.family}: " in caplog.text and "s more of the budget, left by the first round" in caplog.text
+    )
+    steps = {step.name: step for step in result.steps}
+    step = steps[keys.BUDGET_STEP_TUNE + second.family]
+    assert step.stopped_by == "" and step.spent > 0 and step.planned > step.spent
+    assert steps[keys.BUDGET_STEP_TOTAL].spent <= config.budget_seconds
 
 
 def test_scorecard_family_is_researched_tuned_and_its_points_reproduce_the_logged_model(sqlite_store):
