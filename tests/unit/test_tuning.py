@@ -146,11 +146,12 @@ def train_part():
     return features, target, folds(target, 3, seed=0)
 
 
-def lr_objective(train_part, pruning=True, **budget):
+def objective_for(train_part, family: str, searched: dict, pruning=True, **options):
+    """An objective over the small table's three folds, for ``family`` searching ``searched``."""
     features, target, splits = train_part
     return tuning.make_objective(
-        "logistic_regression",
-        space(C={"type": "float", "low": 0.01, "high": 10, "log": True}),
+        family,
+        searched,
         features,
         target,
         splits,
@@ -159,8 +160,13 @@ def lr_objective(train_part, pruning=True, **budget):
         COSTS,
         seed=0,
         pruning=pruning,
-        **budget,
+        **options,
     )
+
+
+def lr_objective(train_part, pruning=True, **budget):
+    searched = space(C={"type": "float", "low": 0.01, "high": 10, "log": True})
+    return objective_for(train_part, "logistic_regression", searched, pruning=pruning, **budget)
 
 
 def test_objective_reports_each_fold_and_records_cv_metrics(train_part):
@@ -388,7 +394,6 @@ def test_where_the_studies_are_shared(monkeypatch, tmp_path):
 def test_the_cores_go_to_the_model_or_to_the_folds_never_both(
     train_part, monkeypatch, pruning, model_jobs, fold_jobs
 ):
-    features, target, splits = train_part
     asked: dict[str, int] = {}
     build, validate = tuning.build_estimator, tuning.cross_validate
 
@@ -402,18 +407,7 @@ def test_the_cores_go_to_the_model_or_to_the_folds_never_both(
 
     monkeypatch.setattr(tuning, "build_estimator", spy_build)
     monkeypatch.setattr(tuning, "cross_validate", spy_validate)
-    objective = tuning.make_objective(
-        "random_forest",
-        space(n_estimators={"type": "int", "low": 5, "high": 6}),
-        features,
-        target,
-        splits,
-        ["purpose"],
-        ["income", "age"],
-        COSTS,
-        seed=0,
-        n_jobs=4,
-        pruning=pruning,
-    )
+    searched = space(n_estimators={"type": "int", "low": 5, "high": 6})
+    objective = objective_for(train_part, "random_forest", searched, pruning=pruning, n_jobs=4)
     optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
     assert asked == {"model": model_jobs, "folds": fold_jobs}
