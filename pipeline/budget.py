@@ -170,6 +170,17 @@ def trial_seconds(research_fold_seconds: float, research_folds: int, cv_folds: i
     return cv_folds * per_row * (cv_folds - 1) / cv_folds
 
 
+def fold_seconds_from_trials(
+    spent_seconds: float, trials: int, cv_folds: int, research_folds: int
+) -> float | None:
+    """Stage 1's fold seconds that would predict the trials stage 2 measured (the inverse of
+    :func:`trial_seconds`), or None without a trial. Stage 1's folds run side by side and its
+    boosters on fewer threads, so what stage 2 measured is the better guide for the rest of it."""
+    if trials <= 0:
+        return None
+    return spent_seconds / trials / max(1, cv_folds - 1) * (research_folds - 1) / research_folds
+
+
 def final_reserve(
     research_fold_seconds: Mapping[str, float],
     research_folds: int,

@@ -129,12 +129,12 @@ def _substitution(
     whose substituted copies are scored with them in one call each."""
     per_row = 1 + sum(len(candidates.get(name) or []) for name in features.columns)
     step = max(_SUBSTITUTED_ROWS // per_row, 1)
+    if len(features) <= step:  # a request: one batch, nothing to join
+        return _substitution_batch(estimator, features, candidates)
     parts = [
         _substitution_batch(estimator, features.iloc[i : i + step], candidates)
         for i in range(0, len(features), step)
     ]
-    if not parts:
-        return _substitution_batch(estimator, features, candidates)
     probabilities = [p for _, _, p in parts]
     joined = None if any(p is None for p in probabilities) else np.concatenate(probabilities)
     return pd.concat([w for w, _, _ in parts]), pd.concat([b for _, b, _ in parts]), joined
@@ -171,10 +171,9 @@ def _substitution_batch(
     """Weights and best values of one batch, and the applicants' own probabilities (None when
     nothing was scored)."""
     names = [name for name in features.columns if candidates.get(name)]
-    weights = pd.DataFrame(0.0, index=features.index, columns=names)
-    best_values = pd.DataFrame("", index=features.index, columns=names, dtype=object)
     if not names or features.empty:
-        return weights, best_values, None
+        weights = pd.DataFrame(0.0, index=features.index, columns=names)
+        return weights, pd.DataFrame("", index=features.index, columns=names, dtype=object), None
     n = len(features)
     probabilities = np.asarray(
         estimator.predict_proba(_substituted(features, names, candidates))[:, 1], dtype=float

@@ -286,6 +286,14 @@ def run(
                 continue
             tune(family, share, trial)
 
+        # Round two plans with what round one's trials measured.
+        fold_seconds = dict(fold_seconds)
+        for family, outcome in tuned.items():
+            measured = budget.fold_seconds_from_trials(
+                outcome.spent_seconds, outcome.trials_run_now, settings.cv_folds, research_folds
+            )
+            if measured is not None:
+                fold_seconds[family] = measured
         # Time the first round left (a family that reached its trial cap, a reserve kept for
         # families that were then skipped) goes back to those stopped by time or skipped, best first;
         # a family whose one trial cannot fit even all that is left is not counted in.

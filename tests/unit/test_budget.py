@@ -105,6 +105,12 @@ def test_a_family_whose_one_trial_cannot_fit_is_skipped_unless_it_is_the_first()
     assert budget.skip_family(share=0, predicted_trial=50, first=True) is None
 
 
+def test_fold_seconds_from_measured_trials_predict_those_trials_again():
+    fold = budget.fold_seconds_from_trials(spent_seconds=30.0, trials=3, cv_folds=5, research_folds=3)
+    assert budget.trial_seconds(fold, research_folds=3, cv_folds=5) == pytest.approx(10.0)
+    assert budget.fold_seconds_from_trials(12.0, 0, 5, 3) is None
+
+
 def test_a_second_round_takes_a_share_that_fits_a_trial_and_is_not_a_sliver():
     assert budget.extra_round(share=30, predicted_trial=4)
     assert not budget.extra_round(share=30, predicted_trial=40)  # not one whole trial
