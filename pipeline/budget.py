@@ -8,7 +8,8 @@ The split: stage 1 plans ``RESEARCH_SHARE`` of the budget. Stage 2 takes what st
 reserve for the final step (estimated from the fit times stage 1 measured) and gives each tuned
 family an equal share of the rest, re-planned at each family's start so that time one family did
 not use goes to the next. What the first round leaves (a family at its trial cap, a reserve kept
-for families then skipped) goes in a second round to the families time stopped or skipped.
+for families then skipped) goes in a second round to the best family time stopped, then to the
+next, then to those skipped.
 """
 
 from __future__ import annotations

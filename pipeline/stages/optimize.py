@@ -295,17 +295,14 @@ def run(
             if measured is not None:
                 fold_seconds[family] = measured
         # Time the first round left (a family that reached its trial cap, a reserve kept for
-        # families that were then skipped) goes back to those stopped by time or skipped, best first;
-        # a family whose one trial cannot fit even all that is left is not counted in.
-        again = [
-            f
-            for f in families
-            if (f not in tuned or tuned[f].cut_short)
-            and budget.extra_round(left() - reserve_with(list(dict.fromkeys([*tuned, f]))), trial_of(f))
-        ]
-        for position, family in enumerate(again):
-            reserve = reserve_with(list(dict.fromkeys([*tuned, *again[position:]])))
-            share = budget.family_share(left(), reserve, len(again) - position)
+        # families that were then skipped) goes to the families time stopped or skipped: the best
+        # tuned one first, with all of it (what it leaves goes to the next), then those skipped in
+        # research order. A family whose one trial cannot fit is passed over.
+        again = sorted(
+            (f for f in tuned if tuned[f].cut_short), key=lambda f: tuning.rank_key(tuned[f].metrics)
+        ) + [f for f in families if f not in tuned]
+        for family in again:
+            share = max(0.0, left() - reserve_with([*tuned, *([] if family in tuned else [family])]))
             trial = trial_of(family)
             if budget.extra_round(share, trial):
                 logger.info("%s: %.0f s more of the budget, left by the first round", family, share)
