@@ -338,7 +338,7 @@ class FamilyOutcome:
 
     @property
     def cut_short(self) -> bool:
-        return self.stopped_by == "time"
+        return self.stopped_by == keys.BUDGET_STOPPED_TIME
 
 
 def merge_outcomes(earlier: FamilyOutcome, later: FamilyOutcome) -> FamilyOutcome:

@@ -236,6 +236,7 @@ def run(
         family_steps: dict[str, budget.Step] = {}
 
         def reserve_with(final_families: list[str]) -> float:
+            """The final step's reserve were these families in it (a name given twice counts once)."""
             return budget.final_reserve(
                 {f: fold_seconds.get(f, 0.0) for f in final_families},
                 research_folds,
@@ -302,7 +303,7 @@ def run(
             (f for f in tuned if tuned[f].cut_short), key=lambda f: tuning.rank_key(tuned[f].metrics)
         ) + [f for f in families if f not in tuned]
         for family in again:
-            share = max(0.0, left() - reserve_with([*tuned, *([] if family in tuned else [family])]))
+            share = max(0.0, left() - reserve_with([*tuned, family]))
             trial = trial_of(family)
             if budget.extra_round(share, trial):
                 logger.info("%s: %.0f s more of the budget, left by the first round", family, share)

@@ -114,8 +114,8 @@ def tune_family(
     if best is None:
         raise LookupFailedError(f"no trial of {family} completed within the budget; raise the budget")
     done = tuning.done_trials(study)
-    stopped_by = "count" if len(done) >= settings.n_trials else "time"
-    if stopped_by == "time":
+    stopped_by = "count" if len(done) >= settings.n_trials else keys.BUDGET_STOPPED_TIME
+    if stopped_by == keys.BUDGET_STOPPED_TIME:
         logger.warning(
             "tuning of %s stopped by its time limit after %d of %d trials (its share of "
             "budget_seconds=%g: %.0f s)",
