@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline import scorecard, stability
+from pipeline import inference, scorecard, stability
 from pipeline.tracking import keys
 
 METHOD_SCORECARD = "scorecard_points_below_best_bin"
@@ -147,8 +147,7 @@ def _substituted(features: pd.DataFrame, names: list[str], candidates: Mapping[s
     n = len(features)
     total = 1 + sum(len(candidates[name]) for name in names)
     columns: dict[str, np.ndarray] = {}
-    for column in features.columns:
-        values = features[column].to_numpy()
+    for column, values in zip(features.columns, inference.column_arrays(features), strict=True):
         if values.dtype.kind in "iub":  # a candidate may be fractional (a quantile)
             values = values.astype(float)
         columns[column] = np.tile(values, total)
@@ -158,10 +157,10 @@ def _substituted(features: pd.DataFrame, names: list[str], candidates: Mapping[s
         column = columns[name]
         column[start * n : (start + len(block)) * n] = np.repeat(np.array(block, dtype=column.dtype), n)
         start += len(block)
-    substituted = pd.DataFrame(columns, columns=features.columns)
-    for column in features.columns:  # categorical dtypes come back as they went in
-        if isinstance(features[column].dtype, pd.CategoricalDtype):
-            substituted[column] = substituted[column].astype(features[column].dtype)
+    substituted = inference.frame_of_arrays(columns)
+    for column, dtype in features.dtypes.items():  # categorical dtypes come back as they went in
+        if isinstance(dtype, pd.CategoricalDtype):
+            substituted[column] = substituted[column].astype(dtype)
     return substituted
 
 

@@ -203,8 +203,9 @@ def _numeric(name: str, raw: pd.Series) -> np.ndarray:
 
 def _text(raw: pd.Series) -> np.ndarray:
     """Plain strings with NaN for missing, as an object array: what the encoders were fitted on."""
-    missing = raw.isna().to_numpy()
-    text = raw.to_numpy(dtype=object).astype(str).astype(object)
+    values = raw.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    text = values.astype(str).astype(object)
     text[missing] = np.nan
     return text
 
@@ -242,19 +243,7 @@ def prepare_input(
         typed[column.name] = values
     names = {c.name for c in columns}
     extra = [str(c) for c in frame.columns if c not in names]
-    return _frame(typed, columns, frame.index), InputCheck(extra, unseen, absent)
-
-
-def _frame(typed: Mapping[str, np.ndarray], columns: Sequence[InputColumn], index: pd.Index) -> pd.DataFrame:
-    """One float block and one object block (text stays object, not pandas' string type), in order."""
-    blocks = []
-    for text in (False, True):
-        names = [c.name for c in columns if (c.kind == TEXT) is text]
-        if names:
-            values = np.column_stack([typed[name] for name in names])
-            blocks.append(pd.DataFrame(values, index=index, columns=names, dtype=object if text else float))
-    joined = blocks[0] if len(blocks) == 1 else pd.concat(blocks, axis=1)
-    return joined[[c.name for c in columns]]
+    return inference.frame_of_arrays(typed, frame.index), InputCheck(extra, unseen, absent)
 
 
 def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None = None) -> pd.DataFrame:

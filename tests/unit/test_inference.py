@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.calibration import CalibratedClassifierCV
+from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import VotingClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
 
 from pipeline import inference
 from pipeline.models import build_estimator
@@ -106,11 +109,85 @@ def test_the_fast_paths_are_taken_and_anything_else_goes_to_scikit_learn(german)
     forest = model.named_steps["model"]
     preprocess = model.named_steps["preprocess"]
     assert isinstance(vars(forest)["predict_proba"], inference._TreeByTreeProbabilities)
-    encoder = preprocess.named_transformers_["categorical"]
-    assert isinstance(vars(encoder)["transform"], inference._TransformByArray)
-    # Columns in another order than fitted: the encoder's own method, which names the problem.
-    shuffled = rows[categorical[::-1]]
-    with pytest.raises(ValueError, match="feature names"):
-        encoder.transform(shuffled)
-    given = rows[categorical]
-    assert np.array_equal(encoder.transform(given), type(encoder).transform(encoder, given))
+    assert isinstance(vars(preprocess)["transform"], inference._ColumnsByArray)
+    reference = _on_one_thread(_fitted("random_forest", german, calibrated=False)).named_steps["preprocess"]
+    # Columns in another order, or one more: the column transformer's own method, which picks by name.
+    for given in (rows[rows.columns[::-1]], rows.assign(extra=1.0), rows):
+        assert np.array_equal(preprocess.transform(given), reference.transform(given), equal_nan=True)
+    # A frame without a needed column: scikit-learn's own message.
+    with pytest.raises(ValueError, match="columns are missing"):
+        preprocess.transform(rows.drop(columns=categorical[0]))
+
+
+def test_a_part_without_an_array_path_leaves_the_others_theirs(german):
+    frame, _, categorical, numeric, _ = german
+    given = frame.head(50)  # no unseen category: this encoder refuses one
+    odd = ColumnTransformer(
+        [("categorical", OrdinalEncoder(), categorical), ("numeric", FunctionTransformer(np.abs), numeric)]
+    ).fit(frame)
+    expected = odd.transform(given)
+    inference.for_few_rows(odd)
+    assert "transform" not in vars(odd)
+    assert isinstance(vars(odd.named_transformers_["categorical"])["transform"], inference._TransformByArray)
+    assert np.array_equal(odd.transform(given), expected, equal_nan=True)
+
+
+def test_an_ordinal_table_codes_every_value_as_the_encoder_does():
+    rng = np.random.default_rng(0)
+    common, rare = ["a", "b", "c", "d"], ["r1", "r2", "r3"]
+    fitted_on = pd.DataFrame(
+        {
+            "grouped": rng.choice(common + rare, 400, p=[0.3, 0.3, 0.2, 0.17, 0.01, 0.01, 0.01]),
+            "with_gaps": rng.choice(["x", "y", None], 400).astype(object),
+        },
+        dtype=object,
+    )
+    fitted_on.loc[fitted_on["with_gaps"].isna(), "with_gaps"] = np.nan
+    encoder = OrdinalEncoder(
+        handle_unknown="use_encoded_value", unknown_value=-1, encoded_missing_value=-2, min_frequency=10
+    ).fit(fitted_on.to_numpy())
+    assert encoder.infrequent_categories_[0] is not None  # the rare levels are grouped
+    table = inference._OrdinalByTable.of(encoder, copy.copy(encoder))
+    assert table is not None
+    rows = np.array(
+        [["a", "x"], ["r2", np.nan], ["never seen", "y"], [np.nan, "never seen"], ["d", "x"]], dtype=object
+    )
+    assert np.array_equal(table(rows), encoder.transform(rows), equal_nan=True)
+    # Values of other types go to scikit-learn's own rules.
+    odd = np.array([[None, "x"], ["a", 3]], dtype=object)
+    assert np.array_equal(table(odd), encoder.transform(odd), equal_nan=True)
+
+
+def test_an_imputer_and_a_scaler_by_array_match_scikit_learn_and_refuse_what_it_refuses():
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    fitted_on = np.array([[1.0, 10.0], [np.nan, 20.0], [3.0, np.nan], [5.0, 40.0]])
+    imputer = SimpleImputer(strategy="median").fit(fitted_on)
+    scaler = StandardScaler().fit(imputer.transform(fitted_on))
+    chain = inference._array_transform(Pipeline([("impute", imputer), ("scale", scaler)]))
+    rows = np.array([[np.nan, np.nan], [2.0, 30.0]])
+    expected = scaler.transform(imputer.transform(rows))
+    assert np.array_equal(chain(rows), expected)
+    assert np.array_equal(rows, [[np.nan, np.nan], [2.0, 30.0]], equal_nan=True)  # input untouched
+    with pytest.raises(ValueError, match="infinity"):
+        chain(np.array([[np.inf, 1.0]]))
+
+
+def test_a_frame_of_arrays_keeps_each_dtype_and_the_order():
+    arrays = {
+        "amount": np.array([1.5, np.nan]),
+        "purpose": np.array(["car", np.nan], dtype=object),
+        "count": np.array([1, 2]),
+        "age": np.array([30.0, 40.0]),
+    }
+    frame = inference.frame_of_arrays(arrays, pd.Index([7, 8]))
+    assert list(frame.columns) == list(arrays)
+    assert frame.dtypes.to_dict() == {
+        "amount": np.float64,
+        "purpose": object,
+        "count": np.int64,
+        "age": np.float64,
+    }
+    assert frame.index.tolist() == [7, 8]
+    assert frame.loc[7, "purpose"] == "car" and np.isnan(frame.loc[8, "purpose"])
