@@ -228,6 +228,8 @@ def run_size(args, n_rows: int) -> dict:
             found = research.run(config)
             figures["research_seconds"] = round(time.perf_counter() - started, 1)
             figures["ranked_families"] = found.ranked_families
+            notes = found.leaderboard.set_index("candidate")["note"]
+            figures["notes"] = {name: note for name, note in notes.items() if isinstance(note, str) and note}
             # On stderr as it happens: a long run that is stopped still leaves its first figures.
             print(
                 f"rows {n_rows:,}: research {figures['research_seconds']} s, "
@@ -259,6 +261,7 @@ def report(figures: dict) -> str:
             f"{figures['generate_seconds']} s); candidates: {', '.join(figures['candidates'])}",
             f"  budget_seconds {figures['budget_seconds']:g} s (stages 1 and 2)",
             f"  research {figures['research_seconds']:8.1f} s   (ranked: {ranked})",
+            *(f"    {name}: {note}" for name, note in figures.get("notes", {}).items()),
             f"  optimize {figures['optimize_seconds']:8.1f} s   (trials: {figures['trials']})",
             f"  total    {figures['total_seconds']:8.1f} s   = {ratio:.2f} x budget "
             f"({'within' if within else 'OVER'} the rule: 10 % or 15 s)",

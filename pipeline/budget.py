@@ -76,6 +76,14 @@ def fair_cap(seconds_left: float, candidates_left: int) -> float:
     return max(0.0, seconds_left) / max(1, candidates_left) * FAIR_SHARE_SLACK
 
 
+# A candidate too slow for its share on every training row is cross-validated on a stratified sample
+# of them instead (the most rows its share fits) when that is at least this many: fewer would say
+# little about the family, which is then skipped. Stage 2 tunes and refits it on the same sample.
+MIN_SAMPLE_ROWS = 10_000
+# The sample aims below the share: how fit time grows with the rows is an estimate.
+SAMPLE_SAFETY = 0.8
+
+
 def predicted_from_probe(
     fit_seconds: float, predict_seconds: float, probe_rows: int, train_rows: int, valid_rows: int, family: str
 ) -> float:
@@ -85,6 +93,41 @@ def predicted_from_probe(
     if family in QUADRATIC_PREDICT:
         predict_ratio *= fit_ratio
     return fit_seconds * fit_ratio**FIT_EXPONENT + predict_seconds * predict_ratio
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A candidate timed on ``rows`` rows: what one of its folds would take at any size."""
+
+    family: str
+    fit_seconds: float
+    predict_seconds: float
+    rows: int
+
+    def fold_seconds(self, part_rows: int, cv_folds: int) -> float:
+        """Predicted seconds of one fold when the training part has ``part_rows`` rows."""
+        valid = part_rows // max(1, cv_folds)
+        return predicted_from_probe(
+            self.fit_seconds, self.predict_seconds, self.rows, part_rows - valid, valid, self.family
+        )
+
+
+def sample_rows(probe: Probe, part_rows: int, cv_folds: int, seconds: float) -> int | None:
+    """The most rows of the training part whose fold the probe predicts within ``seconds`` (aiming at
+    ``SAMPLE_SAFETY`` of it when not all fit); None when not even ``MIN_SAMPLE_ROWS`` fit."""
+    if probe.fold_seconds(part_rows, cv_folds) <= seconds:
+        return part_rows
+    aim = seconds * SAMPLE_SAFETY
+    low, high = MIN_SAMPLE_ROWS, part_rows
+    if low >= high or probe.fold_seconds(low, cv_folds) > aim:
+        return None
+    while high - low > max(1, part_rows // 1_000):  # fold seconds grow with the rows: bisect
+        middle = (low + high) // 2
+        if probe.fold_seconds(middle, cv_folds) <= aim:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 # The order candidates run their first rung in: usually cheapest first (a prior, not a

@@ -38,6 +38,7 @@ from pipeline.training import (
     result_from_folds,
     result_from_scores,
     run_folds,
+    stratified_sample,
 )
 
 logger = logging.getLogger(__name__)
@@ -104,11 +105,36 @@ def _training_part(dataset: Dataset, split: Split) -> tuple[pd.DataFrame, pd.Ser
     return features, target
 
 
-def _summary(result: CVResult, n_folds: int) -> dict[str, float]:
+@dataclass(frozen=True)
+class TrainingPart:
+    """The rows a candidate is cross-validated on: the training part, or a stratified sample of it
+    for a family too slow for its share of the budget on every row."""
+
+    features: pd.DataFrame
+    target: pd.Series
+    splits: list
+
+    @property
+    def rows(self) -> int:
+        return len(self.target)
+
+
+def sampled_part(part: TrainingPart, rows: int, cv_folds: int, seed: int) -> TrainingPart:
+    """``part`` itself when ``rows`` covers it, else a seeded stratified sample of ``rows`` of its rows
+    with its own folds (:func:`pipeline.training.stratified_sample`: stage 2 draws the same)."""
+    if rows >= part.rows:
+        return part
+    positions = stratified_sample(part.target, rows, seed)
+    target = part.target.iloc[positions]
+    return TrainingPart(part.features.iloc[positions], target, folds(target, cv_folds, seed))
+
+
+def _summary(result: CVResult, n_folds: int, rows: int) -> dict[str, float]:
     return {
         **result.summary(),
         "cv_folds_done": float(n_folds),
         "fold_seconds": (result.fit_seconds + result.predict_seconds) / max(1, n_folds),
+        keys.METRIC_TRAIN_ROWS: float(rows),
     }
 
 
@@ -124,8 +150,10 @@ def evaluate_portfolio(
 
     Without ``seconds`` every candidate runs every fold. With it the candidates are raced
     (successive halving over folds, :func:`pipeline.budget.promote`): each runs a first rung of
-    ``n_jobs`` folds side by side, a candidate predicted too slow for its fair share is skipped
-    before its first fold, and only the promising ones that fit run the other folds.
+    ``n_jobs`` folds side by side, a candidate predicted too slow for its fair share on every row
+    is cross-validated on a stratified sample of the rows its share fits (or skipped when not
+    even ``budget.MIN_SAMPLE_ROWS`` fit) before its first fold, and only the promising ones that
+    fit run the other folds.
     """
     features, target = _training_part(dataset, split)
     splits = folds(target, config.research.cv_folds, config.seed)
@@ -147,14 +175,16 @@ def evaluate_portfolio(
             result = cross_validate(estimators[name], features, target, splits, config.costs, n_jobs=n_jobs)
             outcomes.append(
                 CandidateOutcome(
-                    name, candidate.family, dict(candidate.params), _summary(result, len(splits))
+                    name, candidate.family, dict(candidate.params), _summary(result, len(splits), len(target))
                 )
             )
             emit(outcomes[-1])
         return outcomes
 
     started = clock()
-    y = target.to_numpy()
+    whole = TrainingPart(features, target, splits)
+    parts: dict[str, TrainingPart] = {}
+    notes: dict[str, str] = {}
     rung = min(len(splits), max(1, n_jobs))
     first: dict[str, tuple[list, float]] = {}
     outcomes: dict[str, CandidateOutcome] = {}
@@ -165,32 +195,47 @@ def evaluate_portfolio(
         cap = budget.fair_cap(left, len(portfolio) - position)
         # Until one candidate besides the baselines has run, none is skipped: stage 2 needs a family.
         ranked_one = any(portfolio[n].family not in BASELINE_FAMILIES for n in first)
-        predicted = (
+        probe = (
             _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
             if left > 0
-            else 0.0  # no time to probe either
+            else None  # no time to probe either
         )
-        if ranked_one and (left <= 0 or predicted > cap):
-            note = (
-                f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
-                if left > 0
-                else "skipped: stage 1's share of the budget was spent before its turn"
-            )
-            outcomes[name] = CandidateOutcome(
-                name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
-            )
-            logger.warning("%s %s", name, outcomes[name].note)
-            emit(outcomes[name])
-            continue
+        predicted = probe.fold_seconds(len(target), len(splits)) if probe else 0.0
+        parts[name] = whole
+        if left <= 0 or predicted > cap:
+            rows = budget.sample_rows(probe, len(target), len(splits), cap) if probe else None
+            if rows is None and not ranked_one:
+                rows = len(target)  # the first family runs on every row, whatever its time
+            if rows is None:
+                note = (
+                    f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
+                    if left > 0
+                    else "skipped: stage 1's share of the budget was spent before its turn"
+                )
+                outcomes[name] = CandidateOutcome(
+                    name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
+                )
+                logger.warning("%s %s", name, outcomes[name].note)
+                emit(outcomes[name])
+                continue
+            if rows < len(target):
+                parts[name] = sampled_part(whole, rows, len(splits), config.seed)
+                notes[name] = (
+                    f"sampled: {rows:,} of {len(target):,} rows, as one fold on all would take about "
+                    f"{predicted:.0f} s and its share is {cap:.0f} s"
+                )
+                logger.warning("%s %s", name, notes[name])
+        part = parts[name]
         rung_started = clock()
         first[name] = (
-            run_folds(estimators[name], features, target, splits, range(rung), n_jobs),
+            run_folds(estimators[name], part.features, part.target, part.splits, range(rung), n_jobs),
             clock() - rung_started,
         )
 
     scores = []
     for name, (fold_outcomes, wall) in first.items():
-        result = result_from_folds(y, fold_outcomes, splits, config.costs)
+        part = parts[name]
+        result = result_from_folds(part.target.to_numpy(), fold_outcomes, part.splits, config.costs)
         metrics = result.summary()
         scores.append(
             budget.RungScore(
@@ -212,31 +257,45 @@ def evaluate_portfolio(
                 f"raced out: the other folds would take about {rest[name]:.0f} s, {left:.0f} s left"
             )
             continue
+        part = parts[name]
         fold_outcomes = first[name][0] + run_folds(
-            estimators[name], features, target, splits, range(rung, len(splits)), n_jobs
+            estimators[name], part.features, part.target, part.splits, range(rung, len(splits)), n_jobs
         )
         candidate = portfolio[name]
-        result = result_from_folds(y, fold_outcomes, splits, config.costs)
+        result = result_from_folds(part.target.to_numpy(), fold_outcomes, part.splits, config.costs)
         outcomes[name] = CandidateOutcome(
-            name, candidate.family, dict(candidate.params), _summary(result, len(splits))
+            name,
+            candidate.family,
+            dict(candidate.params),
+            _summary(result, len(splits), part.rows),
+            note=notes.get(name, ""),
         )
         emit(outcomes[name])
     for name, note in raced_out.items():
         candidate = portfolio[name]
-        result = result_from_folds(y, first[name][0], splits, config.costs)
+        part = parts[name]
+        result = result_from_folds(part.target.to_numpy(), first[name][0], part.splits, config.costs)
         outcomes[name] = CandidateOutcome(
-            name, candidate.family, dict(candidate.params), _summary(result, rung), STATUS_RACED, note
+            name,
+            candidate.family,
+            dict(candidate.params),
+            _summary(result, rung, part.rows),
+            STATUS_RACED,
+            "; ".join(filter(None, [note, notes.get(name, "")])),
         )
         logger.info("%s %s", name, note)
         emit(outcomes[name])
     return [outcomes[name] for name in portfolio]
 
 
-def _probe(estimator, features: pd.DataFrame, target: pd.Series, fold, family: str, seed: int) -> float:
-    """Predicted seconds of one full-size fold, timed on a sample when the fold is large (else 0)."""
+def _probe(
+    estimator, features: pd.DataFrame, target: pd.Series, fold, family: str, seed: int
+) -> budget.Probe | None:
+    """The candidate timed on a sample of ``budget.PROBE_ROWS`` rows when its fold is larger (else,
+    or when the sample fails, None: the fold is small enough to just run)."""
     train, valid = fold
     if len(train) <= budget.PROBE_ROWS:
-        return 0.0  # small enough to just run
+        return None
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(train, budget.PROBE_ROWS, replace=False))
     scored = valid[: budget.PROBE_ROWS]
@@ -246,10 +305,10 @@ def _probe(estimator, features: pd.DataFrame, target: pd.Series, fold, family: s
             outcome = fit_predict_fold(estimator, features, target, 0, rows, scored)
     except Exception:  # a sample with one class, say: the real fold decides
         logger.debug("probe of %s failed", family, exc_info=True)
-        return 0.0
-    return budget.predicted_from_probe(
-        outcome.fit_seconds, outcome.predict_seconds, len(rows), len(train), len(valid), family
-    )
+        return None
+    # Predicting scales with the rows scored: the probe scored at most PROBE_ROWS of them.
+    predict_per_probe_rows = outcome.predict_seconds * len(rows) / max(1, len(scored))
+    return budget.Probe(family, outcome.fit_seconds, predict_per_probe_rows, len(rows))
 
 
 def leaderboard_frame(

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from joblib import Parallel, delayed
 from sklearn.base import clone
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline.config import CostConfig
 from pipeline.evaluation import best_threshold, decision_metrics, probability_metrics, summarise_folds
@@ -49,6 +49,16 @@ def folds(y: pd.Series, n_splits: int, seed: int) -> list[tuple[np.ndarray, np.n
     """Seeded stratified folds over positions of ``y``."""
     splitter = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return list(splitter.split(np.zeros(len(y)), y))
+
+
+def stratified_sample(y: pd.Series, rows: int, seed: int) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``rows`` of ``y``'s rows with its classes in proportion;
+    every position when ``rows`` is not fewer than the rows. The same arguments give the same rows,
+    so stages 1 and 2 sample a family's rows alike."""
+    if rows >= len(y):
+        return np.arange(len(y))
+    kept, _ = train_test_split(np.arange(len(y)), train_size=rows, stratify=y.to_numpy(), random_state=seed)
+    return np.sort(kept)
 
 
 def positive_scores(estimator, features: pd.DataFrame) -> np.ndarray:

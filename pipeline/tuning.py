@@ -106,12 +106,16 @@ def study_name(
     cv_folds: int,
     seed: int,
     costs: CostConfig,
+    sample_rows: int | None = None,
 ) -> str:
     """Same data, space, folds, seed and costs -> same study, so a rerun resumes it.
 
-    Budgets (trial cap, timeout) are left out on purpose: raising them continues the study.
+    Budgets (trial cap, timeout) are left out on purpose: raising them continues the study. A family
+    tuned on a sample of the training part (``sample_rows``) has a study of its own per sample size,
+    as its trials' figures are not comparable with those on other rows.
     """
-    digest = space_digest(space, cv_folds=cv_folds, seed=seed, costs=costs.model_dump())
+    extra = {"sample_rows": sample_rows} if sample_rows is not None else {}
+    digest = space_digest(space, cv_folds=cv_folds, seed=seed, costs=costs.model_dump(), **extra)
     return f"optimize-{dataset_digest}-{family}-{digest}"
 
 

@@ -26,10 +26,12 @@ from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
 from pipeline.selection import (
     FamilyOutcome,
+    TrainingPart,
     choose_final_estimator,
     fit_final,
     merge_outcomes,
     openmp_threads,
+    sampled_part,
 )
 from pipeline.tracking import handover, keys, model_io, runs, trials
 from pipeline.training import folds, positive_scores
@@ -187,6 +189,16 @@ def run(
     train_x = dataset.features.iloc[split.train_index]
     train_y = dataset.target.iloc[split.train_index]
     splits = folds(train_y, settings.cv_folds, config.seed)
+    whole = TrainingPart(train_x, train_y, splits)
+    sampled = handover.family_rows(research_run)
+    parts: dict[int, TrainingPart] = {whole.rows: whole}
+
+    def part_of(family: str) -> TrainingPart:
+        """The rows a family is tuned and refitted on: the sample stage 1 drew for it, else all."""
+        rows = min(sampled.get(family, whole.rows), whole.rows)
+        if rows not in parts:
+            parts[rows] = sampled_part(whole, rows, settings.cv_folds, config.seed)
+        return parts[rows]
 
     research_id = research_run.info.run_id
     tags = runs.base_tags(config, keys.STAGE_OPTIMIZE, dataset, split)
@@ -250,6 +262,7 @@ def run(
             return budget.trial_seconds(fold_seconds.get(family, 0.0), research_folds, settings.cv_folds)
 
         def tune(family: str, share: float, trial: float) -> None:
+            part = part_of(family)
             outcome = trials.tune_family(
                 config,
                 session,
@@ -258,11 +271,12 @@ def run(
                 storage,
                 family,
                 dataset,
-                train_x,
-                train_y,
-                splits,
+                part.features,
+                part.target,
+                part.splits,
                 seconds=share,
                 fold_seconds=trial / settings.cv_folds,
+                sample_rows=part.rows if part.rows < whole.rows else None,
             )
             earlier, step = tuned.get(family), family_steps.get(family)
             tuned[family] = outcome if earlier is None else merge_outcomes(earlier, outcome)
@@ -320,8 +334,23 @@ def run(
             winner.best_params,
         )
 
-        candidate = choose_final_estimator(config, dataset, outcomes, winner, train_x, train_y, splits)
-        final, choice = fit_final(config, candidate.estimator, train_x, train_y, splits, candidate.cv)
+        # The winner's rows (a sample when stage 1 drew one); a soft vote only of families tuned on
+        # the same rows, as it averages their out-of-fold scores row by row.
+        part = part_of(winner.family)
+        voters = [o for o in outcomes if part_of(o.family).rows == part.rows]
+        if part.rows < whole.rows:
+            logger.warning(
+                "%s is refitted on its sample of %d of %d training rows (research.family_rows)",
+                winner.family,
+                part.rows,
+                whole.rows,
+            )
+        candidate = choose_final_estimator(
+            config, dataset, voters, winner, part.features, part.target, part.splits
+        )
+        final, choice = fit_final(
+            config, candidate.estimator, part.features, part.target, part.splits, candidate.cv
+        )
         threshold = choice.threshold
 
         # The one evaluation on the held-out test part.
@@ -333,7 +362,7 @@ def run(
         test_metrics = {
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
-        oof_curve = cost_curve(train_y.to_numpy(), choice.oof_scores, config.costs)
+        oof_curve = cost_curve(part.target.to_numpy(), choice.oof_scores, config.costs)
         metadata = {
             keys.META_THRESHOLD: threshold,
             keys.META_RESEARCH_RUN: research_id,
@@ -343,7 +372,7 @@ def run(
             keys.META_DATASET_DIGEST: dataset.digest,
             # What monitoring compares new applicants with; out-of-fold scores, as new rows are scored.
             keys.META_TRAINING_PROFILE: stability.build_profile(
-                train_x,
+                part.features,
                 choice.oof_scores,
                 dataset.categorical,
                 dataset.numeric,
@@ -364,6 +393,7 @@ def run(
                 "cv_roc_auc": candidate.cv_metrics["cv_roc_auc"],
                 "cv_expected_cost": candidate.cv_metrics["cv_expected_cost"],
                 "oof_expected_cost": oof_curve.best_cost,
+                keys.METRIC_TRAIN_ROWS: part.rows,
                 **{f"oof_log_loss_{m}": v for m, v in choice.log_losses.items()},
                 **{f"oof_roc_auc_{m}": v for m, v in choice.roc_aucs.items()},
             },

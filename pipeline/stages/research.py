@@ -147,11 +147,16 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
         families = ranked_families(leaderboard)
         best = leaderboard.iloc[0]
         # What stage 2 plans from: one fold's seconds per family (its slowest candidate).
+        # And the rows of a family cross-validated on a sample (its fewest, when several were).
         fold_seconds: dict[str, float] = {}
+        family_rows: dict[str, int] = {}
         for outcome in outcomes:
             if outcome.scored:
                 seconds = outcome.metrics["fold_seconds"]
                 fold_seconds[outcome.family] = max(seconds, fold_seconds.get(outcome.family, 0.0))
+                rows = int(outcome.metrics[keys.METRIC_TRAIN_ROWS])
+                if rows < len(split.train_index):
+                    family_rows[outcome.family] = min(rows, family_rows.get(outcome.family, rows))
         runs.log_batch(
             session,
             run_id,
@@ -164,6 +169,7 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                 keys.TAG_RANKED_CANDIDATES: json.dumps(leaderboard["candidate"].tolist()),
                 keys.TAG_BEST_CANDIDATE: best["candidate"],
                 keys.TAG_FOLD_SECONDS: json.dumps(fold_seconds),
+                keys.TAG_FAMILY_ROWS: json.dumps(family_rows),
                 keys.TAG_LEFT_OUT_CANDIDATES: json.dumps(
                     left_out_candidates(config, len(split.train_index)), sort_keys=True
                 ),

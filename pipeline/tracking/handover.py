@@ -90,6 +90,15 @@ def research_budget(research_run, config: PipelineConfig) -> tuple[budget.Step, 
     return budget.Step(keys.STAGE_RESEARCH, planned, spent, stopped), fold_seconds, folds_used
 
 
+def family_rows(research_run) -> dict[str, int]:
+    """Rows of the training part each sampled family was cross-validated on (none: every row)."""
+    try:
+        recorded = json.loads(research_run.data.tags[keys.TAG_FAMILY_ROWS])
+        return {str(family): int(rows) for family, rows in recorded.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
 def log_budget(session: TrackingSession, run_id: str, steps: list[budget.Step]) -> None:
     """Planned and spent seconds per step on the optimize run, and a warning per step over its plan."""
     metrics, tags = {}, {}

@@ -66,6 +66,9 @@ TAG_CANDIDATE_STATUS = "research.status"
 TAG_CANDIDATE_NOTE = "research.note"
 # On the research run: JSON {family: seconds of one CV fold}, what stage 2 plans its shares from.
 TAG_FOLD_SECONDS = "research.fold_seconds"
+# On the research run: JSON {family: rows} for a family cross-validated on a sample of the training
+# part (too slow for its share on every row); stage 2 tunes and refits it on the same sample.
+TAG_FAMILY_ROWS = "research.family_rows"
 
 # --- The time budget (pipeline.budget): metrics prefix + step, on the research and optimize runs ------
 PARAM_BUDGET_SECONDS = "budget_seconds"
@@ -124,6 +127,8 @@ METRIC_MAX_CSI = "max_csi"
 
 # --- Metrics read across stages ---------------------------------------------------------------------
 METRIC_CV_ROC_AUC_MEAN = "cv_roc_auc_mean"  # research candidates; register's baseline floors
+# Training rows a research candidate was cross-validated on, and the final model was fitted on.
+METRIC_TRAIN_ROWS = "train_rows"
 METRIC_TEST_ROC_AUC = "test_roc_auc"
 METRIC_TEST_EXPECTED_COST = "test_expected_cost"
 

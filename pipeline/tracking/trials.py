@@ -60,12 +60,16 @@ def tune_family(
     splits: list,
     seconds: float,
     fold_seconds: float = 0.0,
+    sample_rows: int | None = None,
 ) -> FamilyOutcome:
-    """Tune one family within ``seconds`` (its share of the budget) and at most ``n_trials`` trials."""
+    """Tune one family within ``seconds`` (its share of the budget) and at most ``n_trials`` trials,
+    on ``features`` (a sample of the training part of ``sample_rows`` rows when given)."""
     started = time.monotonic()
     settings = config.optimize
     space = settings.search_spaces[family]
-    name = tuning.study_name(dataset.digest, family, space, settings.cv_folds, config.seed, config.costs)
+    name = tuning.study_name(
+        dataset.digest, family, space, settings.cv_folds, config.seed, config.costs, sample_rows
+    )
     runs.log_batch(session, parent_run_id, tags={f"{keys.TAG_STUDY_PREFIX}{family}": name})
     study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
     # The research candidates' own configurations first: even a couple of trials are then good ones.

@@ -134,3 +134,29 @@ def test_the_process_started_before_now():
     import time
 
     assert budget.process_started() <= time.monotonic()
+
+
+# --- A family too slow for every row: the most rows its share fits ----------------------------------
+
+
+def _probe_taking(seconds_per_1000_rows: float) -> budget.Probe:
+    return budget.Probe("lightgbm", seconds_per_1000_rows * 2, 0.0, 2_000)
+
+
+def test_every_row_when_a_fold_on_all_of_them_fits():
+    assert budget.sample_rows(_probe_taking(0.001), 50_000, 5, seconds=60) == 50_000
+
+
+def test_the_most_rows_whose_fold_fits_the_aim_below_the_share():
+    probe = _probe_taking(0.01)
+    rows = budget.sample_rows(probe, 1_000_000, 5, seconds=10)
+    assert probe.fold_seconds(1_000_000, 5) > 10
+    assert budget.MIN_SAMPLE_ROWS <= rows < 1_000_000
+    aim = 10 * budget.SAMPLE_SAFETY
+    assert probe.fold_seconds(rows, 5) <= aim < probe.fold_seconds(rows + 2_000, 5)
+
+
+def test_no_sample_when_not_even_the_smallest_one_fits():
+    assert budget.sample_rows(_probe_taking(10.0), 1_000_000, 5, seconds=20) is None
+    # A part no larger than the smallest sample is never sampled.
+    assert budget.sample_rows(_probe_taking(10.0), budget.MIN_SAMPLE_ROWS, 5, seconds=1) is None

@@ -19,6 +19,7 @@ from pipeline.selection import (
     left_out_candidates,
     merge_outcomes,
 )
+from pipeline.tracking import keys
 from pipeline.training import cross_validate, folds
 from tests.conftest import make_config, small_params
 
@@ -201,6 +202,38 @@ def test_a_candidate_predicted_too_slow_is_skipped_with_its_reason_and_ranked_la
     board = leaderboard_frame(outcomes)
     assert board.iloc[-1]["candidate"] == skipped[0].name and board.iloc[-1]["status"] == STATUS_SKIPPED
     assert "decision_tree" not in ranked_families(board)
+
+
+def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its_share_fits(monkeypatch):
+    from pipeline import budget
+    from pipeline.data import split_dataset
+    from pipeline.selection import STATUS_FULL, evaluate_portfolio
+
+    config = _racing_config()
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    monkeypatch.setattr(budget, "PROBE_ROWS", 100)
+    monkeypatch.setattr(budget, "MIN_SAMPLE_ROWS", 200)
+    # The decision tree's fold grows steeply with its rows: all 750 take an hour, 300 take 1 s.
+    original = budget.predicted_from_probe
+    monkeypatch.setattr(
+        budget,
+        "predicted_from_probe",
+        lambda fit, predict, rows, train, valid, family: (
+            (train / 200) ** 12
+            if family == "decision_tree"
+            else original(fit, predict, rows, train, valid, family)
+        ),
+    )
+    outcomes = {o.family: o for o in evaluate_portfolio(config, dataset, split, seconds=300)}
+    tree = outcomes["decision_tree"]
+    n_train = len(split.train_index)
+    assert tree.status == STATUS_FULL and tree.note.startswith("sampled: ")
+    assert 200 <= tree.metrics[keys.METRIC_TRAIN_ROWS] < n_train
+    assert f"of {n_train:,} rows" in tree.note
+    assert tree.metrics["cv_folds_done"] == 3
+    others = [o for o in outcomes.values() if o.family != "decision_tree"]
+    assert all(o.metrics[keys.METRIC_TRAIN_ROWS] == n_train and not o.note for o in others)
 
 
 def test_once_the_share_is_spent_the_candidates_not_yet_run_are_skipped_cheapest_first_ran():

@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline.config import CostConfig
 from pipeline.evaluation import best_threshold, expected_cost
-from pipeline.training import cross_validate, folds, positive_scores, result_from_scores
+from pipeline.training import cross_validate, folds, positive_scores, result_from_scores, stratified_sample
 
 COSTS = CostConfig(false_negative=5, false_positive=1)
 N_ROWS, N_POSITIVE = 90, 30
@@ -195,3 +195,14 @@ def test_a_raced_out_candidate_is_scored_on_the_folds_it_ran_only(data):
     at_once = cross_validate(RecordingClassifier(), features, target, splits, COSTS)
     np.testing.assert_array_equal(whole.oof_scores, at_once.oof_scores)
     assert whole.threshold == at_once.threshold and whole.per_fold == at_once.per_fold
+
+
+def test_a_stratified_sample_is_seeded_sorted_and_keeps_the_classes_in_proportion():
+    y = pd.Series(np.r_[np.ones(300, dtype=int), np.zeros(2_700, dtype=int)]).sample(frac=1, random_state=3)
+    rows = stratified_sample(y, 1_000, seed=7)
+    assert len(rows) == 1_000 and len(set(rows)) == 1_000 and np.all(np.diff(rows) > 0)
+    assert y.iloc[rows].sum() == 100  # 10 % positives, as in the whole
+    assert np.array_equal(rows, stratified_sample(y, 1_000, seed=7))
+    assert not np.array_equal(rows, stratified_sample(y, 1_000, seed=8))
+    # Asked for all the rows or more: every position, in order.
+    assert np.array_equal(stratified_sample(y, 5_000, seed=7), np.arange(3_000))

@@ -493,3 +493,28 @@ def test_workers_share_studies_through_a_server_with_an_optuna_url(auth_server, 
             # (give or take the one trial the other worker had running when it was reached).
             assert recorded == done
             assert cap <= len(done) <= cap + 1
+
+
+def test_a_family_stage_1_sampled_is_tuned_and_refitted_on_the_same_sample(sqlite_store, caplog):
+    config = make_config(small_params(optimize={"top_k": 1, "ensemble": False}))
+    found = research.run(config)
+    family = found.ranked_families[0]
+    client = MlflowClient(sqlite_store)
+    # As stage 1 records a family too slow for its share on every row (see test_selection).
+    client.set_tag(found.run_id, keys.TAG_FAMILY_ROWS, json.dumps({family: 400}))
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    assert result.best_family == family
+    data = client.get_run(result.run_id).data
+    assert data.metrics[keys.METRIC_TRAIN_ROWS] == 400
+    assert "refitted on its sample of 400 of 750 training rows" in caplog.text
+    # Its trials have a study of their own: their figures are on other rows than a full-part study's.
+    settings, space = config.optimize, config.optimize.search_spaces[family]
+    sampled = tuning.study_name(
+        result.dataset_digest, family, space, settings.cv_folds, config.seed, config.costs, 400
+    )
+    assert data.tags[f"{keys.TAG_STUDY_PREFIX}{family}"] == sampled
+    assert sampled != tuning.study_name(
+        result.dataset_digest, family, space, settings.cv_folds, config.seed, config.costs
+    )
+    assert 0.5 < result.test_metrics["test_roc_auc"] <= 1.0  # the whole test part, scored once
