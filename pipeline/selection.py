@@ -291,24 +291,28 @@ def evaluate_portfolio(
 def _probe(
     estimator, features: pd.DataFrame, target: pd.Series, fold, family: str, seed: int
 ) -> budget.Probe | None:
-    """The candidate timed on a sample of ``budget.PROBE_ROWS`` rows when its fold is larger (else,
-    or when the sample fails, None: the fold is small enough to just run)."""
+    """The candidate timed on a sample of ``budget.PROBE_ROWS`` rows and on a quarter of it, when its
+    fold is larger (else, or when a sample fails, None: the fold is small enough to just run)."""
     train, valid = fold
     if len(train) <= budget.PROBE_ROWS:
         return None
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(train, budget.PROBE_ROWS, replace=False))
+    small = rows[::4]
     scored = valid[: budget.PROBE_ROWS]
     try:
         # One OpenMP thread, as in the fold workers (joblib limits them): see OPENMP_FAMILIES.
         with threadpool_limits(limits=1, user_api="openmp"):
+            first = fit_predict_fold(estimator, features, target, 0, small, scored[:1])
             outcome = fit_predict_fold(estimator, features, target, 0, rows, scored)
     except Exception:  # a sample with one class, say: the real fold decides
         logger.debug("probe of %s failed", family, exc_info=True)
         return None
     # Predicting scales with the rows scored: the probe scored at most PROBE_ROWS of them.
-    predict_per_probe_rows = outcome.predict_seconds * len(rows) / max(1, len(scored))
-    return budget.Probe(family, outcome.fit_seconds, predict_per_probe_rows, len(rows))
+    predict = outcome.predict_seconds * len(rows) / max(1, len(scored))
+    return budget.probe_from_fits(
+        family, len(small), first.fit_seconds, len(rows), outcome.fit_seconds, predict
+    )
 
 
 def leaderboard_frame(

@@ -160,3 +160,19 @@ def test_no_sample_when_not_even_the_smallest_one_fits():
     assert budget.sample_rows(_probe_taking(10.0), 1_000_000, 5, seconds=20) is None
     # A part no larger than the smallest sample is never sampled.
     assert budget.sample_rows(_probe_taking(10.0), budget.MIN_SAMPLE_ROWS, 5, seconds=1) is None
+
+
+def test_two_probes_tell_a_fixed_cost_from_one_that_grows_with_the_rows():
+    growth = 4**budget.FIT_EXPONENT
+    # All of it grows: nothing is fixed, and a fold scales as before.
+    growing = budget.probe_from_fits("lightgbm", 500, 0.1, 2_000, 0.1 * growth, 0.0)
+    assert growing.fixed_seconds == pytest.approx(0.0, abs=1e-12)
+    # Mostly start-up: the fixed part is not scaled up to the fold's rows.
+    startup = budget.probe_from_fits("lightgbm", 500, 0.30, 2_000, 0.34, 0.0)
+    assert 0.0 < startup.fixed_seconds <= 0.34 * (1 - budget.MIN_GROWING_SHARE) + 1e-12
+    big = 1_000_000
+    assert startup.fold_seconds(big, 5) < 0.34 * (big * 0.8 / 2_000) ** budget.FIT_EXPONENT / 2
+    # Noisy timings (the smaller fit took longer): a quarter is still taken to grow.
+    noisy = budget.probe_from_fits("lightgbm", 500, 0.5, 2_000, 0.4, 0.0)
+    assert noisy.fixed_seconds == pytest.approx(0.4 * (1 - budget.MIN_GROWING_SHARE))
+    assert noisy.fold_seconds(2_500, 5) == pytest.approx(0.4)  # at the probe's own size: its time
