@@ -348,12 +348,15 @@ def leaderboard_frame(
 
 
 def fitted_scorecards(
-    config: PipelineConfig, dataset: Dataset, split: Split, only: set[str] | None = None
+    config: PipelineConfig,
+    dataset: Dataset,
+    split: Split,
+    only: set[str] | None = None,
+    rows: dict[str, int] | None = None,
 ) -> dict[str, object]:
-    """Every scorecard candidate of the portfolio (of ``only``, when given) fitted on the whole
-    training part, for its table."""
-    features = dataset.features.iloc[split.train_index]
-    target = dataset.target.iloc[split.train_index]
+    """Every scorecard candidate of the portfolio (of ``only``, when given) fitted on the training
+    part, for its table: on the sample it was cross-validated on when ``rows`` gives one."""
+    features, target = _training_part(dataset, split)
     fitted = {}
     for name, candidate in config.research.portfolio.items():
         if only is not None and name not in only:
@@ -362,7 +365,8 @@ def fitted_scorecards(
             candidate.family, candidate.params, dataset.categorical, dataset.numeric, config.seed
         )
         if scorecard.is_scorecard(model):
-            fitted[name] = model.fit(features, target)
+            kept = stratified_sample(target, (rows or {}).get(name, len(target)), config.seed)
+            fitted[name] = model.fit(features.iloc[kept], target.iloc[kept])
     return fitted
 
 

@@ -178,7 +178,8 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
         runs.log_frame(session, run_id, leaderboard, keys.ARTIFACT_LEADERBOARD)
         # A scorecard candidate's table (fitted on the whole training part) in its own child run.
         scaling = scorecard.Scaling(**config.scorecard.model_dump())
-        fitted = fitted_scorecards(config, dataset, split, only={o.name for o in outcomes if o.scored})
+        scored = {o.name: int(o.metrics[keys.METRIC_TRAIN_ROWS]) for o in outcomes if o.scored}
+        fitted = fitted_scorecards(config, dataset, split, only=set(scored), rows=scored)
         for name, model in fitted.items():
             table = scorecard.scorecard_table(model, scaling)
             runs.log_frame(session, child_ids[name], table, keys.ARTIFACT_SCORECARD)
