@@ -32,12 +32,14 @@ from pipeline.models import (
 from pipeline.tracking import keys
 from pipeline.training import (
     CVResult,
+    TrainingPart,
     cross_validate,
     fit_predict_fold,
     folds,
     result_from_folds,
     result_from_scores,
     run_folds,
+    sampled_part,
     stratified_sample,
 )
 
@@ -103,30 +105,6 @@ def _training_part(dataset: Dataset, split: Split) -> tuple[pd.DataFrame, pd.Ser
     features = dataset.features.iloc[split.train_index].reset_index(drop=True)
     target = dataset.target.iloc[split.train_index].reset_index(drop=True)
     return features, target
-
-
-@dataclass(frozen=True)
-class TrainingPart:
-    """The rows a candidate is cross-validated on: the training part, or a stratified sample of it
-    for a family too slow for its share of the budget on every row."""
-
-    features: pd.DataFrame
-    target: pd.Series
-    splits: list
-
-    @property
-    def rows(self) -> int:
-        return len(self.target)
-
-
-def sampled_part(part: TrainingPart, rows: int, cv_folds: int, seed: int) -> TrainingPart:
-    """``part`` itself when ``rows`` covers it, else a seeded stratified sample of ``rows`` of its rows
-    with its own folds (:func:`pipeline.training.stratified_sample`: stage 2 draws the same)."""
-    if rows >= part.rows:
-        return part
-    positions = stratified_sample(part.target, rows, seed)
-    target = part.target.iloc[positions]
-    return TrainingPart(part.features.iloc[positions], target, folds(target, cv_folds, seed))
 
 
 def _summary(result: CVResult, n_folds: int, rows: int) -> dict[str, float]:

@@ -61,6 +61,30 @@ def stratified_sample(y: pd.Series, rows: int, seed: int) -> np.ndarray:
     return np.sort(kept)
 
 
+@dataclass(frozen=True)
+class TrainingPart:
+    """The rows a candidate is cross-validated on: the training part, or a stratified sample of it
+    for a family too slow for its share of the budget on every row."""
+
+    features: pd.DataFrame
+    target: pd.Series
+    splits: list
+
+    @property
+    def rows(self) -> int:
+        return len(self.target)
+
+
+def sampled_part(part: TrainingPart, rows: int, cv_folds: int, seed: int) -> TrainingPart:
+    """``part`` itself when ``rows`` covers it, else a seeded stratified sample of ``rows`` of its rows
+    with its own folds (:func:`stratified_sample`: stage 2 draws the same)."""
+    if rows >= part.rows:
+        return part
+    positions = stratified_sample(part.target, rows, seed)
+    target = part.target.iloc[positions]
+    return TrainingPart(part.features.iloc[positions], target, folds(target, cv_folds, seed))
+
+
 def positive_scores(estimator, features: pd.DataFrame) -> np.ndarray:
     """Predicted probability of the positive class (default)."""
     return estimator.predict_proba(features)[:, 1]

@@ -26,15 +26,13 @@ from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
 from pipeline.selection import (
     FamilyOutcome,
-    TrainingPart,
     choose_final_estimator,
     fit_final,
     merge_outcomes,
     openmp_threads,
-    sampled_part,
 )
 from pipeline.tracking import handover, keys, model_io, runs, trials
-from pipeline.training import folds, positive_scores
+from pipeline.training import TrainingPart, folds, positive_scores, sampled_part
 
 logger = logging.getLogger(__name__)
 
