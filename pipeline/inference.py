@@ -347,14 +347,20 @@ def column_arrays(X: pd.DataFrame) -> list[np.ndarray]:
     for position, dtype in enumerate(X.dtypes):
         by_dtype.setdefault(dtype, []).append(position)
     for dtype, positions in by_dtype.items():
-        if isinstance(dtype, np.dtype) and dtype.kind in "fO" and dtype.itemsize == 8:  # float64, object
-            block = X.iloc[:, positions].to_numpy(dtype=dtype)
+        # Read a block at a time: numpy types as they are, pandas' text type as the object array
+        # (missing as NaN) each of its columns gives.
+        if isinstance(dtype, np.dtype) or _is_text_with_nan(dtype):
+            block = X.iloc[:, positions].to_numpy(dtype=dtype if isinstance(dtype, np.dtype) else object)
             for offset, position in enumerate(positions):
                 columns[position] = block[:, offset]
-        else:  # pandas' own types (text, categories, nullable numbers) as each column converts
+        else:  # categories, nullable numbers: as each column converts
             for position in positions:
                 columns[position] = X.iloc[:, position].to_numpy()
     return columns
+
+
+def _is_text_with_nan(dtype: Any) -> bool:
+    return isinstance(dtype, pd.StringDtype) and dtype.na_value is np.nan
 
 
 def _column_transformer_parts(node: Any) -> list[Any]:

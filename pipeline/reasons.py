@@ -54,13 +54,19 @@ class Reasons:
 
     def frame(self) -> pd.DataFrame:
         """``reason_1_code``, ``reason_1_text``, ... then ``reason_method``, one row per applicant."""
-        columns = {}
-        for rank in self.codes.columns:
-            columns[f"reason_{rank}_code"] = self.codes[rank]
-            columns[f"reason_{rank}_text"] = self.texts[rank]
-        out = pd.DataFrame(columns, index=self.codes.index)
-        out[METHOD_COLUMN] = self.method
-        return out
+        return pd.DataFrame(self.columns(self.codes.index), index=self.codes.index)
+
+    def columns(self, index: pd.Index) -> dict[str, Any]:
+        """The columns of :meth:`frame` by name, labelled ``index`` (a caller joining them to its own
+        columns frames them once)."""
+        codes, texts = self.codes.to_numpy(dtype=object), self.texts.to_numpy(dtype=object)
+        columns: dict[str, Any] = {}
+        for position, rank in enumerate(self.codes.columns):
+            # Series keep the object dtype; from an array pandas would infer its string type.
+            columns[f"reason_{rank}_code"] = pd.Series(codes[:, position], index, dtype=object, copy=False)
+            columns[f"reason_{rank}_text"] = pd.Series(texts[:, position], index, dtype=object, copy=False)
+        columns[METHOD_COLUMN] = self.method
+        return columns
 
 
 def code_for(characteristic: str) -> str:
@@ -71,22 +77,26 @@ def code_for(characteristic: str) -> str:
 def top_reasons(weights: pd.DataFrame, describe, count: int, method: str) -> Reasons:
     """The ``count`` largest positive weights of each row, most important first (ties: column order).
 
-    ``describe(row_label, characteristic, weight)`` gives the text of one reason.
+    ``describe(row, characteristic, weight)`` gives the text of one reason; ``row`` is a position.
     """
     values = weights.to_numpy(dtype=float)
     order = np.argsort(-values, axis=1, kind="stable")[:, :count]
     names = list(weights.columns)
-    ranks = range(1, count + 1)
-    codes = pd.DataFrame("", index=weights.index, columns=ranks, dtype=object)
-    texts = pd.DataFrame("", index=weights.index, columns=ranks, dtype=object)
-    for row, (label, positions) in enumerate(zip(weights.index, order, strict=True)):
-        for rank, position in zip(ranks, positions, strict=False):
+    codes = np.full((len(weights), count), "", dtype=object)  # filled in numpy, framed once
+    texts = codes.copy()
+    for row, positions in enumerate(order):
+        for rank, position in enumerate(positions):
             weight = values[row, position]
             if not weight > _EPSILON:
                 break
-            codes.iat[row, rank - 1] = code_for(names[position])
-            texts.iat[row, rank - 1] = describe(label, names[position], weight)
-    return Reasons(codes=codes, texts=texts, method=method)
+            codes[row, rank] = code_for(names[position])
+            texts[row, rank] = describe(row, names[position], weight)
+    ranks = pd.Index(range(1, count + 1))
+    return Reasons(
+        codes=pd.DataFrame(codes, index=weights.index, columns=ranks),
+        texts=pd.DataFrame(texts, index=weights.index, columns=ranks),
+        method=method,
+    )
 
 
 # --- Exact: the scorecard's points --------------------------------------------------------------------
@@ -99,8 +109,8 @@ def scorecard_reasons(model: Any, features: pd.DataFrame, count: int, scaling: s
     lost = (best - scorecard.points(model, features, scaling)).clip(lower=0.0)
     bins = scorecard.bin_labels(model, features)
 
-    def describe(label, characteristic: str, weight: float) -> str:
-        return f"{characteristic} in {bins.at[label, characteristic]}: {weight:.1f} points below its best bin"
+    def describe(row: int, characteristic: str, weight: float) -> str:
+        return f"{characteristic} in {bins[characteristic].iat[row]}: {weight:.1f} points below its best bin"
 
     return top_reasons(lost, describe, count, METHOD_SCORECARD)
 
@@ -198,8 +208,10 @@ def substitution_reasons(
     """Reasons of any model by :func:`substitution_weights`, with the applicants' probabilities."""
     weights, best_values, probabilities = _substitution(estimator, features, candidates)
 
-    def describe(label, characteristic: str, weight: float) -> str:
-        value, best = features.at[label, characteristic], best_values.at[label, characteristic]
+    values = dict(zip(features.columns, inference.column_arrays(features), strict=True))
+
+    def describe(row: int, characteristic: str, weight: float) -> str:
+        value, best = values[characteristic][row], best_values[characteristic].iat[row]
         return (
             f"{characteristic} = {_shown(value)}: log-odds of default {weight:.2f} above "
             f"its most favourable typical value {_shown(best)}"

@@ -178,14 +178,17 @@ def known_categories(estimator: Any) -> dict[str, set[str]]:
     return known
 
 
-# Typing works on numpy arrays, column by column: a request is often one row, where pandas'
-# per-operation overhead, not the data, is the cost.
+# Typing works on numpy arrays read from the frame a dtype at a time: a request is often one row,
+# where pandas' per-operation overhead, not the data, is the cost.
 
 
-def _numeric(name: str, raw: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        values = raw.to_numpy(dtype=float, na_value=np.nan)
-    else:  # text, as a CSV is read: numbers, blanks (missing) or a mistake to name
+def _numeric(name: str, raw: np.ndarray) -> np.ndarray:
+    if isinstance(raw, np.ndarray) and raw.dtype.kind in "iuf":
+        values = raw.astype(float)
+    else:  # text, as a CSV is read: numbers, blanks (missing) or a mistake to name; or pandas' own types
+        raw = pd.Series(raw)
+        if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
+            return _numeric(name, raw.to_numpy(dtype=float, na_value=np.nan))
         parsed = pd.to_numeric(raw, errors="coerce")
         suspect = parsed.isna() & raw.notna()
         if suspect.any():
@@ -201,9 +204,9 @@ def _numeric(name: str, raw: pd.Series) -> np.ndarray:
     return values
 
 
-def _text(raw: pd.Series) -> np.ndarray:
+def _text(raw: np.ndarray) -> np.ndarray:
     """Plain strings with NaN for missing, as an object array: what the encoders were fitted on."""
-    values = raw.to_numpy(dtype=object)
+    values = np.asarray(raw, dtype=object)
     missing = pd.isna(values)
     text = values.astype(str).astype(object)
     text[missing] = np.nan
@@ -222,15 +225,18 @@ def prepare_input(
     missing = [c.name for c in columns if c.required and c.name not in frame.columns]
     if missing:
         raise DataError(f"the input lacks column(s) the model needs: {', '.join(missing)}")
+    if frame.columns.has_duplicates:
+        repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise DataError(f"the input repeats column(s): {', '.join(repeated)}")
+    given = dict(zip(frame.columns, inference.column_arrays(frame), strict=True))
     typed: dict[str, np.ndarray] = {}
     unseen: dict[str, int] = {}
     absent: list[str] = []
     for column in columns:
-        if column.name in frame.columns:
-            raw = frame[column.name]
-        else:
+        raw = given.get(column.name)
+        if raw is None:
             absent.append(column.name)
-            raw = pd.Series(np.nan, index=frame.index, dtype=object)
+            raw = np.full(len(frame), np.nan, dtype=object)
         if column.kind == TEXT:
             values = _text(raw)
             known = categories.get(column.name)
@@ -248,15 +254,16 @@ def prepare_input(
 
 def decide(probabilities: np.ndarray, threshold: float, index: pd.Index | None = None) -> pd.DataFrame:
     """The output columns for given probabilities: the probability, the decision, the threshold."""
+    return pd.DataFrame(_decision_columns(probabilities, threshold), index=index)
+
+
+def _decision_columns(probabilities: np.ndarray, threshold: float) -> dict[str, Any]:
     probabilities = np.asarray(probabilities, dtype=float)
-    return pd.DataFrame(
-        {
-            PROBABILITY_COLUMN: probabilities,
-            DECISION_COLUMN: np.where(probabilities >= threshold, REJECT, ACCEPT),
-            THRESHOLD_COLUMN: float(threshold),
-        },
-        index=index,
-    )
+    return {
+        PROBABILITY_COLUMN: probabilities,
+        DECISION_COLUMN: np.where(probabilities >= threshold, REJECT, ACCEPT),
+        THRESHOLD_COLUMN: float(threshold),
+    }
 
 
 def score(scorer: Scorer, frame: pd.DataFrame) -> Scored:
@@ -272,7 +279,7 @@ def score(scorer: Scorer, frame: pd.DataFrame) -> Scored:
         probabilities = given.probabilities
     else:
         probabilities = scorer.estimator.predict_proba(features)[:, 1]
-    output = decide(probabilities, scorer.threshold, frame.index)
+    columns = _decision_columns(probabilities, scorer.threshold)
     if given is not None:
-        output = pd.concat([output, given.frame().set_axis(frame.index)], axis=1)
-    return Scored(output, check)
+        columns.update(given.columns(frame.index))
+    return Scored(pd.DataFrame(columns, index=frame.index), check)

@@ -191,3 +191,23 @@ def test_a_frame_of_arrays_keeps_each_dtype_and_the_order():
     }
     assert frame.index.tolist() == [7, 8]
     assert frame.loc[7, "purpose"] == "car" and np.isnan(frame.loc[8, "purpose"])
+
+
+def test_column_arrays_are_what_each_column_gives_read_a_block_at_a_time():
+    frame = pd.DataFrame(
+        {
+            "text": pd.array(["x", None, "z"], dtype="str"),
+            "whole": [1, 2, 3],
+            "more_text": pd.array(["p", "q", None], dtype="str"),
+            "flag": [True, False, True],
+            "small": np.array([1, 2, 3], dtype="int32"),
+            "nullable": pd.array([1, None, 3], dtype="Int64"),
+            "category": pd.Categorical(["u", None, "w"]),
+            "strict_text": pd.array(["x", None, "z"], dtype="string"),
+            "number": [0.5, np.nan, 2.0],
+        }
+    )
+    for name, array in zip(frame.columns, inference.column_arrays(frame), strict=True):
+        expected = frame[name].to_numpy()
+        assert array.dtype == expected.dtype, name
+        assert [repr(v) for v in array] == [repr(v) for v in expected], name

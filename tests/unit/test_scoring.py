@@ -85,6 +85,32 @@ def test_prepare_input_fills_an_absent_optional_column_and_refuses_an_absent_req
         scoring.prepare_input(pd.DataFrame({"phone": ["yes"]}), columns, {})
 
 
+def test_prepare_input_reads_pandas_own_types_like_plain_ones():
+    frame = pd.DataFrame(
+        {
+            "age": pd.array([30, None, 41], dtype="Int64"),
+            "purpose": pd.Categorical(["car", None, "tv"]),
+            "extra": pd.array([True, False, None], dtype="boolean"),
+        }
+    )
+    plain = pd.DataFrame({"age": [30.0, np.nan, 41.0], "purpose": ["car", None, "tv"]})
+    features, check = scoring.prepare_input(frame, COLUMNS, {"purpose": {"car"}})
+    expected, _ = scoring.prepare_input(plain, COLUMNS, {"purpose": {"car"}})
+    pd.testing.assert_frame_equal(features, expected)
+    assert features["age"].dtype == float and features["purpose"].dtype == object
+    assert check.unseen_categories == {"purpose": 1} and check.extra_columns == ["extra"]
+    as_text, _ = scoring.prepare_input(frame.astype({"age": "str"}), COLUMNS, {})
+    np.testing.assert_array_equal(as_text["age"].to_numpy(), [30.0, np.nan, 41.0])
+    flags, _ = scoring.prepare_input(pd.DataFrame({"age": [True, False], "purpose": ["a", "b"]}), COLUMNS, {})
+    assert flags["age"].tolist() == [1.0, 0.0]
+
+
+def test_prepare_input_refuses_a_repeated_column():
+    frame = pd.DataFrame([[30, "car", 40]], columns=["age", "purpose", "age"])
+    with pytest.raises(DataError, match="repeats column\\(s\\): age"):
+        scoring.prepare_input(frame, COLUMNS, {})
+
+
 @pytest.mark.parametrize(
     ("frame", "message"),
     [
@@ -155,3 +181,21 @@ def test_scoring_predicts_on_one_thread_with_the_same_probabilities(german):
     np.testing.assert_allclose(
         scoring.score(scorer, frame).output["default_probability"], before, rtol=0, atol=1e-12
     )
+
+
+def test_reasons_stay_with_their_applicants_whatever_the_index(german):
+    from pipeline import stability
+    from pipeline.tracking import keys
+
+    frame, target, categorical, numeric = german
+    training = frame.astype({c: float for c in numeric})
+    model = build_estimator("logistic_regression", {}, categorical, numeric, 0).fit(training, target)
+    profile = stability.build_profile(training, model.predict_proba(training)[:, 1], categorical, numeric)
+    recorded = {scoring.REASON_COUNT: 2, keys.META_TRAINING_PROFILE: profile}
+    scorer = scoring.Scorer.of(model, ScoringSpec(0.3, scoring.describe_inputs(training), recorded))
+    rows = frame.head(6)
+    plain = scoring.score(scorer, rows).output
+    relabelled = scoring.score(scorer, rows.set_axis([50, 7, 31, 2, 99, 13])).output
+    assert relabelled.index.tolist() == [50, 7, 31, 2, 99, 13]
+    pd.testing.assert_frame_equal(relabelled.reset_index(drop=True), plain)
+    assert plain["reason_1_code"].ne("").all() and plain["reason_1_code"].dtype == object
