@@ -174,7 +174,10 @@ def test_an_imputer_and_a_scaler_by_array_match_scikit_learn_and_refuse_what_it_
         chain(np.array([[np.inf, 1.0]]))
 
 
-def test_a_frame_of_arrays_keeps_each_dtype_and_the_order():
+@pytest.mark.parametrize("pandas_private", [True, False], ids=["from_arrays", "by_blocks"])
+def test_a_frame_of_arrays_keeps_each_dtype_and_the_order(pandas_private, monkeypatch):
+    if not pandas_private:
+        monkeypatch.delattr(pd.DataFrame, "_from_arrays")
     arrays = {
         "amount": np.array([1.5, np.nan]),
         "purpose": np.array(["car", np.nan], dtype=object),
@@ -182,7 +185,7 @@ def test_a_frame_of_arrays_keeps_each_dtype_and_the_order():
         "age": np.array([30.0, 40.0]),
     }
     frame = inference.frame_of_arrays(arrays, pd.Index([7, 8]))
-    assert list(frame.columns) == list(arrays)
+    assert list(frame.columns) == list(arrays) and frame.columns.dtype == object
     assert frame.dtypes.to_dict() == {
         "amount": np.float64,
         "purpose": object,
@@ -191,9 +194,15 @@ def test_a_frame_of_arrays_keeps_each_dtype_and_the_order():
     }
     assert frame.index.tolist() == [7, 8]
     assert frame.loc[7, "purpose"] == "car" and np.isnan(frame.loc[8, "purpose"])
+    assert inference.frame_of_arrays(arrays).index.equals(pd.RangeIndex(2))
+    frame.iloc[0, 0] = -1.0  # a frame of its own: the arrays given are not changed through it
+    assert arrays["amount"][0] == 1.5
 
 
-def test_column_arrays_are_what_each_column_gives_read_a_block_at_a_time():
+@pytest.mark.parametrize("pandas_private", [True, False], ids=["stored_arrays", "public"])
+def test_column_arrays_are_what_each_column_gives(pandas_private, monkeypatch):
+    if not pandas_private:
+        monkeypatch.delattr(pd.DataFrame, "_get_column_array")
     frame = pd.DataFrame(
         {
             "text": pd.array(["x", None, "z"], dtype="str"),
@@ -211,3 +220,8 @@ def test_column_arrays_are_what_each_column_gives_read_a_block_at_a_time():
         expected = frame[name].to_numpy()
         assert array.dtype == expected.dtype, name
         assert [repr(v) for v in array] == [repr(v) for v in expected], name
+        assert not (
+            isinstance(array, np.ndarray)
+            and array.flags.writeable
+            and np.shares_memory(array, frame[name].to_numpy())
+        ), name
