@@ -178,8 +178,8 @@ def known_categories(estimator: Any) -> dict[str, set[str]]:
     return known
 
 
-# Typing works on numpy arrays read from the frame a dtype at a time: a request is often one row,
-# where pandas' per-operation overhead, not the data, is the cost.
+# Typing works on the numpy arrays the frame holds (inference.column_arrays): a request is often one
+# row, where pandas' per-operation overhead, not the data, is the cost.
 
 
 def _numeric(name: str, raw: np.ndarray) -> np.ndarray:
