@@ -16,7 +16,8 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline import termination
 from pipeline.config import CostConfig, SearchParam
 from pipeline.errors import ConfigError
 from pipeline.models import build_estimator, validate_params
@@ -265,6 +267,7 @@ def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial
     """The objective, recording first which process runs the trial (for :func:`fail_stale_trials`)."""
 
     def objective_with_owner(trial: optuna.Trial) -> float:
+        _raise_if_terminated()  # deferred while the trial was taken from the queue: Optuna fails it
         host, pid = this_owner()
         trial.set_user_attr(HOST_ATTR, host)
         trial.set_user_attr(PID_ATTR, pid)
@@ -426,19 +429,85 @@ def tune(
         nonlocal ran
         ran += 1
 
-    study.optimize(
-        _owned(objective),
-        n_trials=remaining,
-        timeout=timeout_seconds,
-        callbacks=[
-            optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES),
-            count,
-            *callbacks,
-        ],
-        gc_after_trial=False,
-        show_progress_bar=False,
-    )
+    with _no_trial_left_running(study):
+        study.optimize(
+            _owned(objective),
+            n_trials=remaining,
+            timeout=timeout_seconds,
+            callbacks=[
+                optuna.study.MaxTrialsCallback(n_trials, states=DONE_STATES),
+                count,
+                *callbacks,
+            ],
+            gc_after_trial=False,
+            show_progress_bar=False,
+        )
+        _raise_if_terminated()  # deferred while the last trial closed
     return ran
+
+
+_FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+@contextmanager
+def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
+    """Trials this process opened and did not close are failed, with the reason, when an interrupt
+    (Ctrl-C, SIGTERM) ends the study.
+
+    Optuna fails the trial whose objective was interrupted, but not one whose opening or closing in
+    the storage was (seen under load): that trial stayed RUNNING. Opening and closing a trial run
+    with SIGTERM deferred (:func:`pipeline.termination.deferred`), so which trials are open is known.
+    """
+    storage = study._storage
+    create, set_state = storage.create_new_trial, storage.set_trial_state_values
+    replaced = {name: vars(storage).get(name) for name in ("create_new_trial", "set_trial_state_values")}
+    still_open: set[int] = set()
+
+    def create_new_trial(study_id: int, template_trial: FrozenTrial | None = None) -> int:
+        _raise_if_terminated()  # a signal deferred while the last trial closed ends the study here
+        with termination.deferred():
+            trial_id = create(study_id, template_trial)
+            still_open.add(trial_id)
+        _raise_if_terminated()
+        return trial_id
+
+    # Never raises for a deferred signal: Optuna's own cleanup of a trial breaks on an interrupt
+    # raised from its storage. The signal is raised when the next trial opens or the objective starts.
+    def set_trial_state_values(trial_id: int, state: TrialState, values: Any = None) -> bool:
+        with termination.deferred():
+            changed = set_state(trial_id, state, values)
+            if changed and state == TrialState.RUNNING:  # a queued trial taken
+                still_open.add(trial_id)
+            elif changed and state in _FINISHED_STATES:
+                still_open.discard(trial_id)
+        return changed
+
+    storage.create_new_trial, storage.set_trial_state_values = create_new_trial, set_trial_state_values
+    try:
+        yield
+    except KeyboardInterrupt as interrupt:
+        reason = f"interrupted: {interrupt}" if str(interrupt) else "interrupted"
+        for trial_id in sorted(still_open):
+            try:
+                if storage.get_trial(trial_id).state != TrialState.RUNNING:
+                    continue
+                storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
+                set_state(trial_id, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue
+            logger.info("marked optuna trial id %d of %s FAIL (%s)", trial_id, study.study_name, reason)
+        raise
+    finally:
+        for name, own in replaced.items():
+            if own is None:
+                vars(storage).pop(name, None)
+            else:
+                setattr(storage, name, own)
+
+
+def _raise_if_terminated() -> None:
+    if termination.received():
+        raise termination.Terminated("received SIGTERM")
 
 
 def with_short_names(summary: Mapping[str, float]) -> dict[str, float]:

@@ -3,9 +3,11 @@
 import logging
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from pipeline import tuning
+from pipeline import termination, tuning
 from pipeline.config import CostConfig, SearchParam, config_from_mapping
 from pipeline.errors import ConfigError
 from pipeline.settings import OPTUNA_URL_ENV
@@ -212,6 +214,48 @@ def test_interrupted_study_resumes_to_exactly_the_cap(train_part, tmp_path):
     assert seen == [2, 3]
     assert [t.number for t in again.trials] == [0, 1, 2, 3]
     assert tuning.tune(again, objective, 4, None) == 0  # at the cap: nothing to do
+
+
+@pytest.mark.parametrize(
+    ("method", "signal_after_the_write"),
+    [("create_new_trial", True), ("set_trial_state_values", False)],
+    ids=["while_opening", "while_closing"],
+)
+def test_a_sigterm_while_a_trial_is_opened_or_closed_leaves_no_trial_running(
+    train_part, tmp_path, method, signal_after_the_write
+):
+    """The signal lands after the storage wrote a new trial but before its id came back, or before a
+    trial's result is written (both seen under load): no trial is left RUNNING, none lost."""
+    study = tuning.open_study(optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db"), "signal", seed=0)
+    storage = study._storage
+    original, calls = getattr(storage, method), []
+
+    def with_a_signal(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2 and not signal_after_the_write:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here, before the write
+        result = original(*args, **kwargs)
+        if len(calls) == 2 and signal_after_the_write:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here, inside the call
+        return result
+
+    setattr(storage, method, with_a_signal)
+    try:
+        with pytest.raises(termination.Terminated), termination.handling_sigterm():
+            tuning.tune(study, lr_objective(train_part), n_trials=5, timeout_seconds=None)
+    finally:
+        termination.reset()
+    assert getattr(storage, method) == with_a_signal  # what it was before tune, given back
+    trials = study.get_trials()
+    assert [t.state for t in trials if t.state == TrialState.RUNNING] == []
+    assert trials[0].state == TrialState.COMPLETE
+    if signal_after_the_write:
+        assert trials[1].state == TrialState.FAIL
+        assert trials[1].user_attrs[tuning.FAILURE_ATTR] == "interrupted: received SIGTERM"
+    else:  # the result was written: the signal ends the study after it
+        assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
 
 
 def _dead_pid() -> int:

@@ -114,9 +114,9 @@ def drifted_copy_of(config, version: str, folder: Path) -> str:
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}/{version}", dst_path=str(folder)))
     code = local / "code" / "pipeline" / "scoring.py"
     text = code.read_text()
-    marker = "output = decide(probabilities, "
+    marker = "columns = _decision_columns(probabilities, "
     assert text.count(marker) == 1
-    code.write_text(text.replace(marker, "output = decide(probabilities * 0.5, "))
+    code.write_text(text.replace(marker, "columns = _decision_columns(probabilities * 0.5, "))
     session = runs.connect(config)
     run = client.create_run(session.experiment_id, run_name="drifted-copy")
     client.log_artifacts(run.info.run_id, str(local), "drifted")
