@@ -32,6 +32,12 @@ def received() -> bool:
     return _received.is_set()
 
 
+def raise_if_received() -> None:
+    """Raise :class:`Terminated` when a SIGTERM arrived (one deferred, or whose exception was lost)."""
+    if received():
+        raise Terminated("received SIGTERM")
+
+
 def note_received() -> None:
     """Record a SIGTERM (the handler does it; tests simulate a signal whose exception was lost)."""
     _received.set()

@@ -267,7 +267,7 @@ def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial
     """The objective, recording first which process runs the trial (for :func:`fail_stale_trials`)."""
 
     def objective_with_owner(trial: optuna.Trial) -> float:
-        _raise_if_terminated()  # deferred while the trial was taken from the queue: Optuna fails it
+        termination.raise_if_received()  # deferred while the trial was taken from the queue: Optuna fails it
         host, pid = this_owner()
         trial.set_user_attr(HOST_ATTR, host)
         trial.set_user_attr(PID_ATTR, pid)
@@ -442,11 +442,8 @@ def tune(
             gc_after_trial=False,
             show_progress_bar=False,
         )
-        _raise_if_terminated()  # deferred while the last trial closed
+        termination.raise_if_received()  # deferred while the last trial closed
     return ran
-
-
-_FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 @contextmanager
@@ -464,11 +461,11 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     still_open: set[int] = set()
 
     def create_new_trial(study_id: int, template_trial: FrozenTrial | None = None) -> int:
-        _raise_if_terminated()  # a signal deferred while the last trial closed ends the study here
+        termination.raise_if_received()  # a signal deferred while the last trial closed ends the study here
         with termination.deferred():
             trial_id = create(study_id, template_trial)
             still_open.add(trial_id)
-        _raise_if_terminated()
+        termination.raise_if_received()
         return trial_id
 
     # Never raises for a deferred signal: Optuna's own cleanup of a trial breaks on an interrupt
@@ -478,7 +475,7 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
             changed = set_state(trial_id, state, values)
             if changed and state == TrialState.RUNNING:  # a queued trial taken
                 still_open.add(trial_id)
-            elif changed and state in _FINISHED_STATES:
+            elif changed and state.is_finished():
                 still_open.discard(trial_id)
         return changed
 
@@ -503,11 +500,6 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
                 vars(storage).pop(name, None)
             else:
                 setattr(storage, name, own)
-
-
-def _raise_if_terminated() -> None:
-    if termination.received():
-        raise termination.Terminated("received SIGTERM")
 
 
 def with_short_names(summary: Mapping[str, float]) -> dict[str, float]:

@@ -221,12 +221,10 @@ def stage_run(session: TrackingSession, run_name: str, tags: Mapping[str, str]) 
         raise
     run_id = run.info.run_id
     try:
-        if termination.received():
-            raise termination.Terminated("received SIGTERM")
+        termination.raise_if_received()
         yield run_id
-        if termination.received():
-            # A library caught the signal's exception and carried on: SIGTERM still ends the run.
-            raise termination.Terminated("received SIGTERM")
+        # A library caught the signal's exception and carried on: SIGTERM still ends the run.
+        termination.raise_if_received()
     except BaseException as error:
         status = "KILLED" if isinstance(error, KeyboardInterrupt) or termination.received() else "FAILED"
         marked = _mark_ended(
