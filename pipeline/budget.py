@@ -32,7 +32,9 @@ QUADRATIC_PREDICT = frozenset({"knn"})
 # A candidate's first folds may take this multiple of its fair share of what is left: cheap
 # candidates leave time, but one slow candidate never takes more than a couple of shares.
 FAIR_SHARE_SLACK = 2.0
-# The final step's fixed part: the logged model (7-8 s on 2 shared cores), plots, tables ...
+# The final step's fixed part (the logged model, charts, tables, reason codes) where the speed
+# probe (pipeline.speed) takes PROBE_REFERENCE_SECONDS; on another machine, or the same one busier,
+# it is scaled by what the probe takes there (fixed_seconds) ...
 FINAL_OVERHEAD_SECONDS = 15.0
 # ... plus the refit (a calibrated refit is cv_folds fits) of the tuned parameters, which may be
 # larger than the research candidate's (more trees), hence the slack.
@@ -40,6 +42,19 @@ FINAL_FIT_SLACK = 1.5
 # The final step never takes more than this share of what stage 2 has left (the rest is tuning:
 # the first family's first trial runs whatever the time). Measured finals took what the estimate said.
 MAX_RESERVE_SHARE = 0.8
+
+
+PROBE_REFERENCE_SECONDS = 0.3
+# The probe is noisy: a machine never counts as more than this many times faster than the reference.
+MIN_SPEED_FACTOR = 0.4
+
+
+def fixed_seconds(reference_seconds: float, probe_seconds: float | None) -> float:
+    """A fixed cost that takes ``reference_seconds`` where the probe takes PROBE_REFERENCE_SECONDS,
+    scaled to where it took ``probe_seconds`` (unchanged without a probe)."""
+    if probe_seconds is None or not math.isfinite(probe_seconds) or probe_seconds <= 0:
+        return reference_seconds
+    return reference_seconds * max(MIN_SPEED_FACTOR, probe_seconds / PROBE_REFERENCE_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,12 @@ class Step:
 # What a command takes after its stage returns (printing, worker pools and the interpreter shutting
 # down), which its own clock cannot see: each stage leaves this much of its plan unused.
 PROCESS_EXIT_SECONDS = 3.0
+
+
+# Stage 1's work after the candidates (the scorecard tables, the leaderboard chart, logging) where
+# the speed probe takes PROBE_REFERENCE_SECONDS: kept out of the candidates' time so the stage holds
+# to its plan.
+RESEARCH_TAIL_SECONDS = 1.0
 
 
 def research_plan(budget_seconds: float) -> float:
@@ -150,15 +171,17 @@ def sample_rows(probe: Probe, part_rows: int, cv_folds: int, seconds: float) -> 
     return low
 
 
-# The order candidates run their first rung in: usually cheapest first (a prior, not a
-# measurement), so that when stage 1's share runs out the candidates left unrun are the dear ones.
-COST_PRIOR = (
+# The order candidates run their first rung in (a prior, not a measurement): first the families
+# that are cheap and most often best on tabular data, then the other cheap ones, the dear ones last.
+# When stage 1's share runs out (a slow or busy machine, a large table), the candidates left unrun
+# are then the dear or rarely best ones, never every strong family.
+RUNG_PRIOR = (
+    "lightgbm",
+    "logistic_regression",
+    "hist_gradient_boosting",
     "dummy",
     "naive_bayes",
-    "logistic_regression",
     "decision_tree",
-    "lightgbm",
-    "hist_gradient_boosting",
     "woe_scorecard",
     "knn",
     "extra_trees",
@@ -168,8 +191,8 @@ COST_PRIOR = (
 
 def rung_order(families: Mapping[str, str]) -> list[str]:
     """Candidate names (``{name: family}``, in config order) in the order their first rungs run."""
-    rank = {family: position for position, family in enumerate(COST_PRIOR)}
-    return sorted(families, key=lambda name: rank.get(families[name], len(COST_PRIOR)))
+    rank = {family: position for position, family in enumerate(RUNG_PRIOR)}
+    return sorted(families, key=lambda name: rank.get(families[name], len(RUNG_PRIOR)))
 
 
 @dataclass(frozen=True)
@@ -251,15 +274,17 @@ def final_reserve(
     cv_folds: int,
     ensemble: bool,
     seconds_left: float,
+    overhead: float = FINAL_OVERHEAD_SECONDS,
 ) -> float:
-    """Seconds kept for the final step: refit (calibrated: ``cv_folds`` fits), test scoring, logging.
+    """Seconds kept for the final step: refit (calibrated: ``cv_folds`` fits), test scoring, and
+    ``overhead`` for the logging (``fixed_seconds(FINAL_OVERHEAD_SECONDS, probe)`` on this machine).
 
     A soft vote refits every tuned family, a single winner only itself; the winner is not known
     yet, so the dearest case is kept. Never more than ``MAX_RESERVE_SHARE`` of what is left.
     """
     fits = [full_fit_seconds(s, research_folds) for s in research_fold_seconds.values()]
     fit = (sum(fits) if ensemble else max(fits, default=0.0)) * cv_folds * FINAL_FIT_SLACK
-    return min(FINAL_OVERHEAD_SECONDS + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
+    return min(overhead + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
 
 
 def family_share(seconds_left: float, reserve: float, families_left: int) -> float:

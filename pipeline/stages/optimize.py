@@ -20,7 +20,7 @@ from sklearn.inspection import permutation_importance
 from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
-from pipeline import budget, plots, reasons, scorecard, stability, tuning
+from pipeline import budget, plots, reasons, scorecard, speed, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
@@ -241,6 +241,12 @@ def run(
                 keys.TAG_OPTUNA_SHARED: str(location.shared).lower(),
             },
         )
+        # The final step's logging, charts and tables, scaled to how fast this machine is now.
+        probe = speed.probe_seconds()
+        overhead = budget.fixed_seconds(budget.FINAL_OVERHEAD_SECONDS, probe)
+        runs.log_batch(
+            session, run_id, metrics={keys.METRIC_SPEED_PROBE: probe, keys.METRIC_FINAL_OVERHEAD: overhead}
+        )
         tuning_started_with = left()
         tuned: dict[str, FamilyOutcome] = {}
         family_steps: dict[str, budget.Step] = {}
@@ -253,6 +259,7 @@ def run(
                 settings.cv_folds,
                 settings.ensemble,
                 tuning_started_with,
+                overhead,
             )
 
         def trial_of(family: str) -> float:
@@ -445,7 +452,7 @@ def run(
             len(test_x),
             scoring_seconds,
             test_x.shape[1] * settings.permutation_repeats,
-            left() - budget.FINAL_OVERHEAD_SECONDS / 2,
+            left() - overhead / 2,
         )
         importance, importance_rows = _importance(
             final,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import pandas as pd
 from tqdm.auto import tqdm
 
-from pipeline import budget, plots, scorecard
+from pipeline import budget, plots, scorecard, speed
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.selection import (
@@ -87,6 +87,9 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                 **{f"removed_{k}": v for k, v in dataset.removed_rows.items()},
             },
         )
+        # The work after the candidates, scaled to how fast this machine is now.
+        probe = speed.probe_seconds()
+        tail = budget.fixed_seconds(budget.RESEARCH_TAIL_SECONDS, probe)
         child_ids: dict[str, str] = {}
         progress = tqdm(total=len(config.research.portfolio), desc="research", unit="candidate")
 
@@ -136,7 +139,8 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                     on_candidate=record,
                     # The share is for the stage's own work: the interpreter's start is the
                     # command's fixed cost (it still counts in the spent seconds and the total).
-                    seconds=planned - (time.monotonic() - entered),
+                    # What follows the candidates is kept out of it.
+                    seconds=planned - (time.monotonic() - entered) - tail,
                 )
             finally:
                 progress.close()
@@ -194,6 +198,7 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
             metrics={
                 keys.METRIC_BUDGET_PLANNED + keys.STAGE_RESEARCH: planned,
                 keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH: spent,
+                keys.METRIC_SPEED_PROBE: probe,
             },
             tags={keys.TAG_BUDGET_STOPPED + keys.STAGE_RESEARCH: "time"} if cut else None,
         )

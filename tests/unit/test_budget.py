@@ -88,6 +88,22 @@ def test_final_reserve_comes_from_measured_fit_times_and_is_bounded():
         20 * budget.MAX_RESERVE_SHARE
     )
     assert budget.final_reserve({}, 5, 5, True, seconds_left=-5) == 0
+    # The logging part is what the caller measured for this machine.
+    assert budget.final_reserve(fold, 5, 5, False, 1_000, overhead=4.0) == pytest.approx(
+        single - budget.FINAL_OVERHEAD_SECONDS + 4.0
+    )
+
+
+def test_fixed_seconds_scale_with_the_speed_probe_within_bounds():
+    reference = budget.PROBE_REFERENCE_SECONDS
+    assert budget.fixed_seconds(10.0, reference) == pytest.approx(10.0)
+    assert budget.fixed_seconds(10.0, 2.5 * reference) == pytest.approx(25.0)  # a slower or busier machine
+    assert budget.fixed_seconds(10.0, 0.5 * reference) == pytest.approx(5.0)
+    # One lucky probe never makes the machine look faster than the floor.
+    assert budget.fixed_seconds(10.0, 0.01 * reference) == pytest.approx(10.0 * budget.MIN_SPEED_FACTOR)
+    # No usable probe: the reference figure.
+    for unusable in (None, 0.0, float("nan"), float("inf")):
+        assert budget.fixed_seconds(10.0, unusable) == 10.0
 
 
 @pytest.mark.parametrize(
@@ -176,3 +192,20 @@ def test_two_probes_tell_a_fixed_cost_from_one_that_grows_with_the_rows():
     noisy = budget.probe_from_fits("lightgbm", 500, 0.5, 2_000, 0.4, 0.0)
     assert noisy.fixed_seconds == pytest.approx(0.4 * (1 - budget.MIN_GROWING_SHARE))
     assert noisy.fold_seconds(2_500, 5) == pytest.approx(0.4)  # at the probe's own size: its time
+
+
+def test_rung_order_runs_the_cheap_strong_families_first_and_the_dear_ones_last():
+    families = {
+        "forest": "random_forest",
+        "mine": "my_family",
+        "gbm": "lightgbm",
+        "baseline": "dummy",
+        "linear": "logistic_regression",
+        "neighbours": "knn",
+    }
+    order = budget.rung_order(families)
+    assert order[:2] == ["gbm", "linear"]
+    assert order.index("baseline") < order.index("neighbours") < order.index("forest")
+    assert order[-1] == "mine"  # a family the prior does not know runs last
+    # Stable: candidates of one family keep their config order.
+    assert budget.rung_order({"b": "lightgbm", "a": "lightgbm"}) == ["b", "a"]
