@@ -36,8 +36,9 @@ FAIR_SHARE_SLACK = 2.0
 # probe (pipeline.speed) takes PROBE_REFERENCE_SECONDS; on another machine, or the same one busier,
 # it is scaled by what the probe takes there (fixed_seconds) ...
 FINAL_OVERHEAD_SECONDS = 15.0
-# ... plus the refit (a calibrated refit is cv_folds fits) of the tuned parameters, which may be
-# larger than the research candidate's (more trees), hence the slack.
+# ... plus the refit (one fit on every training row: a calibrator is fitted on the tuned folds'
+# scores) of the tuned parameters, which may be larger than the research candidate's (more trees),
+# hence the slack.
 FINAL_FIT_SLACK = 1.5
 # The final step never takes more than this share of what stage 2 has left (the rest is tuning:
 # the first family's first trial runs whatever the time). Measured finals took what the estimate said.
@@ -271,19 +272,18 @@ def fold_seconds_from_trials(
 def final_reserve(
     research_fold_seconds: Mapping[str, float],
     research_folds: int,
-    cv_folds: int,
     ensemble: bool,
     seconds_left: float,
     overhead: float = FINAL_OVERHEAD_SECONDS,
 ) -> float:
-    """Seconds kept for the final step: refit (calibrated: ``cv_folds`` fits), test scoring, and
+    """Seconds kept for the final step: the refit (one fit, calibrated or not), test scoring, and
     ``overhead`` for the logging (``fixed_seconds(FINAL_OVERHEAD_SECONDS, probe)`` on this machine).
 
     A soft vote refits every tuned family, a single winner only itself; the winner is not known
     yet, so the dearest case is kept. Never more than ``MAX_RESERVE_SHARE`` of what is left.
     """
     fits = [full_fit_seconds(s, research_folds) for s in research_fold_seconds.values()]
-    fit = (sum(fits) if ensemble else max(fits, default=0.0)) * cv_folds * FINAL_FIT_SLACK
+    fit = (sum(fits) if ensemble else max(fits, default=0.0)) * FINAL_FIT_SLACK
     return min(overhead + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
 
 

@@ -8,7 +8,8 @@ Each method is judged out of fold, on the same folds as the model: for every fol
 is fitted on the out-of-fold scores of the *other* folds and applied to this fold's scores. That
 mirrors the final ``CalibratedClassifierCV(cv=folds)``, whose calibrators are fitted on held-out
 fold predictions too, and costs no extra model fits (a nested refit per method took ~45 s on
-the default data and 2 cores, a third of the stage's budget).
+the default data and 2 cores, a third of the stage's budget). The final model's calibrator is
+fitted on those same out-of-fold scores (:func:`fit_on_scores`): one refit, not one per fold.
 """
 
 from __future__ import annotations
@@ -86,6 +87,39 @@ def calibrated(estimator, method: str, n_folds: int, seed: int) -> CalibratedCla
         cv=StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed),
         ensemble=False,
     )
+
+
+def fit_on_scores(
+    model: CalibratedClassifierCV, features: pd.DataFrame, target: pd.Series, oof_scores: np.ndarray
+) -> CalibratedClassifierCV:
+    """Fit ``model`` (from :func:`calibrated`) without its cross-validation: its estimator once on
+    every row, its calibrator on ``oof_scores``, the out-of-fold scores the tuning already measured.
+
+    ``model.fit`` would fit the folds again (``n_folds`` fits) only to get those scores; on the same
+    folds it builds this very model. Assembled from scikit-learn's own parts (``_CalibratedClassifier``
+    and its calibrators), so it scores, stores and loads like a fitted one.
+    """
+    from sklearn.base import clone
+    from sklearn.calibration import _CalibratedClassifier
+    from sklearn.preprocessing import LabelEncoder
+
+    if model.method not in {"isotonic", "sigmoid"}:
+        raise ValueError(f"unknown calibration method {model.method!r}")
+    classes = LabelEncoder().fit(target).classes_
+    fitted = clone(model.estimator).fit(features, target)
+    # What CalibratedClassifierCV fits on the positive class's scores (binary: one calibrator).
+    calibrator = (
+        IsotonicRegression(out_of_bounds="clip") if model.method == "isotonic" else _SigmoidCalibration()
+    )
+    calibrator.fit(np.asarray(oof_scores, dtype=float), (np.asarray(target) == classes[-1]).astype(float))
+    model.classes_ = classes
+    model.calibrated_classifiers_ = [
+        _CalibratedClassifier(fitted, [calibrator], method=model.method, classes=classes)
+    ]
+    for attribute in ("n_features_in_", "feature_names_in_"):
+        if hasattr(fitted, attribute):
+            setattr(model, attribute, getattr(fitted, attribute))
+    return model
 
 
 def _calibrator(method: str):

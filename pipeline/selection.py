@@ -19,7 +19,7 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from pipeline import budget, scorecard, tuning
-from pipeline.calibration import CalibrationChoice, calibrated, select_calibration
+from pipeline.calibration import CalibrationChoice, calibrated, fit_on_scores, select_calibration
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
 from pipeline.models import (
@@ -570,10 +570,9 @@ def fit_final(
         uncalibrated=uncalibrated,
         max_auc_loss=settings.calibration_max_auc_loss,
     )
-    final = (
-        estimator
-        if choice.method == "none"
-        else calibrated(estimator, choice.method, settings.cv_folds, config.seed)
-    )
-    final.fit(train_x, train_y)
-    return final, choice
+    if choice.method == "none":
+        return estimator.fit(train_x, train_y), choice
+    final = calibrated(estimator, choice.method, settings.cv_folds, config.seed)
+    if np.isfinite(uncalibrated.oof_scores).all():  # the folds' scores are there: one refit
+        return fit_on_scores(final, train_x, train_y, uncalibrated.oof_scores), choice
+    return final.fit(train_x, train_y), choice

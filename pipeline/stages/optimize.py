@@ -256,7 +256,6 @@ def run(
             return budget.final_reserve(
                 {f: fold_seconds.get(f, 0.0) for f in final_families},
                 research_folds,
-                settings.cv_folds,
                 settings.ensemble,
                 tuning_started_with,
                 overhead,

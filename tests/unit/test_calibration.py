@@ -122,3 +122,39 @@ def test_cross_calibration_never_uses_a_folds_own_labels():
         np.testing.assert_array_equal(before[first_valid], after[first_valid])
         assert not np.array_equal(before, after)
         assert ((before >= 0) & (before <= 1)).all()
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+def test_fitting_on_the_tuned_folds_scores_builds_the_model_a_full_fit_on_those_folds_would(
+    redundant_data, method, tmp_path
+):
+    import skops.io
+    from sklearn.model_selection import cross_val_predict
+
+    from pipeline.calibration import fit_on_scores
+    from pipeline.models import TRUSTED_TYPES
+
+    features, target, splits = redundant_data
+    oof = cross_val_predict(GaussianNB(), features, target, cv=splits, method="predict_proba")[:, 1]
+    quick = fit_on_scores(calibrated(GaussianNB(), method, n_folds=3, seed=0), features, target, oof)
+    # scikit-learn's own: the folds fitted again for the same out-of-fold scores.
+    full = CalibratedClassifierCV(GaussianNB(), method=method, cv=splits, ensemble=False).fit(
+        features, target
+    )
+    np.testing.assert_allclose(quick.predict_proba(features), full.predict_proba(features))
+    np.testing.assert_array_equal(quick.predict(features), full.predict(features))
+    assert list(quick.feature_names_in_) == list(features.columns) and quick.n_features_in_ == 9
+    # Its parameters are calibrated()'s, and it stores and loads with the trusted types like a fitted one.
+    assert quick.get_params()["cv"].n_splits == 3
+    skops.io.dump(quick, tmp_path / "model.skops")
+    loaded = skops.io.load(tmp_path / "model.skops", trusted=list(TRUSTED_TYPES))
+    np.testing.assert_array_equal(loaded.predict_proba(features), quick.predict_proba(features))
+
+
+def test_fitting_on_scores_refuses_an_unknown_method(redundant_data):
+    from pipeline.calibration import fit_on_scores
+
+    features, target, _ = redundant_data
+    model = CalibratedClassifierCV(GaussianNB(), method="temperature")
+    with pytest.raises(ValueError, match="unknown calibration method"):
+        fit_on_scores(model, features, target, np.full(len(target), 0.5))
