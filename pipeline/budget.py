@@ -35,7 +35,7 @@ FAIR_SHARE_SLACK = 2.0
 # The final step's fixed part (the logged model, charts, tables, reason codes) where the speed
 # probe (pipeline.speed) takes PROBE_REFERENCE_SECONDS; on another machine, or the same one busier,
 # it is scaled by what the probe takes there (fixed_seconds) ...
-FINAL_OVERHEAD_SECONDS = 15.0
+FINAL_OVERHEAD_SECONDS = 12.0
 # ... plus the refit (one fit on every training row: a calibrator is fitted on the tuned folds'
 # scores) of the tuned parameters, which may be larger than the research candidate's (more trees),
 # hence the slack.
@@ -287,9 +287,51 @@ def final_reserve(
     return min(overhead + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
 
 
-def family_share(seconds_left: float, reserve: float, families_left: int) -> float:
-    """A tuned family's share: what is left after the reserve, split evenly over the families left."""
-    return max(0.0, seconds_left - reserve) / max(1, families_left)
+# A family whose research ROC AUC trails the leader's by more than this many standard errors of the
+# difference is unlikely to catch up by tuning: it gets this fraction of a leading family's share
+# (still tuned, for the soft vote and in case), and the leaders get the rest. Within that many
+# standard errors the research cannot tell them apart, and they share evenly.
+TRAILING_STANDARD_ERRORS = 2.0
+TRAILING_WEIGHT = 0.25
+# Per-fold ROC AUC spread is never taken as below this (two folds can agree by chance).
+MIN_FOLD_STD = 0.005
+
+
+@dataclass(frozen=True)
+class FamilyScore:
+    """A family's best research candidate: mean and standard deviation of its per-fold ROC AUC."""
+
+    roc_auc: float
+    std: float
+    folds: int
+
+    @property
+    def standard_error(self) -> float:
+        std = self.std if math.isfinite(self.std) else 0.0  # one fold has no spread
+        return max(std, MIN_FOLD_STD) / math.sqrt(max(1, self.folds))
+
+
+def family_weights(families: Sequence[str], scores: Mapping[str, FamilyScore]) -> dict[str, float]:
+    """Each tuned family's weight in the split of stage 2's time: 1 for the leader and the families
+    research cannot tell from it, ``TRAILING_WEIGHT`` for those clearly behind. Every family weighs
+    1 when a score is missing (a research run from before these were recorded)."""
+    if not families or any(f not in scores or not math.isfinite(scores[f].roc_auc) for f in families):
+        return {f: 1.0 for f in families}
+    leader = max(families, key=lambda f: scores[f].roc_auc)
+    best = scores[leader]
+    weights = {}
+    for family in families:
+        score = scores[family]
+        spread = math.hypot(best.standard_error, score.standard_error)
+        behind = (best.roc_auc - score.roc_auc) > TRAILING_STANDARD_ERRORS * spread
+        weights[family] = TRAILING_WEIGHT if behind else 1.0
+    return weights
+
+
+def family_share(seconds_left: float, reserve: float, weight: float, weights_left: float) -> float:
+    """A tuned family's share: what is left after the reserve, split over the families left by weight
+    (``weights_left``: their weights' sum, this family's included)."""
+    return max(0.0, seconds_left - reserve) * weight / max(weight, weights_left, 1e-9)
 
 
 def skip_family(share: float, predicted_trial: float, first: bool) -> str | None:

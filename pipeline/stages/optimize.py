@@ -291,10 +291,15 @@ def run(
                 keys.BUDGET_STOPPED_TIME if outcome.cut_short else "",
             )
 
+        # The leaders by research get the most time; a family clearly behind, a smaller share.
+        weights = budget.family_weights(families, handover.family_scores(research_run))
+        logger.info("tuning shares by weight: %s", ", ".join(f"{f} {w:g}" for f, w in weights.items()))
         for position, family in enumerate(families):
             # The final step refits what may be in it: the families tuned and those still to come.
             reserve = reserve_with([*tuned, *families[position:]])
-            share = budget.family_share(left(), reserve, len(families) - position)
+            share = budget.family_share(
+                left(), reserve, weights[family], sum(weights[f] for f in families[position:])
+            )
             trial = trial_of(family)
             skipped = budget.skip_family(share, trial, first=not tuned)
             if skipped:

@@ -35,6 +35,19 @@ from pipeline.tracking import keys, runs
 logger = logging.getLogger(__name__)
 
 
+def family_scores(leaderboard: pd.DataFrame, families: list[str]) -> dict[str, list[float]]:
+    """Per ranked family, its best candidate's mean and std of per-fold ROC AUC and its folds."""
+    scores = {}
+    for family in families:
+        best = leaderboard[leaderboard["family"] == family].iloc[0]  # the leaderboard is ranked
+        scores[family] = [
+            float(best[keys.METRIC_CV_ROC_AUC_MEAN]),
+            float(best["cv_roc_auc_std"]),
+            int(best["folds"]),
+        ]
+    return scores
+
+
 @dataclass(frozen=True)
 class ResearchResult:
     run_id: str
@@ -174,6 +187,7 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                 keys.TAG_BEST_CANDIDATE: best["candidate"],
                 keys.TAG_FOLD_SECONDS: json.dumps(fold_seconds),
                 keys.TAG_FAMILY_ROWS: json.dumps(family_rows),
+                keys.TAG_FAMILY_SCORES: json.dumps(family_scores(leaderboard, families)),
                 keys.TAG_LEFT_OUT_CANDIDATES: json.dumps(
                     left_out_candidates(config, len(split.train_index)), sort_keys=True
                 ),

@@ -90,6 +90,18 @@ def research_budget(research_run, config: PipelineConfig) -> tuple[budget.Step, 
     return budget.Step(keys.STAGE_RESEARCH, planned, spent, stopped), fold_seconds, folds_used
 
 
+def family_scores(research_run) -> dict[str, budget.FamilyScore]:
+    """Each family's best research score (none from a research run that did not record them)."""
+    try:
+        recorded = json.loads(research_run.data.tags[keys.TAG_FAMILY_SCORES])
+        return {
+            str(family): budget.FamilyScore(float(auc), float(std), int(folds))
+            for family, (auc, std, folds) in recorded.items()
+        }
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return {}
+
+
 def family_rows(research_run) -> dict[str, int]:
     """Rows of the training part each sampled family was cross-validated on (none: every row)."""
     try:

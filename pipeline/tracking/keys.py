@@ -69,6 +69,7 @@ TAG_FOLD_SECONDS = "research.fold_seconds"
 # On the research run: JSON {family: rows} for a family cross-validated on a sample of the training
 # part (too slow for its share on every row); stage 2 tunes and refits it on the same sample.
 TAG_FAMILY_ROWS = "research.family_rows"
+TAG_FAMILY_SCORES = "research.family_scores"  # {family: [cv ROC AUC, its std, folds]} of its best candidate
 
 # --- The time budget (pipeline.budget): metrics prefix + step, on the research and optimize runs ------
 PARAM_BUDGET_SECONDS = "budget_seconds"

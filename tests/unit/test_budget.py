@@ -108,11 +108,43 @@ def test_fixed_seconds_scale_with_the_speed_probe_within_bounds():
 
 
 @pytest.mark.parametrize(
-    ("left", "reserve", "families", "share"),
-    [(100, 10, 3, 30), (100, 10, 1, 90), (5, 10, 2, 0), (-3, 0, 2, 0)],
+    ("left", "reserve", "weight", "weights_left", "share"),
+    [
+        (100, 10, 1, 3, 30),  # three families of one weight: even shares
+        (100, 10, 1, 1, 90),  # the last family: everything after the reserve
+        (100, 10, 1, 1.5, 60),  # a leader beside two trailing families (0.25 each)
+        (100, 10, 0.25, 0.5, 45),  # the last two trailing ones share what the leader left
+        (5, 10, 1, 2, 0),
+        (-3, 0, 1, 2, 0),
+    ],
 )
-def test_each_family_gets_an_even_share_of_what_is_left_after_the_reserve(left, reserve, families, share):
-    assert budget.family_share(left, reserve, families) == pytest.approx(share)
+def test_each_family_gets_its_weighted_share_of_what_is_left_after_the_reserve(
+    left, reserve, weight, weights_left, share
+):
+    assert budget.family_share(left, reserve, weight, weights_left) == pytest.approx(share)
+
+
+def test_families_clearly_behind_the_leader_get_a_smaller_weight_those_within_noise_do_not():
+    scores = {
+        "lightgbm": budget.FamilyScore(0.941, 0.003, 5),
+        "hist_gradient_boosting": budget.FamilyScore(0.939, 0.004, 5),  # within noise of the leader
+        "logistic_regression": budget.FamilyScore(0.867, 0.004, 5),  # far behind
+    }
+    weights = budget.family_weights(list(scores), scores)
+    assert weights == {
+        "lightgbm": 1.0,
+        "hist_gradient_boosting": 1.0,
+        "logistic_regression": budget.TRAILING_WEIGHT,
+    }
+    # Small data: folds disagree by a couple of points, and a 0.01 gap says nothing.
+    noisy = {"a": budget.FamilyScore(0.79, 0.03, 5), "b": budget.FamilyScore(0.78, 0.03, 5)}
+    assert budget.family_weights(["a", "b"], noisy) == {"a": 1.0, "b": 1.0}
+    # Two folds that happen to agree, or one fold (no spread): the floor on the spread applies.
+    lucky = {"a": budget.FamilyScore(0.80, 0.0, 2), "b": budget.FamilyScore(0.795, float("nan"), 1)}
+    assert budget.family_weights(["a", "b"], lucky) == {"a": 1.0, "b": 1.0}
+    # A research run without the scores (or a family without one): even weights, as before.
+    assert budget.family_weights(["a", "c"], lucky) == {"a": 1.0, "c": 1.0}
+    assert budget.family_weights([], {}) == {}
 
 
 def test_a_family_whose_one_trial_cannot_fit_is_skipped_unless_it_is_the_first():

@@ -32,6 +32,15 @@ def check_landed(uri: str, result: research.ResearchResult, n_candidates: int) -
     assert 0 < planned < float(parent.data.params[keys.PARAM_BUDGET_SECONDS])
     assert parent.data.metrics[keys.METRIC_BUDGET_SPENT + keys.STAGE_RESEARCH] > 0
     assert set(json.loads(parent.data.tags[keys.TAG_FOLD_SECONDS])) >= set(ranked)
+    # Each ranked family's best score, which splits stage 2's time: the leaderboard's own figures.
+    scores = json.loads(parent.data.tags[keys.TAG_FAMILY_SCORES])
+    assert list(scores) == ranked
+    board = result.leaderboard
+    for family, (auc, std, folds) in scores.items():
+        best = board[board["family"] == family].iloc[0]
+        assert auc == pytest.approx(best["cv_roc_auc_mean"]) and folds == best["folds"]
+        assert std == pytest.approx(best["cv_roc_auc_std"], nan_ok=True)
+    assert parent.data.metrics[keys.METRIC_SPEED_PROBE] > 0
     contexts = sorted(
         next(t.value for t in d.tags if t.key == "mlflow.data.context") for d in parent.inputs.dataset_inputs
     )

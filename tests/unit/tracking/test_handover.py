@@ -39,3 +39,12 @@ def test_a_research_run_from_before_the_budget_counts_its_duration():
     step, fold_seconds, _ = handover.research_budget(research_run({}, {}), config)
     assert step.spent == pytest.approx(30.0) and step.planned == budget.research_plan(100)
     assert fold_seconds == {}
+
+
+def test_stage_2_reads_each_familys_research_score_and_none_from_an_older_run():
+    recorded = {"lightgbm": [0.94, 0.003, 5], "logistic_regression": [0.87, float("nan"), 1]}
+    scores = handover.family_scores(research_run({}, {keys.TAG_FAMILY_SCORES: json.dumps(recorded)}))
+    assert scores["lightgbm"] == budget.FamilyScore(0.94, 0.003, 5)
+    assert scores["logistic_regression"].folds == 1
+    assert handover.family_scores(research_run({}, {})) == {}
+    assert handover.family_scores(research_run({}, {keys.TAG_FAMILY_SCORES: "not json"})) == {}
