@@ -107,11 +107,14 @@ def fit_on_scores(
         raise ValueError(f"unknown calibration method {model.method!r}")
     classes = LabelEncoder().fit(target).classes_
     fitted = clone(model.estimator).fit(features, target)
+    scores = _calibration_inputs(fitted, features, np.asarray(oof_scores, dtype=float))
+    if scores is None:  # not what the calibrator would see: the folds are fitted again after all
+        return model.fit(features, target)
     # What CalibratedClassifierCV fits on the positive class's scores (binary: one calibrator).
     calibrator = (
         IsotonicRegression(out_of_bounds="clip") if model.method == "isotonic" else _SigmoidCalibration()
     )
-    calibrator.fit(np.asarray(oof_scores, dtype=float), (np.asarray(target) == classes[-1]).astype(float))
+    calibrator.fit(scores, (np.asarray(target) == classes[-1]).astype(float))
     model.classes_ = classes
     model.calibrated_classifiers_ = [
         _CalibratedClassifier(fitted, [calibrator], method=model.method, classes=classes)
@@ -120,6 +123,31 @@ def fit_on_scores(
         if hasattr(fitted, attribute):
             setattr(model, attribute, getattr(fitted, attribute))
     return model
+
+
+# Probabilities this close to 0 or 1 have no finite log-odds to compare with a decision function.
+_EXTREME = 1e-12
+_CHECK_ROWS = 256
+
+
+def _calibration_inputs(fitted, features: pd.DataFrame, probabilities: np.ndarray) -> np.ndarray | None:
+    """The out-of-fold scores as CalibratedClassifierCV's calibrator sees them: its ``decision_function``
+    where the model has one (LightGBM, logistic regression), else the positive class's probability.
+    That decision function must be the probabilities' log-odds (checked on a few rows): None when it
+    is something else, which the probabilities cannot stand in for."""
+    if not hasattr(fitted, "decision_function"):
+        return probabilities
+    sample = features.iloc[:_CHECK_ROWS]
+    decision = np.asarray(fitted.decision_function(sample), dtype=float)
+    proba = np.asarray(fitted.predict_proba(sample), dtype=float)[:, -1]
+    inner = (proba > _EXTREME) & (proba < 1 - _EXTREME)
+    if decision.shape != proba.shape or not np.allclose(decision[inner], _log_odds(proba[inner]), atol=1e-6):
+        return None
+    return _log_odds(np.clip(probabilities, _EXTREME, 1 - _EXTREME))
+
+
+def _log_odds(probability: np.ndarray) -> np.ndarray:
+    return np.log(probability) - np.log1p(-probability)
 
 
 def _calibrator(method: str):

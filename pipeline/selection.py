@@ -348,6 +348,19 @@ def fitted_scorecards(
     return fitted
 
 
+def family_scores(leaderboard: pd.DataFrame, families: list[str]) -> dict[str, list[float]]:
+    """Per ranked family, its best candidate's mean and std of per-fold ROC AUC and its folds."""
+    scores = {}
+    for family in families:
+        best = leaderboard[leaderboard["family"] == family].iloc[0]  # the leaderboard is ranked
+        scores[family] = [
+            float(best[RANK_METRIC]),
+            float(best["cv_roc_auc_std"]),
+            int(best["folds"]),
+        ]
+    return scores
+
+
 def ranked_families(leaderboard: pd.DataFrame) -> list[str]:
     """Families in leaderboard order, each once, baselines and skipped candidates left out."""
     kept = ~leaderboard["family"].isin(BASELINE_FAMILIES) & (leaderboard["status"] != STATUS_SKIPPED)

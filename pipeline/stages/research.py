@@ -24,6 +24,7 @@ from pipeline.selection import (
     STATUS_SKIPPED,
     CandidateOutcome,
     evaluate_portfolio,
+    family_scores,
     fitted_scorecards,
     leaderboard_frame,
     left_out_candidates,
@@ -33,19 +34,6 @@ from pipeline.selection import (
 from pipeline.tracking import keys, runs
 
 logger = logging.getLogger(__name__)
-
-
-def family_scores(leaderboard: pd.DataFrame, families: list[str]) -> dict[str, list[float]]:
-    """Per ranked family, its best candidate's mean and std of per-fold ROC AUC and its folds."""
-    scores = {}
-    for family in families:
-        best = leaderboard[leaderboard["family"] == family].iloc[0]  # the leaderboard is ranked
-        scores[family] = [
-            float(best[keys.METRIC_CV_ROC_AUC_MEAN]),
-            float(best["cv_roc_auc_std"]),
-            int(best["folds"]),
-        ]
-    return scores
 
 
 @dataclass(frozen=True)

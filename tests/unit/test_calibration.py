@@ -124,28 +124,56 @@ def test_cross_calibration_never_uses_a_folds_own_labels():
         assert ((before >= 0) & (before <= 1)).all()
 
 
+class _DoubledMargin(LogisticRegression):
+    """A decision function that is not its probabilities' log-odds."""
+
+    def decision_function(self, X):
+        return 2.0 * super().decision_function(X)
+
+
+def _lightgbm():
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=30, num_leaves=7, random_state=0, verbose=-1)
+
+
 @pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+@pytest.mark.parametrize(
+    "make",
+    [GaussianNB, lambda: LogisticRegression(max_iter=1000), _lightgbm, lambda: _DoubledMargin(max_iter=1000)],
+    ids=["probabilities", "log-odds", "lightgbm", "other-decision-function"],
+)
 def test_fitting_on_the_tuned_folds_scores_builds_the_model_a_full_fit_on_those_folds_would(
-    redundant_data, method, tmp_path
+    redundant_data, method, make
 ):
-    import skops.io
+    """The calibrator sees what scikit-learn's would: a decision function where the model has one
+    (log-odds of the out-of-fold probabilities), else the probabilities; when the decision function
+    is something else, the folds are fitted again."""
     from sklearn.model_selection import cross_val_predict
+
+    from pipeline.calibration import fit_on_scores
+
+    features, target, splits = redundant_data
+    oof = cross_val_predict(make(), features, target, cv=splits, method="predict_proba")[:, 1]
+    quick = fit_on_scores(calibrated(make(), method, n_folds=3, seed=0), features, target, oof)
+    # scikit-learn's own: the folds fitted again for the same out-of-fold scores.
+    full = CalibratedClassifierCV(make(), method=method, cv=splits, ensemble=False).fit(features, target)
+    np.testing.assert_allclose(quick.predict_proba(features), full.predict_proba(features), atol=1e-9)
+    np.testing.assert_array_equal(quick.predict(features), full.predict(features))
+    assert list(quick.feature_names_in_) == list(features.columns) and quick.n_features_in_ == 9
+    assert quick.get_params()["cv"].n_splits == 3  # calibrated()'s parameters
+
+
+def test_a_model_fitted_on_scores_stores_and_loads_with_the_trusted_types(redundant_data, tmp_path):
+    import skops.io
 
     from pipeline.calibration import fit_on_scores
     from pipeline.models import TRUSTED_TYPES
 
-    features, target, splits = redundant_data
-    oof = cross_val_predict(GaussianNB(), features, target, cv=splits, method="predict_proba")[:, 1]
-    quick = fit_on_scores(calibrated(GaussianNB(), method, n_folds=3, seed=0), features, target, oof)
-    # scikit-learn's own: the folds fitted again for the same out-of-fold scores.
-    full = CalibratedClassifierCV(GaussianNB(), method=method, cv=splits, ensemble=False).fit(
-        features, target
-    )
-    np.testing.assert_allclose(quick.predict_proba(features), full.predict_proba(features))
-    np.testing.assert_array_equal(quick.predict(features), full.predict(features))
-    assert list(quick.feature_names_in_) == list(features.columns) and quick.n_features_in_ == 9
-    # Its parameters are calibrated()'s, and it stores and loads with the trusted types like a fitted one.
-    assert quick.get_params()["cv"].n_splits == 3
+    features, target, _ = redundant_data
+    oof = np.full(len(target), 0.3)
+    oof[target.to_numpy() == 1] = 0.6
+    quick = fit_on_scores(calibrated(_lightgbm(), "isotonic", n_folds=3, seed=0), features, target, oof)
     skops.io.dump(quick, tmp_path / "model.skops")
     loaded = skops.io.load(tmp_path / "model.skops", trusted=list(TRUSTED_TYPES))
     np.testing.assert_array_equal(loaded.predict_proba(features), quick.predict_proba(features))
