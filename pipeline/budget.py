@@ -360,11 +360,43 @@ MIN_IMPORTANCE_ROWS = 200
 MAX_IMPORTANCE_ROWS = 5_000
 
 
-def importance_rows(n_rows: int, scoring_seconds: float, predictions: int, seconds_left: float) -> int:
-    """Test rows permutation importance can use: ``predictions`` scorings of them fit ``seconds_left``."""
-    per_row = scoring_seconds / max(1, n_rows)
-    affordable = max(0.0, seconds_left) / max(1e-9, per_row * predictions)
-    return int(min(n_rows, MAX_IMPORTANCE_ROWS, max(MIN_IMPORTANCE_ROWS, affordable)))
+@dataclass(frozen=True)
+class ScoringCost:
+    """Seconds of one scoring call as a fixed part and a part per row, from two timed calls (a few
+    rows and many): a forest's or a vote's call has a fixed cost that fewer rows do not remove."""
+
+    fixed: float
+    per_row: float
+
+    @classmethod
+    def from_calls(cls, small_rows: int, small_seconds: float, rows: int, seconds: float) -> ScoringCost:
+        if rows <= small_rows:  # one size measured: all of it counts as fixed
+            return cls(max(small_seconds, seconds), 0.0)
+        per_row = max(0.0, seconds - small_seconds) / (rows - small_rows)
+        return cls(max(0.0, small_seconds - per_row * small_rows), per_row)
+
+    def seconds(self, rows: int) -> float:
+        return self.fixed + self.per_row * rows
+
+
+def importance_plan(
+    cost: ScoringCost, n_rows: int, n_features: int, repeats: int, seconds_left: float
+) -> tuple[int, int]:
+    """Test rows and repeats for permutation importance (``n_features * repeats`` scorings) that fit
+    ``seconds_left``: as many rows as fit (at least ``MIN_IMPORTANCE_ROWS``, at most
+    ``MAX_IMPORTANCE_ROWS``); when even those do not fit, fewer repeats (at least one)."""
+    floor = min(n_rows, MIN_IMPORTANCE_ROWS)
+    ceiling = min(n_rows, MAX_IMPORTANCE_ROWS)
+    scorings = max(1, n_features * repeats)
+    per_scoring = max(0.0, seconds_left) / scorings
+    if cost.per_row > 0:
+        affordable = (per_scoring - cost.fixed) / cost.per_row
+    else:
+        affordable = ceiling if cost.fixed <= per_scoring else 0
+    if affordable >= floor:
+        return int(min(ceiling, affordable)), repeats
+    fitting = int(max(0.0, seconds_left) // max(1e-9, n_features * cost.seconds(floor)))
+    return floor, max(1, min(repeats, fitting))
 
 
 def process_started() -> float:

@@ -452,22 +452,34 @@ def run(
 
         # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
         # time left allows (every permutation scores them once more), at most optimize.report_max_rows.
-        rows = budget.importance_rows(
-            len(test_x),
-            scoring_seconds,
-            test_x.shape[1] * settings.permutation_repeats,
-            left() - overhead / 2,
+        # A call on a few rows too: what a scoring call costs whatever its rows.
+        few = min(len(test_x), budget.MIN_IMPORTANCE_ROWS)
+        few_started = time.monotonic()
+        positive_scores(final, test_x.iloc[:few])
+        few_seconds = time.monotonic() - few_started
+        cost = budget.ScoringCost.from_calls(few, few_seconds, len(test_x), scoring_seconds)
+        rows, repeats = budget.importance_plan(
+            cost, len(test_x), test_x.shape[1], settings.permutation_repeats, left() - overhead / 2
         )
+        if repeats < settings.permutation_repeats:
+            logger.warning(
+                "permutation importance with %d of %d repeats (optimize.permutation_repeats): the time left "
+                "allows no more",
+                repeats,
+                settings.permutation_repeats,
+            )
         importance, importance_rows = _importance(
             final,
             test_x,
             pd.Series(test_y),
-            settings.permutation_repeats,
+            repeats,
             config.seed,
             min(rows, settings.report_max_rows),
         )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
-        runs.log_batch(session, run_id, metrics={"importance_rows": importance_rows})
+        runs.log_batch(
+            session, run_id, metrics={"importance_rows": importance_rows, "importance_repeats": repeats}
+        )
         rejected = test_x[test_scores >= threshold]
         rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
         _log_explanations(config, session, run_id, final, metadata, rejected)

@@ -172,11 +172,28 @@ def test_planned_against_spent():
 
 
 def test_importance_rows_fit_the_time_left_within_bounds():
-    # 0.1 s to score 1,000 rows; 60 permutations: 6 s for all of them.
-    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=100) == 1_000
-    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=3) == 500
-    assert budget.importance_rows(1_000, 0.1, 60, seconds_left=-1) == budget.MIN_IMPORTANCE_ROWS
-    assert budget.importance_rows(10**6, 1.0, 60, seconds_left=10**6) == budget.MAX_IMPORTANCE_ROWS
+    # 0.1 s to score 1,000 rows, nothing fixed; 20 features, 3 repeats: 6 s for all of them.
+    cost = budget.ScoringCost.from_calls(200, 0.02, 1_000, 0.1)
+    assert cost.fixed == pytest.approx(0.0) and cost.per_row == pytest.approx(1e-4)
+    assert budget.importance_plan(cost, 1_000, 20, 3, seconds_left=100) == (1_000, 3)
+    assert budget.importance_plan(cost, 1_000, 20, 3, seconds_left=3) == (500, 3)
+    assert budget.importance_plan(cost, 10**6, 20, 3, seconds_left=10**6) == (budget.MAX_IMPORTANCE_ROWS, 3)
+    # No time at all: the fewest rows, one repeat (the importance is still reported).
+    assert budget.importance_plan(cost, 1_000, 20, 3, seconds_left=-1) == (budget.MIN_IMPORTANCE_ROWS, 1)
+
+
+def test_a_scoring_calls_fixed_cost_takes_repeats_not_just_rows():
+    # A vote of forests: 0.23 s a call on 200 rows or 250 (the trees' fixed cost), 20 features.
+    cost = budget.ScoringCost.from_calls(200, 0.22, 250, 0.23)
+    assert cost.fixed == pytest.approx(0.18) and cost.seconds(200) == pytest.approx(0.22)
+    # 3 repeats would be 13 s; 6 s left: fewer rows would not help, one repeat fits.
+    assert budget.importance_plan(cost, 250, 20, 3, seconds_left=6) == (200, 1)
+    assert budget.importance_plan(cost, 250, 20, 3, seconds_left=9) == (200, 2)
+    assert budget.importance_plan(cost, 250, 20, 3, seconds_left=60) == (250, 3)
+    # One size measured (a test part of fewer rows than the few): all of it is fixed.
+    small = budget.ScoringCost.from_calls(200, 0.05, 120, 0.04)
+    assert small == budget.ScoringCost(0.05, 0.0)
+    assert budget.importance_plan(small, 120, 10, 3, seconds_left=1.0) == (120, 2)
 
 
 def test_the_process_started_before_now():
