@@ -287,11 +287,12 @@ def final_reserve(
     return min(overhead + fit, max(0.0, seconds_left) * MAX_RESERVE_SHARE)
 
 
-# A family whose research ROC AUC trails the leader's by more than this many standard errors of the
-# difference is unlikely to catch up by tuning: it gets this fraction of a leading family's share
-# (still tuned, for the soft vote and in case), and the leaders get the rest. Within that many
-# standard errors the research cannot tell them apart, and they share evenly.
+# The research leader weighs 1 in the split of stage 2's time. A family within this many standard
+# errors of the difference is one research cannot tell from it: it weighs TIED_WEIGHT (the leader
+# is still the better bet, and a few more trials of one family buy more than a few of two). A family
+# further behind is unlikely to catch up by tuning: TRAILING_WEIGHT (still tuned, for the soft vote).
 TRAILING_STANDARD_ERRORS = 2.0
+TIED_WEIGHT = 0.5
 TRAILING_WEIGHT = 0.25
 # Per-fold ROC AUC spread is never taken as below this (two folds can agree by chance).
 MIN_FOLD_STD = 0.005
@@ -312,9 +313,9 @@ class FamilyScore:
 
 
 def family_weights(families: Sequence[str], scores: Mapping[str, FamilyScore]) -> dict[str, float]:
-    """Each tuned family's weight in the split of stage 2's time: 1 for the leader and the families
-    research cannot tell from it, ``TRAILING_WEIGHT`` for those clearly behind. Every family weighs
-    1 when a score is missing (a research run from before these were recorded)."""
+    """Each tuned family's weight in the split of stage 2's time: 1 for the leader, ``TIED_WEIGHT``
+    for the families research cannot tell from it, ``TRAILING_WEIGHT`` for those clearly behind.
+    Every family weighs 1 when a score is missing (a research run from before these were recorded)."""
     if not families or any(f not in scores or not math.isfinite(scores[f].roc_auc) for f in families):
         return {f: 1.0 for f in families}
     leader = max(families, key=lambda f: scores[f].roc_auc)
@@ -324,7 +325,7 @@ def family_weights(families: Sequence[str], scores: Mapping[str, FamilyScore]) -
         score = scores[family]
         spread = math.hypot(best.standard_error, score.standard_error)
         behind = (best.roc_auc - score.roc_auc) > TRAILING_STANDARD_ERRORS * spread
-        weights[family] = TRAILING_WEIGHT if behind else 1.0
+        weights[family] = 1.0 if family == leader else TRAILING_WEIGHT if behind else TIED_WEIGHT
     return weights
 
 

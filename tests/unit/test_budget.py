@@ -133,15 +133,18 @@ def test_families_clearly_behind_the_leader_get_a_smaller_weight_those_within_no
     weights = budget.family_weights(list(scores), scores)
     assert weights == {
         "lightgbm": 1.0,
-        "hist_gradient_boosting": 1.0,
+        "hist_gradient_boosting": budget.TIED_WEIGHT,
         "logistic_regression": budget.TRAILING_WEIGHT,
     }
+    assert budget.TRAILING_WEIGHT < budget.TIED_WEIGHT < 1
     # Small data: folds disagree by a couple of points, and a 0.01 gap says nothing.
     noisy = {"a": budget.FamilyScore(0.79, 0.03, 5), "b": budget.FamilyScore(0.78, 0.03, 5)}
-    assert budget.family_weights(["a", "b"], noisy) == {"a": 1.0, "b": 1.0}
+    assert budget.family_weights(["a", "b"], noisy) == {"a": 1.0, "b": budget.TIED_WEIGHT}
+    # The leader is the best scored, wherever it stands in the list.
+    assert budget.family_weights(["b", "a"], noisy) == {"b": budget.TIED_WEIGHT, "a": 1.0}
     # Two folds that happen to agree, or one fold (no spread): the floor on the spread applies.
     lucky = {"a": budget.FamilyScore(0.80, 0.0, 2), "b": budget.FamilyScore(0.795, float("nan"), 1)}
-    assert budget.family_weights(["a", "b"], lucky) == {"a": 1.0, "b": 1.0}
+    assert budget.family_weights(["a", "b"], lucky) == {"a": 1.0, "b": budget.TIED_WEIGHT}
     # A research run without the scores (or a family without one): even weights, as before.
     assert budget.family_weights(["a", "c"], lucky) == {"a": 1.0, "c": 1.0}
     assert budget.family_weights([], {}) == {}
