@@ -5,11 +5,12 @@ stages record planned against spent seconds per step (``budget.planned.<step>`` 
 ``budget.spent.<step>``).
 
 The split: stage 1 plans ``RESEARCH_SHARE`` of the budget. Stage 2 takes what stage 1 left, keeps a
-reserve for the final step (estimated from the fit times stage 1 measured) and gives each tuned
-family an equal share of the rest, re-planned at each family's start so that time one family did
-not use goes to the next. What the first round leaves (a family at its trial cap, a reserve kept
-for families then skipped) goes in a second round to the best family time stopped, then to the
-next, then to those skipped.
+reserve for the final step (its refit estimated from the fit times stage 1 measured, its fixed part
+scaled by a speed probe of the machine) and gives each tuned family a share of the rest by its
+research score (``family_weights``), re-planned at each family's start but never above its part of
+the first plan. What the first round leaves (a family at its trial cap, a reserve kept for families
+then skipped) goes in a second round to the best family time stopped, then to the next, then to
+those skipped.
 """
 
 from __future__ import annotations
