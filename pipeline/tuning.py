@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +447,26 @@ def tune(
     return ran
 
 
+def _owned_template() -> FrozenTrial:
+    """A new RUNNING trial that carries its owner from the start: the storage writes it and its
+    owner in one transaction, so a ``kill -9`` between two writes cannot leave a RUNNING trial whose
+    owner a rerun cannot check (:func:`fail_stale_trials`)."""
+    host, pid = this_owner()
+    return FrozenTrial(
+        number=-1,  # the storage numbers it
+        state=TrialState.RUNNING,
+        value=None,
+        datetime_start=datetime.now(),
+        datetime_complete=None,
+        params={},
+        distributions={},
+        user_attrs={HOST_ATTR: host, PID_ATTR: pid},
+        system_attrs={},
+        intermediate_values={},
+        trial_id=-1,
+    )
+
+
 @contextmanager
 def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     """Trials this process opened and did not close are failed, with the reason, when an interrupt
@@ -463,7 +484,7 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     def create_new_trial(study_id: int, template_trial: FrozenTrial | None = None) -> int:
         termination.raise_if_received()  # a signal deferred while the last trial closed ends the study here
         with termination.deferred():
-            trial_id = create(study_id, template_trial)
+            trial_id = create(study_id, template_trial or _owned_template())
             still_open.add(trial_id)
         termination.raise_if_received()
         return trial_id

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from pipeline import termination, tuning
 from pipeline.config import CostConfig, SearchParam, config_from_mapping
 from pipeline.errors import ConfigError
+from pipeline.processes import this_owner
 from pipeline.settings import OPTUNA_URL_ENV
 from pipeline.tracking import store
 from pipeline.training import folds
@@ -455,3 +456,21 @@ def test_the_cores_go_to_the_model_or_to_the_folds_never_both(
     objective = objective_for(train_part, "random_forest", searched, pruning=pruning, n_jobs=4)
     optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
     assert asked == {"model": model_jobs, "folds": fold_jobs}
+
+
+def test_a_new_trial_is_written_with_its_owner_in_the_same_transaction(train_part, tmp_path):
+    """A kill -9 between the trial's creation and a later write must not leave a RUNNING trial with
+    no owner to check: the storage receives the owner with the trial itself."""
+    study = tuning.open_study(optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db"), "born", seed=0)
+    storage = study._storage
+    original, owners = storage.create_new_trial, []
+
+    def recording(study_id, template_trial=None):
+        owners.append(dict(template_trial.user_attrs) if template_trial else None)
+        return original(study_id, template_trial)
+
+    storage.create_new_trial = recording
+    tuning.tune(study, lr_objective(train_part), n_trials=2, timeout_seconds=None)
+    host, pid = this_owner()
+    assert owners == [{tuning.HOST_ATTR: host, tuning.PID_ATTR: pid}] * 2
+    assert [t.number for t in study.get_trials()] == [0, 1]  # numbered by the storage as before
