@@ -25,7 +25,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
 from pipeline.config import CostConfig
-from pipeline.evaluation import best_threshold
+from pipeline.evaluation import LOG_ODDS_CLIP, best_threshold, log_odds
 from pipeline.training import CVResult, cross_validate
 
 NONE = "none"
@@ -125,8 +125,6 @@ def fit_on_scores(
     return model
 
 
-# Probabilities this close to 0 or 1 have no finite log-odds to compare with a decision function.
-_EXTREME = 1e-12
 _CHECK_ROWS = 256
 
 
@@ -140,14 +138,10 @@ def _calibration_inputs(fitted, features: pd.DataFrame, probabilities: np.ndarra
     sample = features.iloc[:_CHECK_ROWS]
     decision = np.asarray(fitted.decision_function(sample), dtype=float)
     proba = np.asarray(fitted.predict_proba(sample), dtype=float)[:, -1]
-    inner = (proba > _EXTREME) & (proba < 1 - _EXTREME)
-    if decision.shape != proba.shape or not np.allclose(decision[inner], _log_odds(proba[inner]), atol=1e-6):
+    inner = (proba > LOG_ODDS_CLIP) & (proba < 1 - LOG_ODDS_CLIP)  # finite log-odds to compare
+    if decision.shape != proba.shape or not np.allclose(decision[inner], log_odds(proba[inner]), atol=1e-6):
         return None
-    return _log_odds(np.clip(probabilities, _EXTREME, 1 - _EXTREME))
-
-
-def _log_odds(probability: np.ndarray) -> np.ndarray:
-    return np.log(probability) - np.log1p(-probability)
+    return log_odds(probabilities)
 
 
 def _calibrator(method: str):

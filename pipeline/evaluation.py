@@ -46,6 +46,16 @@ class CostCurve:
         return float(self.costs[self.best_index])
 
 
+# Probabilities are kept this far from 0 and 1, where log-odds are infinite.
+LOG_ODDS_CLIP = 1e-12
+
+
+def log_odds(probability: np.ndarray) -> np.ndarray:
+    """The log-odds of probabilities (clipped to ``LOG_ODDS_CLIP`` from 0 and 1)."""
+    probability = np.clip(probability, LOG_ODDS_CLIP, 1 - LOG_ODDS_CLIP)
+    return np.log(probability / (1 - probability))
+
+
 def expected_cost(y_true: np.ndarray, scores: np.ndarray, threshold: float, costs: CostConfig) -> float:
     """Average cost per applicant of rejecting every score at or above ``threshold``."""
     y_true = np.asarray(y_true)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import inference, scorecard, stability
+from pipeline.evaluation import log_odds
 from pipeline.tracking import keys
 
 METHOD_SCORECARD = "scorecard_points_below_best_bin"
@@ -118,11 +119,6 @@ def scorecard_reasons(model: Any, features: pd.DataFrame, count: int, scaling: s
 # --- Model-agnostic: substitution of the most favourable typical value -------------------------------
 
 
-def _logit(probability: np.ndarray) -> np.ndarray:
-    probability = np.clip(probability, 1e-12, 1 - 1e-12)
-    return np.log(probability / (1 - probability))
-
-
 def substitution_weights(
     estimator: Any, features: pd.DataFrame, candidates: Mapping[str, list]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -187,7 +183,7 @@ def _substitution_batch(
     probabilities = np.asarray(
         estimator.predict_proba(_substituted(features, names, candidates))[:, 1], dtype=float
     )
-    scored = _logit(probabilities)
+    scored = log_odds(probabilities)
     base, start = scored[:n], 1
     lost, best = {}, {}  # frames built once at the end: a column set at a time costs ms a request
     for name in names:

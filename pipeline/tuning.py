@@ -270,8 +270,9 @@ def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial
     def objective_with_owner(trial: optuna.Trial) -> float:
         termination.raise_if_received()  # deferred while the trial was taken from the queue: Optuna fails it
         host, pid = this_owner()
-        trial.set_user_attr(HOST_ATTR, host)
-        trial.set_user_attr(PID_ATTR, pid)
+        if trial.user_attrs.get(PID_ATTR) != pid:  # a queued trial; a new one was created with its owner
+            trial.set_user_attr(HOST_ATTR, host)
+            trial.set_user_attr(PID_ATTR, pid)
         return objective(trial)
 
     return objective_with_owner

@@ -294,18 +294,18 @@ def run(
         # The leaders by research get the most time; a family clearly behind, a smaller share.
         weights = budget.family_weights(families, handover.family_scores(research_run))
         logger.info("tuning shares by weight: %s", ", ".join(f"{f} {w:g}" for f, w in weights.items()))
-        first_plan = (left(), reserve_with(families), sum(weights.values()))
+        # No family gets more than its part of this first plan: what a family skipped or stopped
+        # early leaves goes to round two, the best family first, not to whoever comes next.
+        planned_left, planned_reserve = left(), reserve_with(families)
+        planned = {
+            f: budget.family_share(planned_left, planned_reserve, weights[f], sum(weights.values()))
+            for f in families
+        }
         for position, family in enumerate(families):
             # The final step refits what may be in it: the families tuned and those still to come.
             reserve = reserve_with([*tuned, *families[position:]])
-            share = min(
-                budget.family_share(
-                    left(), reserve, weights[family], sum(weights[f] for f in families[position:])
-                ),
-                # Never more than its part of the first plan: what a family skipped or stopped early
-                # leaves goes to round two, the best family first, not to whoever comes next.
-                budget.family_share(first_plan[0], first_plan[1], weights[family], first_plan[2]),
-            )
+            weights_left = sum(weights[f] for f in families[position:])
+            share = min(budget.family_share(left(), reserve, weights[family], weights_left), planned[family])
             trial = trial_of(family)
             skipped = budget.skip_family(share, trial, first=not tuned)
             if skipped:
