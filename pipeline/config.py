@@ -180,6 +180,9 @@ class OptimizeConfig(_Section):
     ensemble: bool = True
     ensemble_min_gain: float = Field(0.001, ge=0, le=1)
     search_spaces: dict[Family, dict[str, SearchParam]] = {}
+    # Queued as a new study's first trials, after the research candidate's own configuration, so that
+    # even a family given time for two or three trials tries configurations known to do well.
+    known_configurations: dict[Family, list[dict[str, Any]]] = {}
 
     @model_validator(mode="before")
     @classmethod

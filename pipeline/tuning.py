@@ -69,13 +69,21 @@ class StorageLocation:
 # --- Search spaces ---------------------------------------------------------------------------------
 
 
-def validate_spaces(spaces: Mapping[str, Mapping[str, SearchParam]], families: Sequence[str]) -> None:
-    """Every family to tune has a space, and every space names parameters its estimator takes."""
+def validate_spaces(
+    spaces: Mapping[str, Mapping[str, SearchParam]],
+    families: Sequence[str],
+    known: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> None:
+    """Every family to tune has a space, and every space and known configuration names parameters
+    its estimator takes."""
     missing = [f for f in families if not spaces.get(f)]
     if missing:
         raise ConfigError(f"optimize.search_spaces: no search space for {', '.join(missing)}")
     for family, space in spaces.items():
         validate_params(family, dict(space), f"optimize.search_spaces.{family}")
+    for family, configurations in (known or {}).items():
+        for position, configuration in enumerate(configurations):
+            validate_params(family, configuration, f"optimize.known_configurations.{family}[{position}]")
 
 
 def suggest(trial: optuna.Trial, space: Mapping[str, SearchParam]) -> dict[str, Any]:

@@ -176,7 +176,7 @@ def run(
     research_run = handover.find_research_run(session, dataset, research_run_id)
     handover.check_split(session, research_run, split)
     families = handover.top_families(research_run, settings.top_k)
-    tuning.validate_spaces(settings.search_spaces, families)
+    tuning.validate_spaces(settings.search_spaces, families, settings.known_configurations)
     research_step, fold_seconds, research_folds = handover.research_budget(research_run, config)
 
     def left() -> float:

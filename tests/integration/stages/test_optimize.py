@@ -9,6 +9,7 @@ import textwrap
 
 import mlflow
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import sqlalchemy
@@ -17,6 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
 from pipeline import budget, cli, tuning
+from pipeline.errors import ConfigError
 from pipeline.stages import optimize, research
 from pipeline.tracking import keys, lookups, runs, session
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -370,6 +372,34 @@ def test_a_study_cut_short_by_its_time_limit_says_so(sqlite_store, caplog):
         )
     )
     assert families.loc[0, "stopped_by"] == "time" and families.loc[0, "trials_cap"] == 500
+
+
+def test_a_new_study_starts_from_the_research_configuration_then_the_known_ones(sqlite_store):
+    known = [{"C": 0.1}, {"C": 7.0, "class_weight": "balanced"}, {"C": 1.0e6}]  # the last outside
+    raw = small_params(
+        optimize={"top_k": 1, "n_trials": 4, "known_configurations": {"logistic_regression": known}}
+    )
+    raw["research"]["use"] = ["dummy_prior", "logistic_regression"]
+    config = make_config(raw)
+    research.run(config)
+    (outcome,) = optimize.run(config).families
+    assert outcome.family == "logistic_regression" and outcome.trials_done == 4
+    location = tuning.storage_location(sqlite_store, PROJECT_ROOT)
+    study = optuna.load_study(study_name=outcome.study_name, storage=location.url)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    research_c = config.research.candidates["logistic_regression"].params["C"]
+    assert [t.params["C"] for t in trials[:3]] == [research_c, 0.1, 7.0]
+    assert trials[2].params["class_weight"] == "balanced"
+    # The rest come from the sampler, inside the space (C = 1e6 is not queued).
+    assert trials[3].params["C"] <= config.optimize.search_spaces["logistic_regression"]["C"].high
+
+
+def test_a_known_configuration_naming_a_parameter_the_family_lacks_is_a_config_error(sqlite_store):
+    raw = small_params(optimize={"known_configurations": {"logistic_regression": [{"max_dept": 3}]}})
+    config = make_config(raw)
+    research.run(config)
+    with pytest.raises(ConfigError, match=r"known_configurations\.logistic_regression\[0\].*max_dept"):
+        optimize.run(config)
 
 
 def test_time_the_first_round_left_goes_to_a_family_it_skipped(sqlite_store, monkeypatch, caplog):
