@@ -48,6 +48,13 @@ DENSE_INPUT_FAMILIES = frozenset({"naive_bayes"})
 # one-hot data), so one 5-fold CV of 100,000 rows is 8 x 10^9 distances.
 ROW_LIMITS: dict[str, int] = {"knn": 50_000}
 
+# Families cross-validated, tuned and fitted on a stratified sample of at most this many rows (the
+# same sample in stages 1 and 2), whatever their time: a dense one-hot encoding holds rows x encoded
+# columns x 8 bytes, copied a few times in each fold worker (at 600,000 fold rows and about 150
+# columns, 5 GB for the process tree). Gaussian naive Bayes estimates a mean and a variance per
+# class and column, which this many rows already fix.
+DENSE_SAMPLE_ROWS: dict[str, int] = {family: 100_000 for family in DENSE_INPUT_FAMILIES}
+
 # One-hot encoding at any size: a level seen in fewer than this share of the training rows, or
 # beyond a column's most frequent ONEHOT_MAX_LEVELS - 1, joins the column's one "infrequent" level
 # (new levels at scoring time too). The share is of the rows, so a table of a few thousand rows
@@ -64,14 +71,26 @@ NATIVE_MAX_LEVELS = 255
 # grown on a sample of this size (``max_samples``; extra trees then draw bootstrap samples too),
 # unless the parameters set ``max_samples`` themselves. Below it nothing changes.
 FOREST_MAX_SAMPLES = 100_000
+# Above FOREST_MAX_SAMPLES a fitted forest is also kept under this size: each tree gets at most as
+# many leaves as fit (``max_leaf_nodes``, a leaf and its parent split at FOREST_NODE_BYTES each),
+# unless the parameters set it. On samples of 100,000 rows, 300 trees at min_samples_leaf 1 would
+# hold about 1.4 GB (2 GB for extra trees), two parallel folds twice that: over 4 GB with the data.
+FOREST_MAX_BYTES = 512 * 2**20
+FOREST_NODE_BYTES = 80  # scikit-learn's node record (64 bytes) and its two class values
 _FORESTS = frozenset({"random_forest", "extra_trees"})
+_FOREST_DEFAULT_TREES = 100  # scikit-learn's n_estimators
 
 
-def size_settings(family: str, n_rows: int | None) -> dict[str, Any]:
-    """Settings a family gets for fitting on ``n_rows`` rows (see FOREST_MAX_SAMPLES)."""
+def size_settings(family: str, n_rows: int | None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Settings a family gets for fitting on ``n_rows`` rows with ``params`` (which win), see
+    FOREST_MAX_SAMPLES and FOREST_MAX_BYTES."""
     if family not in _FORESTS or n_rows is None or n_rows <= FOREST_MAX_SAMPLES:
         return {}
-    return {"bootstrap": True, "max_samples": FOREST_MAX_SAMPLES / n_rows}
+    params = params or {}
+    trees = int(params.get("n_estimators", _FOREST_DEFAULT_TREES))
+    leaves = FOREST_MAX_BYTES // (max(1, trees) * 2 * FOREST_NODE_BYTES)
+    settings = {"bootstrap": True, "max_samples": FOREST_MAX_SAMPLES / n_rows, "max_leaf_nodes": int(leaves)}
+    return {key: value for key, value in settings.items() if key not in params}
 
 
 def row_limit_reason(family: str, n_rows: int) -> str | None:
@@ -229,7 +248,7 @@ def build_estimator(
     if kind == "native":
         # Ordinal-encoded categoricals come first in the ColumnTransformer output.
         settings["categorical_features"] = list(range(len(categorical))) or None
-    settings.update(size_settings(family, n_rows))
+    settings.update(size_settings(family, n_rows, params))
     settings.update(params)
     binning = (
         {key: settings.pop(key, default) for key, default in BINNING_DEFAULTS.items()}

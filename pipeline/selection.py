@@ -24,6 +24,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
 from pipeline.models import (
     BASELINE_FAMILIES,
+    DENSE_SAMPLE_ROWS,
     build_ensemble,
     build_estimator,
     row_limit_reason,
@@ -180,6 +181,7 @@ def evaluate_portfolio(
         )
         predicted = probe.fold_seconds(len(target), len(splits)) if probe else 0.0
         parts[name] = whole
+        rows, why = len(target), ""
         if left <= 0 or predicted > cap:
             rows = budget.sample_rows(probe, len(target), len(splits), cap) if probe else None
             if rows is None and not ranked_one:
@@ -196,13 +198,18 @@ def evaluate_portfolio(
                 logger.warning("%s %s", name, outcomes[name].note)
                 emit(outcomes[name])
                 continue
-            if rows < len(target):
-                parts[name] = sampled_part(whole, rows, len(splits), config.seed)
-                notes[name] = (
-                    f"sampled: {rows:,} of {len(target):,} rows, as one fold on all would take about "
-                    f"{predicted:.0f} s and its share is {cap:.0f} s"
-                )
-                logger.warning("%s %s", name, notes[name])
+            why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
+        limit = DENSE_SAMPLE_ROWS.get(candidate.family)
+        if limit is not None and rows > limit:
+            rows, why = limit, f"as its dense encoding holds every row in memory (at most {limit:,})"
+        if rows < len(target):
+            parts[name] = sampled_part(whole, rows, len(splits), config.seed)
+            family, params = candidate.family, candidate.params  # sized for its sample (max_samples)
+            estimators[name] = build_estimator(
+                family, params, dataset.categorical, dataset.numeric, config.seed, n_rows=rows
+            )
+            notes[name] = f"sampled: {rows:,} of {len(target):,} rows, {why}"
+            logger.warning("%s %s", name, notes[name])
         part = parts[name]
         rung_started = clock()
         first[name] = (

@@ -8,7 +8,9 @@ from pipeline.data import load_dataset
 from pipeline.errors import ConfigError
 from pipeline.models import (
     FAMILIES,
+    FOREST_MAX_BYTES,
     FOREST_MAX_SAMPLES,
+    FOREST_NODE_BYTES,
     NATIVE_MAX_LEVELS,
     ONEHOT_MAX_LEVELS,
     ROW_LIMITS,
@@ -160,3 +162,31 @@ def test_forests_grow_each_tree_on_a_capped_sample_above_the_row_cap(family):
     chosen = build_estimator(family, {"max_samples": 0.5}, [], ["x"], seed=0, n_rows=10**7)
     assert chosen.named_steps["model"].max_samples == 0.5  # the parameters win
     assert size_settings("lightgbm", 10**7) == {}
+
+
+@pytest.mark.parametrize("family", ["random_forest", "extra_trees"])
+def test_a_forest_above_the_row_cap_is_kept_under_its_memory_cap(family):
+    assert (
+        build_estimator(family, {}, [], ["x"], seed=0, n_rows=FOREST_MAX_SAMPLES)
+        .named_steps["model"]
+        .max_leaf_nodes
+        is None
+    )  # nothing changes up to the row cap
+    n_rows = 4 * FOREST_MAX_SAMPLES
+    few, many = (
+        build_estimator(family, {"n_estimators": n}, [], ["x"], seed=0, n_rows=n_rows).named_steps["model"]
+        for n in (100, 500)
+    )
+    assert few.max_leaf_nodes // 5 == many.max_leaf_nodes  # the leaves are shared out among the trees
+    assert 500 * many.max_leaf_nodes * 2 * FOREST_NODE_BYTES <= FOREST_MAX_BYTES
+    chosen = build_estimator(family, {"max_leaf_nodes": 50_000}, [], ["x"], seed=0, n_rows=n_rows)
+    assert chosen.named_steps["model"].max_leaf_nodes == 50_000  # the parameters win
+
+    # The cap's account of a node holds for a fitted forest: its node records and class values.
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame({"x": rng.normal(size=2_000)})
+    target = pd.Series((features["x"] + rng.normal(size=2_000) > 0).astype(int))
+    model = build_estimator(family, {"n_estimators": 5}, [], ["x"], seed=0).fit(features, target)
+    for tree in model.named_steps["model"].estimators_:
+        state = tree.tree_.__getstate__()
+        assert (state["nodes"].nbytes + state["values"].nbytes) / tree.tree_.node_count <= FOREST_NODE_BYTES

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import budget
 from pipeline.data import load_dataset, split_dataset
-from pipeline.models import ROW_LIMITS, build_ensemble
+from pipeline.models import DENSE_SAMPLE_ROWS, ROW_LIMITS, build_ensemble
 from pipeline.selection import (
     OPENMP_MIN_ROWS,
     FamilyOutcome,
@@ -235,6 +235,26 @@ def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its
     assert tree.metrics["cv_folds_done"] == 3
     others = [o for o in outcomes.values() if o.family != "decision_tree"]
     assert all(o.metrics[keys.METRIC_TRAIN_ROWS] == n_train and not o.note for o in others)
+
+
+def test_a_dense_family_runs_on_its_capped_sample_whatever_its_time(monkeypatch, caplog):
+    from pipeline.selection import STATUS_FULL
+
+    config = make_config(small_params(research={"cv_folds": 3, "use": ["dummy_prior", "naive_bayes"]}))
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    n_train = len(split.train_index)
+    monkeypatch.setitem(DENSE_SAMPLE_ROWS, "naive_bayes", 300)  # of the 750 training rows
+    with caplog.at_level(logging.WARNING, logger="pipeline.selection"):
+        outcomes = {o.family: o for o in evaluate_portfolio(config, dataset, split, seconds=300)}
+    bayes = outcomes["naive_bayes"]
+    assert bayes.status == STATUS_FULL and bayes.metrics[keys.METRIC_TRAIN_ROWS] == 300
+    assert (
+        bayes.note
+        == f"sampled: 300 of {n_train:,} rows, as its dense encoding holds every row in memory (at most 300)"
+    )
+    assert bayes.note in caplog.text
+    assert outcomes["dummy"].metrics[keys.METRIC_TRAIN_ROWS] == n_train and not outcomes["dummy"].note
 
 
 def test_once_the_share_is_spent_only_the_first_strong_family_by_the_prior_runs():
