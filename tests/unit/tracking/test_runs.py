@@ -71,3 +71,30 @@ def test_a_split_logged_as_position_lists_still_reads():
     train, test = split_positions({"train": [4, 0, 2], "test": [3, 1]})
     assert train.tolist() == [0, 2, 4] and test.tolist() == [1, 3]
     assert train.dtype == np.int64
+
+
+def test_a_dataset_schema_from_its_deciding_rows_is_the_one_mlflow_infers_from_every_row():
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    from pipeline.tracking.runs import SCHEMA_HEAD_ROWS, _set_schema_from_deciding_rows, schema_rows
+
+    n = 3 * SCHEMA_HEAD_ROWS
+    rng = np.random.default_rng(0)
+    amount = rng.normal(size=n)
+    amount[-1] = np.nan  # missing only past the head: the column is optional
+    purpose = pd.Series(rng.choice(["car", "tv"], n), dtype="str")
+    purpose[: SCHEMA_HEAD_ROWS + 5] = np.nan  # missing throughout the head: still a string column
+    frame = pd.DataFrame({"amount": amount, "purpose": purpose, "age": rng.integers(18, 80, n)})
+    assert len(schema_rows(frame)) == SCHEMA_HEAD_ROWS + 2  # the head, a present purpose, a missing amount
+
+    ours = from_pandas(frame, targets="age", name="loans")
+    _set_schema_from_deciding_rows(ours)
+    mlflows = from_pandas(frame, targets="age", name="loans")
+    assert ours.schema == mlflows.schema
+    assert ours.schema.to_dict() == [
+        {"type": "double", "name": "amount", "required": False},
+        {"type": "string", "name": "purpose", "required": False},
+        {"type": "long", "name": "age", "required": True},
+    ]
+    assert ours._to_mlflow_entity().schema == mlflows._to_mlflow_entity().schema
