@@ -316,8 +316,7 @@ def log_datasets(
     return logged
 
 
-# MLflow infers a dataset's schema value by value: 12 s at 750,000 rows, in the writer thread beside
-# stage 1's candidates, whose timing probes it slowed up to 20 times by holding the interpreter. The
+# MLflow infers a dataset's schema value by value: 12 s of interpreter time at 750,000 rows. The
 # columns are typed by pipeline.data, so the rows that decide the schema are enough: the first ones,
 # and for every column its first missing and first present value (which make it optional or not).
 SCHEMA_HEAD_ROWS = 1_000
