@@ -278,7 +278,7 @@ def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial
     def objective_with_owner(trial: optuna.Trial) -> float:
         termination.raise_if_received()  # deferred while the trial was taken from the queue: Optuna fails it
         host, pid = this_owner()
-        if trial.user_attrs.get(PID_ATTR) != pid:  # a queued trial; a new one was created with its owner
+        if trial.user_attrs.get(PID_ATTR) != pid:  # claimed by another worker in a race for the queue
             trial.set_user_attr(HOST_ATTR, host)
             trial.set_user_attr(PID_ATTR, pid)
         return objective(trial)
@@ -476,6 +476,20 @@ def _owned_template() -> FrozenTrial:
     )
 
 
+def _claim_waiting(storage, trial_id: int) -> None:
+    """Write this process as the owner of a queued trial before it is taken (set RUNNING): a
+    ``kill -9`` between two writes then leaves a WAITING trial, which the next taker claims again,
+    never a RUNNING one whose owner a rerun cannot check (:func:`fail_stale_trials`)."""
+    host, pid = this_owner()
+    trial = storage.get_trial(trial_id)
+    if trial.state != TrialState.WAITING:
+        return  # taken by another worker already: its owner stays
+    if trial.user_attrs.get(HOST_ATTR) != host:
+        storage.set_trial_user_attr(trial_id, HOST_ATTR, host)
+    if trial.user_attrs.get(PID_ATTR) != pid:
+        storage.set_trial_user_attr(trial_id, PID_ATTR, pid)
+
+
 @contextmanager
 def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     """Trials this process opened and did not close are failed, with the reason, when an interrupt
@@ -502,6 +516,8 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     # raised from its storage. The signal is raised when the next trial opens or the objective starts.
     def set_trial_state_values(trial_id: int, state: TrialState, values: Any = None) -> bool:
         with termination.deferred():
+            if state == TrialState.RUNNING:
+                _claim_waiting(storage, trial_id)
             changed = set_state(trial_id, state, values)
             if changed and state == TrialState.RUNNING:  # a queued trial taken
                 still_open.add(trial_id)

@@ -474,3 +474,24 @@ def test_a_new_trial_is_written_with_its_owner_in_the_same_transaction(train_par
     host, pid = this_owner()
     assert owners == [{tuning.HOST_ATTR: host, tuning.PID_ATTR: pid}] * 2
     assert [t.number for t in study.get_trials()] == [0, 1]  # numbered by the storage as before
+
+
+def test_a_queued_trial_carries_its_owner_before_it_is_taken(train_part, tmp_path):
+    """A kill -9 while a queued trial is taken must not leave it RUNNING with no owner, or with a host
+    and no pid: the owner is written while it still waits, then its state changes."""
+    study = tuning.open_study(optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/q.db"), "queued", seed=0)
+    study.enqueue_trial({"C": 0.5})
+    storage = study._storage
+    original, seen = storage.set_trial_state_values, []
+
+    def recording(trial_id, state, values=None):
+        if state == TrialState.RUNNING:
+            before = storage.get_trial(trial_id)
+            seen.append((before.state, dict(before.user_attrs)))
+        return original(trial_id, state, values)
+
+    storage.set_trial_state_values = recording
+    tuning.tune(study, lr_objective(train_part), n_trials=1, timeout_seconds=None)
+    host, pid = this_owner()
+    assert seen == [(TrialState.WAITING, {tuning.HOST_ATTR: host, tuning.PID_ATTR: pid})]
+    assert study.trials[0].params["C"] == 0.5 and study.trials[0].state == TrialState.COMPLETE
