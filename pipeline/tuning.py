@@ -11,6 +11,7 @@ database; on SQLite, which has no schemas, a sibling file (``mlflow.db`` -> ``ml
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -277,10 +278,8 @@ def _owned(objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial
 
     def objective_with_owner(trial: optuna.Trial) -> float:
         termination.raise_if_received()  # deferred while the trial was taken from the queue: Optuna fails it
-        host, pid = this_owner()
-        if trial.user_attrs.get(PID_ATTR) != pid:  # claimed by another worker in a race for the queue
-            trial.set_user_attr(HOST_ATTR, host)
-            trial.set_user_attr(PID_ATTR, pid)
+        # Already written when the trial was created or taken; again if another worker raced for it.
+        _write_owner(trial.set_user_attr, trial.user_attrs)
         return objective(trial)
 
     return objective_with_owner
@@ -480,14 +479,17 @@ def _claim_waiting(storage, trial_id: int) -> None:
     """Write this process as the owner of a queued trial before it is taken (set RUNNING): a
     ``kill -9`` between two writes then leaves a WAITING trial, which the next taker claims again,
     never a RUNNING one whose owner a rerun cannot check (:func:`fail_stale_trials`)."""
-    host, pid = this_owner()
     trial = storage.get_trial(trial_id)
-    if trial.state != TrialState.WAITING:
-        return  # taken by another worker already: its owner stays
-    if trial.user_attrs.get(HOST_ATTR) != host:
-        storage.set_trial_user_attr(trial_id, HOST_ATTR, host)
-    if trial.user_attrs.get(PID_ATTR) != pid:
-        storage.set_trial_user_attr(trial_id, PID_ATTR, pid)
+    if trial.state == TrialState.WAITING:  # else taken by another worker already: its owner stays
+        _write_owner(functools.partial(storage.set_trial_user_attr, trial_id), trial.user_attrs)
+
+
+def _write_owner(set_attr: Callable[[str, Any], None], user_attrs: Mapping[str, Any]) -> None:
+    """Record this process as a trial's owner with ``set_attr``, writing only what differs from
+    ``user_attrs``."""
+    for key, value in zip((HOST_ATTR, PID_ATTR), this_owner(), strict=True):
+        if user_attrs.get(key) != value:
+            set_attr(key, value)
 
 
 @contextmanager

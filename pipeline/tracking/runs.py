@@ -7,6 +7,7 @@ final state: FINISHED, or FAILED/KILLED with the reason in a tag.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -326,21 +327,16 @@ def schema_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``frame`` that decide its inferred MLflow schema (see SCHEMA_HEAD_ROWS)."""
     if len(frame) <= SCHEMA_HEAD_ROWS:
         return frame
-    positions = set(range(SCHEMA_HEAD_ROWS))
     missing = frame.isna().to_numpy()
-    for column in range(missing.shape[1]):
-        for flag in (True, False):
-            hits = np.flatnonzero(missing[:, column] == flag)
-            if len(hits):
-                positions.add(int(hits[0]))
-    return frame.iloc[sorted(positions)]
+    first_missing = missing.argmax(axis=0)[missing.any(axis=0)]
+    first_present = (~missing).argmax(axis=0)[(~missing).any(axis=0)]
+    positions = np.union1d(np.arange(SCHEMA_HEAD_ROWS), np.r_[first_missing, first_present])
+    return frame.iloc[positions]
 
 
 def _set_schema_from_deciding_rows(part) -> None:
     """Give an MLflow PandasDataset the schema of its deciding rows, computed once (its ``schema`` is a
     cached property, whose value lives in the instance's dict); left to MLflow otherwise."""
-    import functools
-
     from mlflow.models import infer_signature
 
     if isinstance(getattr(type(part), "schema", None), functools.cached_property):
