@@ -7,7 +7,7 @@ CONFIG ?= params.yaml
 PROFILE ?=
 STAGE_FLAGS := --config $(CONFIG) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-reasons bench-load bench-serving bench-scale actionlint ui status clean
+.PHONY: help install run research optimize register results report lint test test-unit bench bench-quality bench-results bench-reasons bench-load bench-serving bench-scale bench-model-file actionlint ui status clean
 
 help:
 	@echo "make run    - the whole pipeline on the embedded SQLite store and shipped data"
@@ -70,6 +70,9 @@ bench-serving: $(STAMP)
 
 bench-scale: $(STAMP)
 	$(BIN)/python bench/scale.py
+
+bench-model-file: $(STAMP)
+	$(BIN)/python bench/model_file.py
 
 actionlint: $(STAMP)
 	$(BIN)/actionlint

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,6 @@ def log_model(
     from ``metadata``.
     """
     import mlflow.pyfunc
-    import skops.io
     from mlflow.models import Model
 
     spec = scoring.ScoringSpec(
@@ -151,7 +151,7 @@ def log_model(
     with tempfile.TemporaryDirectory(prefix="loan-model-") as folder, quiet_artifact_downloads():
         estimator_file = Path(folder) / keys.MODEL_ESTIMATOR_FILE
         spec_file = Path(folder) / keys.MODEL_SPEC_FILE
-        skops.io.dump(model, estimator_file)
+        write_estimator(model, estimator_file)
         spec_file.write_text(json.dumps(spec.to_dict(), indent=2), encoding="utf-8")
         code = Path(folder) / "code" / _PACKAGE.name
         shutil.copytree(_PACKAGE, code, ignore=shutil.ignore_patterns("__pycache__"))
@@ -173,6 +173,43 @@ def log_model(
             # Declared, not inferred: inference re-imports the model in a subprocess (~15 s).
             pip_requirements=_model_requirements(),
         )
+
+
+class _CompactJson:
+    """The ``json`` module as skops' writer sees it, with ``dumps`` ignoring ``indent``."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(json, name)
+
+    @staticmethod
+    def dumps(obj: Any, *, indent: Any = None, **kwargs: Any) -> str:
+        return json.dumps(obj, **kwargs)
+
+
+_SKOPS_WRITER = threading.Lock()
+
+
+def write_estimator(model: Any, path: Path) -> None:
+    """``skops.io.dump(model, path)``, its schema written without indentation.
+
+    skops writes the schema with ``json.dumps(state, indent=2)``, and an indent sends json to its
+    pure-Python encoder. Without whitespace the C encoder writes the same JSON, and skops reads the
+    file as before: a soft vote of two 300-tree forests on the shipped data is written in 3.1 s
+    instead of 5.0 s, to 69 MiB instead of 90 (``bench/model_file.py``). Another skops version,
+    whose writer no longer holds ``json``, is called as it is.
+    """
+    import skops.io
+    from skops.io import _persist
+
+    with _SKOPS_WRITER:
+        if getattr(_persist, "json", None) is not json:
+            skops.io.dump(model, path)
+            return
+        _persist.json = _CompactJson()
+        try:
+            skops.io.dump(model, path)
+        finally:
+            _persist.json = json
 
 
 def _model_requirements() -> list[str]:

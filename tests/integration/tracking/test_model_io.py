@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -15,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer
 from pipeline.data import load_dataset
 from pipeline.errors import LookupFailedError, ModelSecurityError
 from pipeline.models import TRUSTED_TYPES, build_estimator
+from pipeline.selection import build_ensemble
 from pipeline.tracking import keys, model_io, runs
 
 pytestmark = pytest.mark.integration
@@ -53,6 +56,34 @@ def test_round_trip_reproduces_scores_threshold_and_example(logged):
     assert [c.name for c in loaded.spec.columns] == list(dataset.features.columns)
     assert loaded.example is not None and len(loaded.example) == 5
     assert "dataframe_split" in loaded.serving_example
+
+
+def test_estimator_file_holds_a_compact_schema_and_loads_as_skops_writes_it(small_config, tmp_path):
+    """The schema is written by json's C encoder (no indentation); the file reads back the same model,
+    and skops' own writer, and json, are left as they were."""
+    from skops.io import _persist
+
+    dataset = load_dataset(small_config)
+    members = [
+        (family, build_estimator(family, {"n_estimators": 20}, dataset.categorical, dataset.numeric, 0))
+        for family in ("random_forest", "extra_trees")
+    ]
+    model = build_ensemble(members).fit(dataset.features, dataset.target)
+    ours, plain = tmp_path / "ours.skops", tmp_path / "plain.skops"
+    model_io.write_estimator(model, ours)
+    skops.io.dump(model, plain)
+
+    def schema(path: Path) -> str:
+        with zipfile.ZipFile(path) as archive:
+            return archive.read("schema.json").decode()
+
+    assert "\n" not in schema(ours) and "\n" in schema(plain)
+    assert json.loads(schema(ours)).keys() == json.loads(schema(plain)).keys()
+    assert _persist.json is json and json.dumps({"a": 1}, indent=2) == '{\n  "a": 1\n}'
+    expected = model.predict_proba(dataset.features)
+    for path in (ours, plain):
+        loaded = skops.io.load(path, trusted=list(TRUSTED_TYPES))
+        np.testing.assert_array_equal(loaded.predict_proba(dataset.features), expected)
 
 
 def test_model_is_a_pyfunc_from_code_with_the_package_and_no_pickle(logged, tmp_path):
