@@ -12,7 +12,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import VotingClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer, OrdinalEncoder
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, OrdinalEncoder
 
 from pipeline import inference
 from pipeline.models import build_estimator
@@ -156,6 +156,61 @@ def test_an_ordinal_table_codes_every_value_as_the_encoder_does():
     # Values of other types go to scikit-learn's own rules.
     odd = np.array([[None, "x"], ["a", 3]], dtype=object)
     assert np.array_equal(table(odd), encoder.transform(odd), equal_nan=True)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("handle_unknown", ["infrequent_if_exist", "ignore"])
+def test_a_one_hot_table_encodes_every_value_as_the_encoder_does(sparse, handle_unknown):
+    rng = np.random.default_rng(0)
+    common, rare = ["a", "b", "c", "d"], ["r1", "r2", "r3"]
+    fitted_on = pd.DataFrame(
+        {
+            "grouped": rng.choice(common + rare, 400, p=[0.3, 0.3, 0.2, 0.17, 0.01, 0.01, 0.01]),
+            "with_gaps": rng.choice(["x", "y", None], 400).astype(object),
+            "many_levels": [f"id{i}" for i in rng.integers(0, 3000, 400)],
+        },
+        dtype=object,
+    )
+    fitted_on.loc[fitted_on["with_gaps"].isna(), "with_gaps"] = np.nan
+    encoder = OneHotEncoder(
+        handle_unknown=handle_unknown,
+        min_frequency=10 if handle_unknown == "infrequent_if_exist" else None,
+        max_categories=64 if handle_unknown == "infrequent_if_exist" else None,
+        sparse_output=sparse,
+    ).fit(fitted_on.to_numpy())
+    twin = copy.copy(encoder)
+    table = inference._OneHotByTable.of(encoder, twin)
+    assert table is not None
+    rows = np.array(
+        [
+            ["a", "x", fitted_on["many_levels"].iloc[0]],
+            ["r2", np.nan, "id never seen"],
+            ["never seen", "y", fitted_on["many_levels"].iloc[5]],
+            [np.nan, "never seen", "id2999x"],
+            ["d", "x", fitted_on["many_levels"].iloc[9]],
+        ],
+        dtype=object,
+    )
+    for given in (rows, rows[:1], fitted_on.to_numpy()):
+        ours, theirs = table(given), encoder.transform(given)
+        assert type(ours) is type(theirs) and ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        if sparse:
+            ours, theirs = ours.toarray(), theirs.toarray()
+        assert np.array_equal(ours, theirs)
+    # Values of other types go to scikit-learn's own rules.
+    odd = np.array([[None, "x", "id1"], ["a", 3, "id1"]], dtype=object)
+    ours, theirs = table(odd), encoder.transform(odd)
+    assert np.array_equal(*(m.toarray() if sparse else m for m in (ours, theirs)))
+
+
+def test_a_one_hot_table_of_an_encoder_that_drops_a_level_leaves_it_out_as_the_encoder_does():
+    fitted_on = np.array([["a", "p"], ["b", "q"], ["c", "p"]], dtype=object)
+    encoder = OneHotEncoder(drop="first", handle_unknown="ignore").fit(fitted_on)
+    table = inference._OneHotByTable.of(encoder, copy.copy(encoder))
+    rows = np.array([["a", "q"], ["c", "p"], ["z", "never seen"]], dtype=object)
+    with pytest.warns(UserWarning, match="unknown categories"):
+        expected = encoder.transform(rows).toarray()
+    assert np.array_equal(table(rows).toarray(), expected)
 
 
 def test_an_imputer_and_a_scaler_by_array_match_scikit_learn_and_refuse_what_it_refuses():
