@@ -12,6 +12,7 @@ own split of B (tuning_seconds).
     .venv/bin/python bench/quality.py --protocol cv10 --budget 60 --no-flaml   # about 9 min
     .venv/bin/python bench/quality.py --suite --splits 1 --budget 60
     .venv/bin/python bench/quality.py --suite --data loans.csv:status:bad   # and any CSV of yours
+    .venv/bin/python bench/quality.py --suite --synthetic 6000 --budget 60   # and two generated tables
 
 Protocols:
   holdout  train_test_split(test_size=0.25, stratify=y, random_state=s) for s = 1..splits;
@@ -22,7 +23,9 @@ Protocols:
            mean ROC AUC; --budget is then per fold.
   --suite  holdout on every dataset: the configured one, ../shared/data/credit_risk_dataset.csv
            when present (--credit-risk elsewhere; never required, never committed), and each
-           --data path.csv:target[:positive_label]; at B = 60 and 120 s unless --budget is given.
+           --data path.csv:target[:positive_label] (--synthetic ROWS: bench/scale.py's generated tables,
+           one of a nearly linear signal, one of a weak signal of thresholds and interactions); at B =
+           60 and 120 s unless --budget is given.
            Prints per-split figures, then per dataset and budget the means, ours/FLAML and ours' wall/B.
 
 FLAML is a benchmark-only dependency (bench/requirements.txt), never imported by the pipeline.
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import logging
 import tempfile
 import time
@@ -388,8 +392,29 @@ def holdout_parts(dataset: Dataset, n_splits: int) -> list[tuple[str, np.ndarray
     ]
 
 
+def synthetic_tables(rows: int, folder: Path) -> list[str]:
+    """bench/scale.py's two generated loan tables of ``rows`` rows (seed 0), written to ``folder`` as
+    CSVs without the id column: its nearly linear signal, and a weak one of thresholds and interactions.
+    Returned as ``--data`` specs."""
+    spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    specs = []
+    for name, generate in (
+        ("synthetic_loans", scale.synthetic_loans),
+        ("weak_signal_loans", scale.weak_signal_loans),
+    ):
+        path = folder / f"{name}_{rows}.csv"
+        generate(rows, 0).drop(columns=[scale.ID_COLUMN]).to_csv(path, index=False)
+        specs.append(f"{path}:{scale.TARGET}:1")
+    return specs
+
+
 def run_suite(args, config: PipelineConfig) -> None:
     budgets = [args.budget] if args.budget is not None else list(SUITE_BUDGETS)
+    if args.synthetic:
+        tables = tempfile.TemporaryDirectory(prefix="bench-quality-tables-")
+        args.data = [*args.data, *synthetic_tables(args.synthetic, Path(tables.name))]
     datasets = suite_datasets(args, config)
     outcomes = []
     for data_config, dataset in datasets:
@@ -422,6 +447,12 @@ def main() -> None:
         default=[],
         metavar="PATH:TARGET[:POSITIVE_LABEL]",
         help="--suite: another CSV (repeatable); positive label defaults to the config's",
+    )
+    parser.add_argument(
+        "--synthetic",
+        type=int,
+        metavar="ROWS",
+        help="--suite: also bench/scale.py's two generated tables (linear and weak signal) of ROWS rows",
     )
     parser.add_argument(
         "--credit-risk", type=Path, help=f"--suite: credit_risk_dataset.csv (default {CREDIT_RISK})"

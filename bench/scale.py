@@ -142,6 +142,31 @@ def synthetic_loans(n_rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+def weak_signal_loans(n_rows: int, seed: int = 0) -> pd.DataFrame:
+    """:func:`synthetic_loans`' columns with another default flag: a weak signal of thresholds and
+    interactions (high debt to income, high utilisation in the lower grades, short employment, a few
+    states), plus noise, that a linear model mostly misses (logistic regression about 0.57 ROC AUC,
+    boosted trees about 0.67). About a quarter positive."""
+    frame = synthetic_loans(n_rows, seed)
+    rng = np.random.default_rng(seed + 1)
+    grade_index = np.searchsorted(GRADES, frame["grade"].to_numpy())
+    debt_to_income = frame["debt_to_income"].fillna(20).to_numpy()
+    utilisation = frame["revolving_utilisation"].to_numpy()
+    age = frame["age"].to_numpy()
+    signal = (
+        0.5 * (debt_to_income > 30)
+        + 0.45 * ((utilisation > 80) & (grade_index >= 3))
+        - 0.35 * ((age > 35) & (age < 55))
+        + 0.3 * (frame["employment_years"].fillna(0).to_numpy() < 1)
+        + 0.25 * frame["state"].isin(["S03", "S07", "S11", "S19"]).to_numpy()
+        + 0.2 * np.sin(frame["loan_amount"].to_numpy() / 3000)
+        + 0.15 * (frame["purpose"] == "small_business").to_numpy()
+    )
+    logit = -1.5 + 2.6 * signal + rng.normal(0, 1.0, n_rows)
+    frame[TARGET] = (rng.random(n_rows) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    return frame
+
+
 def bench_config(args, table: Path) -> PipelineConfig:
     """``params.yaml`` (and the profile) with the dataset pointed at ``table`` and the budget set."""
     raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))

@@ -44,6 +44,23 @@ def test_another_table_keeps_every_setting_but_the_dataset(tmp_path):
     assert other.optimize == config.optimize and other.research == config.research
 
 
+def test_generated_tables_load_as_loan_tables_without_the_id(tmp_path):
+    from pipeline.data import load_dataset
+
+    config = make_config(small_params())
+    specs = quality.synthetic_tables(400, tmp_path)
+    assert [quality.parse_data(s)[0].name for s in specs] == [
+        "synthetic_loans_400.csv",
+        "weak_signal_loans_400.csv",
+    ]
+    linear, weak = (load_dataset(quality.with_data(config, *quality.parse_data(s))) for s in specs)
+    for dataset in (linear, weak):
+        assert dataset.n_rows == 400 and "application_id" not in dataset.features.columns
+        assert 0.1 < dataset.target.mean() < 0.4 and "employer" in dataset.categorical
+    # The same columns, another signal.
+    assert linear.features.equals(weak.features) and not linear.target.equals(weak.target)
+
+
 def test_tuning_shares_what_is_left_after_the_reserve():
     reserve = quality.FINAL_RESERVE_SECONDS
     assert quality.tuning_seconds(120, elapsed=15, families_left=3) == pytest.approx((105 - reserve) / 3)
