@@ -20,7 +20,7 @@ from sklearn.inspection import permutation_importance
 from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
-from pipeline import budget, plots, reasons, scorecard, speed, stability, tuning
+from pipeline import budget, inference, plots, reasons, scorecard, speed, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
@@ -371,9 +371,7 @@ def run(
         # The one evaluation on the held-out test part.
         test_x = dataset.features.iloc[split.test_index]
         test_y = dataset.target.iloc[split.test_index].to_numpy()
-        scoring_started = time.monotonic()
         test_scores = positive_scores(final, test_x)
-        scoring_seconds = time.monotonic() - scoring_started
         test_metrics = {
             f"test_{k}": v for k, v in all_metrics(test_y, test_scores, threshold, config.costs).items()
         }
@@ -458,12 +456,18 @@ def run(
 
         # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
         # time left allows (every permutation scores them once more), at most optimize.report_max_rows.
-        # A call on a few rows too: what a scoring call costs whatever its rows.
-        few = min(len(test_x), budget.MIN_IMPORTANCE_ROWS)
-        few_started = time.monotonic()
-        positive_scores(final, test_x.iloc[:few])
-        few_seconds = time.monotonic() - few_started
-        cost = budget.ScoringCost.from_calls(few, few_seconds, len(test_x), scoring_seconds)
+        # The model is written: from here it only scores, so it is readied as the scoring server
+        # readies it (same probabilities, without scikit-learn's per-call checks, which cost 50 ms a
+        # call on a column of a few thousand levels), and its calls are timed as readied: a few rows
+        # (what a call costs whatever its rows) and as many as importance may take.
+        inference.for_few_rows(final)
+        few, many = (min(len(test_x), n) for n in (budget.MIN_IMPORTANCE_ROWS, budget.MAX_IMPORTANCE_ROWS))
+        timed = []
+        for size in (few, many):
+            call_started = time.monotonic()
+            positive_scores(final, test_x.iloc[:size])
+            timed.append(time.monotonic() - call_started)
+        cost = budget.ScoringCost.from_calls(few, timed[0], many, timed[1])
         rows, repeats = budget.importance_plan(
             cost, len(test_x), test_x.shape[1], settings.permutation_repeats, left() - overhead / 2
         )

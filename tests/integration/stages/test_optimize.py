@@ -17,10 +17,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
-from pipeline import budget, cli, tuning
+from pipeline import budget, cli, inference, tuning
+from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import ConfigError
 from pipeline.stages import optimize, research
-from pipeline.tracking import keys, lookups, runs, session
+from pipeline.tracking import keys, lookups, model_io, runs, session
 from tests.conftest import PROJECT_ROOT, make_config, small_params
 
 pytestmark = pytest.mark.integration
@@ -118,7 +119,7 @@ def reproduce_in_fresh_process(uri: str, model_uri: str, run_id: str, config_ove
         f"""
         import io, json, sys
         import numpy as np, pandas as pd
-        from pipeline.data import load_dataset
+        from pipeline.data import load_dataset, split_dataset
         from pipeline.tracking import model_io
         from tests.conftest import make_config, small_params
 
@@ -201,6 +202,30 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     loaded = reproduce_in_fresh_process(sqlite_store, second.model_uri, second.run_id, {})
     assert loaded["equal"], loaded
     assert loaded["threshold"] == second.threshold
+
+    # Permutation importance ran on the model readied for scoring: what the logged model, read back
+    # as scikit-learn gives it, reproduces on the same rows and repeats.
+    logged = pd.read_csv(
+        io.StringIO(runs.download_artifact_text(store, second.run_id, f"{keys.ARTIFACT_IMPORTANCE}.csv"))
+    )
+    metrics = client.get_run(second.run_id).data.metrics
+    dataset = load_dataset(config)
+    in_order = split_dataset(dataset, config.split.test_size, config.seed).test_index  # not sorted
+    assert sorted(in_order) == sorted(test)
+    estimator = model_io.load_model(second.model_uri).estimator
+    for part in inference.parts(estimator):
+        if getattr(part, "n_jobs", None) not in (None, 1):
+            part.n_jobs = 1  # a forest's trees summed in one order, as when readied
+    again, rows = optimize._importance(
+        estimator,
+        dataset.features.iloc[in_order],
+        dataset.target.iloc[in_order],
+        int(metrics["importance_repeats"]),
+        config.seed,
+        int(metrics["importance_rows"]),
+    )
+    assert rows == metrics["importance_rows"] and list(again["feature"]) == list(logged["feature"])
+    np.testing.assert_allclose(again["importance_mean"], logged["importance_mean"], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("half_written", [False, True], ids=["run-never-created", "run-created-not-closed"])
