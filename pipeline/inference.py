@@ -127,23 +127,37 @@ class _TransformByArray:
 # type, an infinite number) goes to the transformer's array twin, which answers as scikit-learn does.
 
 
+# A value no fitted category equals: an encoder's answer to it is its answer to an unseen category.
+_UNSEEN = "\x00 a category never seen in training"
+
+
+def _probe(categories: list[np.ndarray]) -> np.ndarray:
+    """One row per fitted category of each column, then a missing value, then an unseen one (a shorter
+    column repeats its first category below them): what an encoder's transform of it answers is the
+    encoder's rule for every value it can be given."""
+    width = max(len(values) for values in categories) + 2
+    probe = np.empty((width, len(categories)), dtype=object)
+    for column, values in enumerate(categories):
+        given = [*values, np.nan, _UNSEEN]
+        probe[:, column] = given + [given[0]] * (width - len(given))
+    return probe
+
+
+def _text_categories(categories: list[np.ndarray]) -> bool:
+    return all(values.dtype == object for values in categories) and all(
+        isinstance(v, str) or _is_nan(v) for values in categories for v in values
+    )
+
+
 class _OrdinalByTable:
     """An ordinal encoder as a lookup per column: the code of each known category, of a missing value
     and of an unseen value, all read from the encoder's own transform of its categories, so its rules
     (rare levels grouped, missing and unknown codes) are applied exactly as fitted."""
 
-    # A value no fitted category equals: its code is the encoder's code for an unseen category.
-    _UNSEEN = "\x00 a category never seen in training"
-
     def __init__(self, encoder: Any, twin: Any) -> None:
         self._twin = twin
         categories = encoder.categories_
-        width = max(len(values) for values in categories) + 2
-        probe = np.empty((width, len(categories)), dtype=object)
-        for column, values in enumerate(categories):
-            given = [*values, np.nan, self._UNSEEN]
-            probe[:, column] = given + [given[0]] * (width - len(given))
-        codes = twin.transform(probe)
+        codes = twin.transform(_probe(categories))
         self._dtype = codes.dtype
         self._tables = [
             {value: codes[row, column] for row, value in enumerate(values) if isinstance(value, str)}
@@ -160,8 +174,7 @@ class _OrdinalByTable:
             _is_sklearn(encoder, ("OrdinalEncoder",))
             and categories is not None
             and encoder.handle_unknown == "use_encoded_value"
-            and all(values.dtype == object for values in categories)
-            and all(isinstance(v, str) or _is_nan(v) for values in categories for v in values)
+            and _text_categories(categories)
         )
         return cls(encoder, twin) if usable else None
 
@@ -169,17 +182,25 @@ class _OrdinalByTable:
         if X.dtype != object or X.ndim != 2 or X.shape[1] != len(self._tables):
             return self._twin.transform(X)
         out = np.empty(X.shape, dtype=self._dtype)
-        for column, table in enumerate(self._tables):
-            missing, unseen = self._missing[column], self._unseen[column]
-            codes = out[:, column]
-            for row, value in enumerate(X[:, column]):
-                if type(value) is str:
-                    codes[row] = table.get(value, unseen)
-                elif type(value) is float and value != value:
-                    codes[row] = missing
-                else:  # None, a number, a pandas NA: scikit-learn's own rules decide
-                    return self._twin.transform(X)
+        if not _look_up(X, self._tables, self._missing, self._unseen, out):
+            return self._twin.transform(X)
         return out
+
+
+def _look_up(X: np.ndarray, tables: list[dict], missing: list, unseen: list, out: np.ndarray) -> bool:
+    """Fill ``out`` with each value's entry in its column's table (a missing value and an unseen one
+    their column's own); False at the first value of another type (None, a number, a pandas NA),
+    which scikit-learn's own rules must decide."""
+    for column, table in enumerate(tables):
+        entries, missing_entry, unseen_entry = out[:, column], missing[column], unseen[column]
+        for row, value in enumerate(X[:, column]):
+            if type(value) is str:
+                entries[row] = table.get(value, unseen_entry)
+            elif type(value) is float and value != value:
+                entries[row] = missing_entry
+            else:
+                return False
+    return True
 
 
 class _OneHotByTable:
@@ -189,8 +210,6 @@ class _OneHotByTable:
     are applied exactly as fitted. scikit-learn's transform checks every value against every fitted
     category in each call: about 50 ms a call for a column of a few thousand levels, whatever the rows.
     """
-
-    _UNSEEN = _OrdinalByTable._UNSEEN
 
     def __init__(
         self, twin: Any, tables: list[dict], missing: list[int], unseen: list[int], width: int
@@ -206,8 +225,7 @@ class _OneHotByTable:
             _is_sklearn(encoder, ("OneHotEncoder",))
             and categories is not None
             and encoder.handle_unknown in {"ignore", "infrequent_if_exist"}
-            and all(values.dtype == object for values in categories)
-            and all(isinstance(v, str) or _is_nan(v) for values in categories for v in values)
+            and _text_categories(categories)
         )
         if not usable:
             return None
@@ -220,14 +238,9 @@ class _OneHotByTable:
                 position += 1
         if position != len(names):
             return None
-        width = max(len(values) for values in categories) + 2
-        probe = np.empty((width, len(categories)), dtype=object)
-        for column, values in enumerate(categories):
-            given = [*values, np.nan, cls._UNSEEN]
-            probe[:, column] = given + [given[0]] * (width - len(given))
         with warnings.catch_warnings():  # the probe's unseen value, on purpose
             warnings.simplefilter("ignore")
-            encoded = twin.transform(probe)
+            encoded = twin.transform(_probe(categories))
         encoded = encoded.toarray() if hasattr(encoded, "toarray") else np.asarray(encoded)
         if not np.isin(encoded, (0.0, 1.0)).all():
             return None
@@ -249,17 +262,9 @@ class _OneHotByTable:
     def __call__(self, X: np.ndarray) -> Any:
         if X.dtype != object or X.ndim != 2 or X.shape[1] != len(self._tables):
             return self._twin.transform(X)
-        hot = np.empty(X.shape, dtype=np.int64)
-        for column, table in enumerate(self._tables):
-            missing, unseen = self._missing[column], self._unseen[column]
-            targets = hot[:, column]
-            for row, value in enumerate(X[:, column]):
-                if type(value) is str:
-                    targets[row] = table.get(value, unseen)
-                elif type(value) is float and value != value:
-                    targets[row] = missing
-                else:  # None, a number, a pandas NA: scikit-learn's own rules decide
-                    return self._twin.transform(X)
+        hot = np.empty(X.shape, dtype=np.int64)  # each value's output column, -1 for none
+        if not _look_up(X, self._tables, self._missing, self._unseen, hot):
+            return self._twin.transform(X)
         rows = np.repeat(np.arange(X.shape[0]), X.shape[1])
         columns = hot.ravel()
         kept = columns >= 0
