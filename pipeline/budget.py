@@ -10,7 +10,8 @@ scaled by a speed probe of the machine) and gives each tuned family a share of t
 research score (``family_weights``), re-planned at each family's start but never above its part of
 the first plan. What the first round leaves (a family at its trial cap, a reserve kept for families
 then skipped) goes in a second round to the best family time stopped, then to the next, then to
-those skipped.
+those skipped. Once the final candidate is chosen, the reserve its refit does not need (the reserve
+was for the dearest final, a vote of every tuned family) goes in a third round to its best member.
 """
 
 from __future__ import annotations

@@ -469,6 +469,7 @@ class FinalCandidate:
     estimator: object
     cv_metrics: dict[str, float]
     cv: CVResult | None = None  # out-of-fold scores: a vote's, or a family's best trial's when known
+    families: tuple[str, ...] = ()  # the families refitted: the vote's members, or the one family
 
 
 def vote_name(families: tuple[str, ...] | list[str]) -> str:
@@ -502,6 +503,7 @@ def choose_final_estimator(
             estimator_for(config, dataset, winner, len(train_y)),
             dict(winner.metrics),
             cv=winner.cv,
+            families=(winner.family,),
         )
 
     y = train_y.to_numpy()
@@ -542,9 +544,13 @@ def choose_final_estimator(
     )
     if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
         vote = build_ensemble([(f, members[f]) for f in combo])
-        return FinalCandidate(vote_name(combo), vote, metrics, cv=result)
+        return FinalCandidate(vote_name(combo), vote, metrics, cv=result, families=combo)
     return FinalCandidate(
-        winner.family, members[winner.family], dict(winner.metrics), cv=member_cv[winner.family]
+        winner.family,
+        members[winner.family],
+        dict(winner.metrics),
+        cv=member_cv[winner.family],
+        families=(winner.family,),
     )
 
 

@@ -26,6 +26,7 @@ from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
 from pipeline.selection import (
     FamilyOutcome,
+    FinalCandidate,
     choose_final_estimator,
     fit_final,
     merge_outcomes,
@@ -337,32 +338,53 @@ def run(
             if budget.extra_round(share, trial):
                 logger.info("%s: %.0f s more of the budget, left by the first round", family, share)
                 tune(family, share, trial)
-        outcomes = [tuned[f] for f in families if f in tuned]
-        steps = [research_step, *(family_steps[f] for f in families)]
+
+        def choose(among: list[str]) -> tuple[TrainingPart, FinalCandidate]:
+            """The rows and the final candidate (the best family, or a soft vote) of these tuned families."""
+            outcomes = [tuned[f] for f in among]
+            winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
+            # The winner's rows (a sample when stage 1 drew one); a soft vote only of families tuned
+            # on the same rows, as it averages their out-of-fold scores row by row.
+            part = part_of(winner.family)
+            voters = [o for o in outcomes if part_of(o.family).rows == part.rows]
+            return part, choose_final_estimator(
+                config, dataset, voters, winner, part.features, part.target, part.splits
+            )
+
         final_started, final_planned = time.monotonic(), max(0.0, left())
+        part, candidate = choose([f for f in families if f in tuned])
+        # The reserve was kept for the dearest final (a vote refitting every tuned family). With
+        # the candidate known, what its own refit does not need goes to its best family still cut
+        # short by time, for one more round; the candidate is then chosen again among the same
+        # families, so its refit stays within what is left. Only when choosing again costs no fit
+        # (this process ran every member's best trial, so their out-of-fold scores are in hand).
+        spare = [f for f in candidate.families if tuned[f].cut_short]
+        if spare and all(tuned[f].cv is not None for f in candidate.families):
+            family = min(spare, key=lambda f: tuning.rank_key(tuned[f].metrics))
+            share, trial = max(0.0, left() - reserve_with(list(candidate.families))), trial_of(family)
+            if budget.extra_round(share, trial):
+                logger.info("%s: %.0f s more of the budget, left by the final step's reserve", family, share)
+                tune(family, share, trial)
+                part, candidate = choose(list(candidate.families))
+                final_started, final_planned = time.monotonic(), max(0.0, left())
+        steps = [research_step, *(family_steps[f] for f in families)]
+        outcomes = [tuned[f] for f in families if f in tuned]
         winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
         logger.info(
-            "winner %s: cv ROC AUC %.4f, cost %.4f, params %s",
+            "winner %s: cv ROC AUC %.4f, cost %.4f, params %s; final model %s",
             winner.family,
             winner.metrics["cv_roc_auc"],
             winner.metrics["cv_expected_cost"],
             winner.best_params,
+            candidate.name,
         )
-
-        # The winner's rows (a sample when stage 1 drew one); a soft vote only of families tuned on
-        # the same rows, as it averages their out-of-fold scores row by row.
-        part = part_of(winner.family)
-        voters = [o for o in outcomes if part_of(o.family).rows == part.rows]
         if part.rows < whole.rows:
             logger.warning(
                 "%s is refitted on its sample of %d of %d training rows (research.family_rows)",
-                winner.family,
+                candidate.name,
                 part.rows,
                 whole.rows,
             )
-        candidate = choose_final_estimator(
-            config, dataset, voters, winner, part.features, part.target, part.splits
-        )
         final, choice = fit_final(
             config, candidate.estimator, part.features, part.target, part.splits, candidate.cv
         )

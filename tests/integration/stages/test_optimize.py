@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import textwrap
@@ -447,6 +448,35 @@ def test_time_the_first_round_left_goes_to_a_family_it_skipped(sqlite_store, mon
     step = steps[keys.BUDGET_STEP_TUNE + second.family]
     assert step.stopped_by == "" and step.spent > 0 and step.planned > step.spent
     assert steps[keys.BUDGET_STEP_TOTAL].spent <= config.budget_seconds
+
+
+def test_the_reserve_a_single_final_model_does_not_need_goes_to_its_family(sqlite_store, monkeypatch, caplog):
+    research.run(make_config(small_params()))
+    # Both families tune until time stops them; a vote is never kept (it would need a gain of 1).
+    config = make_config(
+        small_params(budget_seconds=60, optimize={"n_trials": 500, "ensemble_min_gain": 1.0})
+    )
+    # A vote's refit held 15 s more per member than one family's, as forests' would.
+    real_reserve = budget.final_reserve
+
+    def dearer_votes(fold_seconds, *args, **kwargs):
+        return real_reserve(fold_seconds, *args, **kwargs) + 15.0 * (len(fold_seconds) - 1)
+
+    monkeypatch.setattr(budget, "final_reserve", dearer_votes)
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    assert all(f.stopped_by == "time" for f in result.families)
+    winner = min(result.families, key=lambda f: tuning.rank_key(f.metrics))
+    assert result.best_family == winner.family
+    more = rf"{winner.family}: (\d+) s more of the budget, left by the final step's reserve"
+    given = re.search(more, caplog.text)
+    assert given and int(given.group(1)) >= budget.EXTRA_ROUND_MIN_SECONDS
+    steps = {step.name: step for step in result.steps}
+    assert steps[keys.BUDGET_STEP_TUNE + winner.family].planned >= int(given.group(1))
+    assert winner.planned_seconds == pytest.approx(steps[keys.BUDGET_STEP_TUNE + winner.family].planned)
+    # The final step gets what a single family's refit needs, and the budget holds.
+    total = steps[keys.BUDGET_STEP_TOTAL]
+    assert total.spent <= config.budget_seconds + 15
 
 
 def test_scorecard_family_is_researched_tuned_and_its_points_reproduce_the_logged_model(sqlite_store):
