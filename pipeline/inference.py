@@ -238,25 +238,28 @@ class _OneHotByTable:
                 position += 1
         if position != len(names):
             return None
+        # Read sparse whatever the encoder's output: one row per level of the widest column, by up to
+        # 64 output columns per input column, would be hundreds of MB dense on a many-level column.
+        sparse_twin = copy.copy(twin)
+        sparse_twin.sparse_output = True
         with warnings.catch_warnings():  # the probe's unseen value, on purpose
             warnings.simplefilter("ignore")
-            encoded = twin.transform(_probe(categories))
-        encoded = encoded.toarray() if hasattr(encoded, "toarray") else np.asarray(encoded)
-        if not np.isin(encoded, (0.0, 1.0)).all():
+            encoded = sparse_twin.transform(_probe(categories)).tocoo()
+        if not (encoded.data == 1).all():
             return None
-        ends = [*starts[1:], len(names)]
-        outputs = []  # per column: the output column of each probe row, -1 for none
-        for start, end in zip(starts, ends, strict=True):
-            block = encoded[:, start:end]
-            if (block.sum(axis=1) > 1).any():
-                return None
-            outputs.append(np.where(block.any(axis=1), start + block.argmax(axis=1), -1))
+        # Each output column's input column; each probe row's output column per input column, -1 for none.
+        block = np.searchsorted(np.asarray(starts), encoded.col, side="right") - 1
+        cell = encoded.row.astype(np.int64) * len(categories) + block
+        if len(np.unique(cell)) < len(cell):  # two output columns of one input column for a value
+            return None
+        outputs = np.full((encoded.shape[0], len(categories)), -1, dtype=np.int64)
+        outputs[encoded.row, block] = encoded.col
         tables = [
-            {value: int(outputs[column][row]) for row, value in enumerate(values) if isinstance(value, str)}
+            {value: int(outputs[row, column]) for row, value in enumerate(values) if isinstance(value, str)}
             for column, values in enumerate(categories)
         ]
-        missing = [int(outputs[column][len(values)]) for column, values in enumerate(categories)]
-        unseen = [int(outputs[column][len(values) + 1]) for column, values in enumerate(categories)]
+        missing = [int(outputs[len(values), column]) for column, values in enumerate(categories)]
+        unseen = [int(outputs[len(values) + 1, column]) for column, values in enumerate(categories)]
         return cls(twin, tables, missing, unseen, len(names))
 
     def __call__(self, X: np.ndarray) -> Any:

@@ -204,13 +204,26 @@ def test_a_one_hot_table_encodes_every_value_as_the_encoder_does(sparse, handle_
 
 
 def test_a_one_hot_table_of_an_encoder_that_drops_a_level_leaves_it_out_as_the_encoder_does():
-    fitted_on = np.array([["a", "p"], ["b", "q"], ["c", "p"]], dtype=object)
+    # The middle column has one level: dropped, it has no output column at all.
+    fitted_on = np.array([["a", "k", "p"], ["b", "k", "q"], ["c", "k", "p"]], dtype=object)
     encoder = OneHotEncoder(drop="first", handle_unknown="ignore").fit(fitted_on)
     table = inference._OneHotByTable.of(encoder, copy.copy(encoder))
-    rows = np.array([["a", "q"], ["c", "p"], ["z", "never seen"]], dtype=object)
+    rows = np.array([["a", "k", "q"], ["c", "k", "p"], ["z", "new", "never seen"]], dtype=object)
     with pytest.warns(UserWarning, match="unknown categories"):
         expected = encoder.transform(rows).toarray()
     assert np.array_equal(table(rows).toarray(), expected)
+
+
+def test_a_one_hot_table_of_a_dense_encoder_reads_it_sparse_and_leaves_the_encoder_dense():
+    levels = np.array([f"employer {i}" for i in range(20_000)], dtype=object)
+    fitted_on = np.column_stack([levels, np.resize(np.array(["x", "y"], dtype=object), len(levels))])
+    encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(fitted_on)
+    twin = copy.copy(encoder)
+    table = inference._OneHotByTable.of(encoder, twin)
+    assert twin.sparse_output is False and encoder.sparse_output is False
+    rows = fitted_on[[0, 19_999, 1]]
+    encoded = table(rows)
+    assert isinstance(encoded, np.ndarray) and np.array_equal(encoded, encoder.transform(rows))
 
 
 def test_an_imputer_and_a_scaler_by_array_match_scikit_learn_and_refuse_what_it_refuses():
