@@ -96,8 +96,10 @@ def seconds_left(budget_seconds: float, research_spent: float, optimize_elapsed:
 
 
 def fair_cap(seconds_left: float, candidates_left: int) -> float:
-    """The most a candidate's first rung may take: a couple of fair shares of what is left."""
-    return max(0.0, seconds_left) / max(1, candidates_left) * FAIR_SHARE_SLACK
+    """The most a candidate's first rung may take: a couple of fair shares of what is left, never
+    more than all of it (the last candidates would otherwise be allowed twice what stage 1 has)."""
+    left = max(0.0, seconds_left)
+    return min(left, left / max(1, candidates_left) * FAIR_SHARE_SLACK)
 
 
 # A candidate too slow for its share on every training row is cross-validated on a stratified sample
@@ -135,25 +137,38 @@ class Probe:
     predict_seconds: float
     rows: int
     fixed_seconds: float = 0.0  # the part of ``fit_seconds`` that does not grow with the rows
+    # A family sized for its part fits each model (a forest's tree) on at most this many of the
+    # part's rows, as a share of them (``models.fit_rows_cap``); None: on every training row. The
+    # probe itself fits on all of its rows.
+    capped_rows: int | None = None
 
     def fold_seconds(self, part_rows: int, cv_folds: int) -> float:
         """Predicted seconds of one fold when the training part has ``part_rows`` rows."""
         valid = part_rows // max(1, cv_folds)
+        train = part_rows - valid
+        if self.capped_rows is not None:
+            train = max(1, round(train * min(1.0, self.capped_rows / max(1, part_rows))))
         growing = self.fit_seconds - self.fixed_seconds
         return self.fixed_seconds + predicted_from_probe(
-            growing, self.predict_seconds, self.rows, part_rows - valid, valid, self.family
+            growing, self.predict_seconds, self.rows, train, valid, self.family
         )
 
 
 def probe_from_fits(
-    family: str, small_rows: int, small_fit: float, rows: int, fit: float, predict: float
+    family: str,
+    small_rows: int,
+    small_fit: float,
+    rows: int,
+    fit: float,
+    predict: float,
+    capped_rows: int | None = None,
 ) -> Probe:
     """A probe from fits on ``small_rows`` and on ``rows`` rows: fit = fixed + growing * rows **
     FIT_EXPONENT, solved from the two (the growing part at least ``MIN_GROWING_SHARE`` of ``fit``)."""
     growth = (rows / max(1, small_rows)) ** FIT_EXPONENT
     growing = max(0.0, fit - small_fit) / max(1e-9, growth - 1) * growth
     growing = min(fit, max(growing, MIN_GROWING_SHARE * fit))
-    return Probe(family, fit, predict, rows, fixed_seconds=fit - growing)
+    return Probe(family, fit, predict, rows, fixed_seconds=fit - growing, capped_rows=capped_rows)
 
 
 def sample_rows(probe: Probe, part_rows: int, cv_folds: int, seconds: float) -> int | None:

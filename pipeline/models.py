@@ -93,6 +93,14 @@ def size_settings(family: str, n_rows: int | None, params: Mapping[str, Any] | N
     return {key: value for key, value in settings.items() if key not in params}
 
 
+def fit_rows_cap(family: str, params: Mapping[str, Any] | None = None) -> int | None:
+    """The most rows of its part one of the family's models is fitted on once sized for the part
+    (``size_settings``: a forest's tree above FOREST_MAX_SAMPLES), or None: every row."""
+    if family not in _FORESTS or "max_samples" in (params or {}):
+        return None
+    return FOREST_MAX_SAMPLES
+
+
 def row_limit_reason(family: str, n_rows: int) -> str | None:
     """Why ``family`` is left out at ``n_rows`` training rows, or None when it is not."""
     limit = ROW_LIMITS.get(family)

@@ -27,6 +27,7 @@ from pipeline.models import (
     DENSE_SAMPLE_ROWS,
     build_ensemble,
     build_estimator,
+    fit_rows_cap,
     row_limit_reason,
     validate_params,
 )
@@ -175,7 +176,24 @@ def evaluate_portfolio(
         # Until one candidate besides the baselines has run, none is skipped: stage 2 needs a family.
         ranked_one = any(portfolio[n].family not in BASELINE_FAMILIES for n in first)
         probe = (
-            _probe(estimators[name], features, target, splits[0], candidate.family, config.seed)
+            _probe(
+                # Sized for the probe's rows: a forest sized for the part would fit each tree on a
+                # share of them, which a sample of the part (more rows per tree) does not keep.
+                build_estimator(
+                    candidate.family,
+                    candidate.params,
+                    dataset.categorical,
+                    dataset.numeric,
+                    config.seed,
+                    n_rows=budget.PROBE_ROWS,
+                ),
+                features,
+                target,
+                splits[0],
+                candidate.family,
+                config.seed,
+                capped_rows=fit_rows_cap(candidate.family, candidate.params),
+            )
             if left > 0
             else None  # no time to probe either
         )
@@ -274,7 +292,13 @@ def evaluate_portfolio(
 
 
 def _probe(
-    estimator, features: pd.DataFrame, target: pd.Series, fold, family: str, seed: int
+    estimator,
+    features: pd.DataFrame,
+    target: pd.Series,
+    fold,
+    family: str,
+    seed: int,
+    capped_rows: int | None = None,
 ) -> budget.Probe | None:
     """The candidate timed on a sample of ``budget.PROBE_ROWS`` rows and on a quarter of it, when its
     fold is larger (else, or when a sample fails, None: the fold is small enough to just run)."""
@@ -296,7 +320,7 @@ def _probe(
     # Predicting scales with the rows scored: the probe scored at most PROBE_ROWS of them.
     predict = outcome.predict_seconds * len(rows) / max(1, len(scored))
     return budget.probe_from_fits(
-        family, len(small), first.fit_seconds, len(rows), outcome.fit_seconds, predict
+        family, len(small), first.fit_seconds, len(rows), outcome.fit_seconds, predict, capped_rows
     )
 
 

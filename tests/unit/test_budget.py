@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline import budget
+from pipeline import budget, models
 from pipeline.budget import RungScore
 
 
@@ -58,6 +58,10 @@ def test_ties_go_to_the_lower_cost_and_nan_scores_rank_last():
 def test_a_slow_candidate_is_skipped_when_its_probe_predicts_more_than_a_fair_share():
     cap = budget.fair_cap(seconds_left=60, candidates_left=6)
     assert cap == pytest.approx(20.0)
+    # The last candidates may take what is left, never twice it.
+    assert budget.fair_cap(seconds_left=12, candidates_left=1) == pytest.approx(12.0)
+    assert budget.fair_cap(seconds_left=12, candidates_left=2) == pytest.approx(12.0)
+    assert budget.fair_cap(seconds_left=-5, candidates_left=1) == 0.0
     # 0.5 s on 2,000 rows, scaled to 200,000 rows: far above the cap.
     predicted = budget.predicted_from_probe(0.5, 0.1, 2_000, 200_000, 50_000, "random_forest")
     assert predicted > cap
@@ -245,6 +249,25 @@ def test_two_probes_tell_a_fixed_cost_from_one_that_grows_with_the_rows():
     noisy = budget.probe_from_fits("lightgbm", 500, 0.5, 2_000, 0.4, 0.0)
     assert noisy.fixed_seconds == pytest.approx(0.4 * (1 - budget.MIN_GROWING_SHARE))
     assert noisy.fold_seconds(2_500, 5) == pytest.approx(0.4)  # at the probe's own size: its time
+
+
+def test_a_forest_fits_each_tree_on_a_capped_share_of_its_part_so_a_smaller_sample_is_no_cheaper_per_tree():
+    cap = models.FOREST_MAX_SAMPLES
+    forest = budget.Probe("random_forest", 0.2, 0.0, 2_000, capped_rows=cap)
+    uncapped = budget.Probe("random_forest", 0.2, 0.0, 2_000)
+    # Below the cap every training row is fitted on, as without it.
+    assert forest.fold_seconds(50_000, 5) == pytest.approx(uncapped.fold_seconds(50_000, 5))
+    # Above it each tree gets the cap's share of a fold: the fit stops growing with the part.
+    assert forest.fold_seconds(750_000, 5) == pytest.approx(forest.fold_seconds(250_000, 5))
+    assert forest.fold_seconds(750_000, 5) < uncapped.fold_seconds(750_000, 5) / 5
+    assert forest.fold_seconds(250_000, 5) == pytest.approx(uncapped.fold_seconds(cap, 5))
+    # As sized by the models: a forest sized for a sample fits each tree on more of the sample's rows.
+    for rows in (250_000, 750_000):
+        settings = models.size_settings("random_forest", rows, {})
+        assert settings["max_samples"] * rows == pytest.approx(cap)
+    assert models.fit_rows_cap("random_forest") == cap
+    assert models.fit_rows_cap("random_forest", {"max_samples": 0.5}) is None
+    assert models.fit_rows_cap("lightgbm") is None
 
 
 def test_rung_order_runs_the_cheap_strong_families_first_and_the_dear_ones_last():
