@@ -22,8 +22,7 @@ import skops.io
 
 from pipeline.config import load_config
 from pipeline.data import load_dataset
-from pipeline.models import TRUSTED_TYPES, build_estimator
-from pipeline.selection import build_ensemble
+from pipeline.models import TRUSTED_TYPES, build_ensemble, build_estimator
 from pipeline.tracking.model_io import write_estimator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -56,16 +56,9 @@ from pipeline import tuning
 from pipeline.config import DatasetConfig, PipelineConfig, load_config
 from pipeline.data import Dataset, Split, load_dataset, split_dataset
 from pipeline.evaluation import best_threshold, expected_cost
+from pipeline.final_model import FamilyOutcome, choose_final_estimator, family_objective, fit_final
 from pipeline.models import build_estimator
-from pipeline.selection import (
-    FamilyOutcome,
-    choose_final_estimator,
-    evaluate_portfolio,
-    family_objective,
-    fit_final,
-    leaderboard_frame,
-    ranked_families,
-)
+from pipeline.selection import evaluate_portfolio, leaderboard_frame, ranked_families
 from pipeline.settings import ARTIFACT_ROOT_ENV, TRACKING_URI_ENV, temporary_environment
 from pipeline.tracking import keys
 from pipeline.training import cross_validate, folds, positive_scores

@@ -24,7 +24,7 @@ from pipeline import budget, inference, plots, reasons, scorecard, speed, stabil
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
 from pipeline.evaluation import all_metrics, cost_curve, sample_positions
-from pipeline.selection import (
+from pipeline.final_model import (
     FamilyOutcome,
     FinalCandidate,
     choose_final_estimator,

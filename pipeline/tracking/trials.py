@@ -14,7 +14,7 @@ from pipeline import tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import Dataset
 from pipeline.errors import LookupFailedError
-from pipeline.selection import FamilyOutcome, family_objective
+from pipeline.final_model import FamilyOutcome, family_objective
 from pipeline.tracking import keys, lookups, runs
 from pipeline.tracking.session import TrackingSession
 

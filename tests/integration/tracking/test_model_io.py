@@ -16,8 +16,7 @@ from sklearn.preprocessing import FunctionTransformer
 
 from pipeline.data import load_dataset
 from pipeline.errors import LookupFailedError, ModelSecurityError
-from pipeline.models import TRUSTED_TYPES, build_estimator
-from pipeline.selection import build_ensemble
+from pipeline.models import TRUSTED_TYPES, build_ensemble, build_estimator
 from pipeline.tracking import keys, model_io, runs
 
 pytestmark = pytest.mark.integration
