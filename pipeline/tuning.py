@@ -492,10 +492,21 @@ def _write_owner(set_attr: Callable[[str, Any], None], user_attrs: Mapping[str, 
             set_attr(key, value)
 
 
+def _fail_open_trial(storage, set_state, trial_id: int, reason: str, study_name: str) -> None:
+    """Mark a trial this process opened FAIL with ``reason`` unless another closed it first."""
+    try:
+        if storage.get_trial(trial_id).state == TrialState.RUNNING:
+            storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
+            set_state(trial_id, TrialState.FAIL)
+            logger.info("marked optuna trial id %d of %s FAIL (%s)", trial_id, study_name, reason)
+    except Exception as error:  # a lost database: the error that ended the study is the one to report
+        logger.debug("optuna trial id %d not marked FAIL: %s", trial_id, error)
+
+
 @contextmanager
 def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     """Trials this process opened and did not close are failed, with the reason, when an interrupt
-    (Ctrl-C, SIGTERM) ends the study.
+    (Ctrl-C, SIGTERM) or an error ends the study.
 
     Optuna fails the trial whose objective was interrupted, but not one whose opening or closing in
     the storage was (seen under load): that trial stayed RUNNING. Opening and closing a trial run
@@ -530,17 +541,19 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
     storage.create_new_trial, storage.set_trial_state_values = create_new_trial, set_trial_state_values
     try:
         yield
-    except KeyboardInterrupt as interrupt:
-        reason = f"interrupted: {interrupt}" if str(interrupt) else "interrupted"
+    except BaseException as error:
+        # Optuna's cleanup of a trial whose closing was cut short (by SIGTERM, a failed write) raises
+        # an error of its own: the open trials are closed either way, a signal raised as itself.
+        interrupted = isinstance(error, KeyboardInterrupt) or termination.received()
+        root = error
+        while root.__context__ is not None:  # the first error, not Optuna's in its place
+            root = root.__context__
+        reason = f"interrupted: {error}" if interrupted else f"study ended by {type(root).__name__}"
+        reason = "interrupted: received SIGTERM" if termination.received() else reason.rstrip(": ")
         for trial_id in sorted(still_open):
-            try:
-                if storage.get_trial(trial_id).state != TrialState.RUNNING:
-                    continue
-                storage.set_trial_user_attr(trial_id, FAILURE_ATTR, reason)
-                set_state(trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue
-            logger.info("marked optuna trial id %d of %s FAIL (%s)", trial_id, study.study_name, reason)
+            _fail_open_trial(storage, set_state, trial_id, reason, study.study_name)
+        if interrupted and not isinstance(error, KeyboardInterrupt):
+            raise termination.Terminated("received SIGTERM") from error
         raise
     finally:
         for name, own in replaced.items():

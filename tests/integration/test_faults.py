@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -53,19 +54,35 @@ def cli_env(uri: str, folder: Path) -> dict[str, str]:
 
 
 def start_cli(params: Path, env: dict[str, str], *command: str) -> subprocess.Popen:
-    return subprocess.Popen(
+    # Output to files, not pipes: nobody reads a pipe while the test polls, and a full one would
+    # stop the command before the state the test waits for.
+    outputs = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by finish)
+    process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", *(command or ("research",)), "--quiet", "--config", str(params)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=outputs[0],
+        stderr=outputs[1],
         text=True,
         env=env,
         cwd=PROJECT_ROOT,
     )
+    process.outputs = outputs
+    return process
+
+
+def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
+    """Wait for a command from :func:`start_cli`; its stdout and stderr."""
+    process.wait(timeout=timeout)
+    texts = []
+    for output in process.outputs:
+        output.seek(0)
+        texts.append(output.read())
+        output.close()
+    return texts[0], texts[1]
 
 
 def run_cli(params: Path, env: dict[str, str], *command: str) -> subprocess.CompletedProcess:
     process = start_cli(params, env, *command)
-    stdout, stderr = process.communicate(timeout=600)
+    stdout, stderr = finish(process, timeout=600)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -78,10 +95,14 @@ def assert_one_line(stderr: str, *fragments: str) -> str:
     return lines[0]
 
 
-def wait_for(query, timeout: float = 240, interval: float = 0.05):
-    """Poll ``query()`` until it returns something truthy (errors count as not yet)."""
+def wait_for(query, process: subprocess.Popen, timeout: float = 240, interval: float = 0.05):
+    """Poll ``query()`` until it returns something truthy (errors count as not yet) while ``process``
+    runs; a process that ends first fails the test with its output."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _, stderr = finish(process, timeout=1)
+            raise AssertionError(f"the command ended ({process.returncode}) first: {stderr}")
         try:
             found = query()
         except Exception:
@@ -144,9 +165,9 @@ def test_database_lost_mid_stage_then_rerun_completes(pg_cluster, tmp_path):
 
     process = start_cli(params, env)
     try:
-        lost_run = wait_for(lambda: running_stage_run_pg(pg_cluster, "mlflow_lost"))
+        lost_run = wait_for(lambda: running_stage_run_pg(pg_cluster, "mlflow_lost"), process)
         pg_cluster.stop("immediate")
-        _, stderr = process.communicate(timeout=300)
+        _, stderr = finish(process, timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
@@ -184,10 +205,10 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
 
     process = start_cli(params, env, "optimize")
     try:
-        wait_for(lambda: trial_run_count_pg(pg_cluster, "mlflow_lost_om") >= 1)
+        wait_for(lambda: trial_run_count_pg(pg_cluster, "mlflow_lost_om") >= 1, process)
         lost_run = running_stage_run_pg(pg_cluster, "mlflow_lost_om")
         pg_cluster.stop("immediate")
-        _, stderr = process.communicate(timeout=300)
+        _, stderr = finish(process, timeout=300)
     finally:
         if process.poll() is None:
             process.kill()
@@ -235,9 +256,9 @@ def test_sigterm_marks_the_run_killed_and_exits_143(sqlite_store, tmp_path):
     params = write_params(tmp_path)
     process = start_cli(params, cli_env(sqlite_store, tmp_path))
     try:
-        run_id = wait_for(lambda: running_stage_run_sqlite(database))
+        run_id = wait_for(lambda: running_stage_run_sqlite(database), process)
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
+        _, stderr = finish(process, timeout=120)
     finally:
         if process.poll() is None:
             process.kill()

@@ -259,6 +259,57 @@ def test_a_sigterm_while_a_trial_is_opened_or_closed_leaves_no_trial_running(
         assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
 
 
+def test_a_sigterm_inside_optunas_closing_of_a_trial_leaves_no_trial_running(
+    train_part, tmp_path, monkeypatch
+):
+    """The signal lands after the objective returned, in Optuna's own closing of the trial, before
+    the result is written (seen in CI): Optuna's cleanup then fails on a variable never set and
+    raises that instead. The trial is still closed FAIL and the study ends with the signal."""
+    study = tuning.open_study(optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db"), "late", seed=0)
+    original, calls = optuna.study._optimize._tell_with_warning, []
+
+    def with_a_signal(*args, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)  # the handler runs here, before the result is written
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.study._optimize, "_tell_with_warning", with_a_signal)
+    try:
+        with pytest.raises(termination.Terminated) as raised, termination.handling_sigterm():
+            tuning.tune(study, lr_objective(train_part), n_trials=5, timeout_seconds=None)
+    finally:
+        termination.reset()
+    assert not isinstance(raised.value.__cause__, KeyboardInterrupt)  # what Optuna raised in its place
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs[tuning.FAILURE_ATTR] == "interrupted: received SIGTERM"
+
+
+def test_an_error_that_ends_the_study_closes_the_trial_it_left_open(train_part, tmp_path, monkeypatch):
+    study = tuning.open_study(optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/s.db"), "error", seed=0)
+
+    """A write of the trial's result fails once (a database blip): Optuna's cleanup then raises an
+    error of its own, and the trial it left RUNNING is closed with the first error's name."""
+    storage, failed = study._storage, []
+    write = storage.set_trial_state_values
+
+    def fails_once(trial_id, state, values=None):
+        if state == TrialState.COMPLETE and not failed:
+            failed.append(trial_id)
+            raise RuntimeError("storage write failed")
+        return write(trial_id, state, values)
+
+    monkeypatch.setattr(storage, "set_trial_state_values", fails_once)
+    with pytest.raises(AssertionError, match="Should not reach") as raised:  # Optuna's own
+        tuning.tune(study, lr_objective(train_part), n_trials=2, timeout_seconds=None)
+    assert isinstance(raised.value.__context__, RuntimeError)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs[tuning.FAILURE_ATTR] == "study ended by RuntimeError"
+
+
 def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
