@@ -12,7 +12,7 @@ own split of B (tuning_seconds).
     .venv/bin/python bench/quality.py --protocol cv10 --budget 60 --no-flaml   # about 9 min
     .venv/bin/python bench/quality.py --suite --splits 1 --budget 60
     .venv/bin/python bench/quality.py --suite --data loans.csv:status:bad   # and any CSV of yours
-    .venv/bin/python bench/quality.py --suite --synthetic 6000 --budget 60   # and two generated tables
+    .venv/bin/python bench/quality.py --suite --synthetic 6000 --budget 60   # and three generated tables
 
 Protocols:
   holdout  train_test_split(test_size=0.25, stratify=y, random_state=s) for s = 1..splits;
@@ -24,7 +24,7 @@ Protocols:
   --suite  holdout on every dataset: the configured one, ../shared/data/credit_risk_dataset.csv
            when present (--credit-risk elsewhere; never required, never committed), and each
            --data path.csv:target[:positive_label] (--synthetic ROWS: bench/scale.py's generated tables,
-           one of a nearly linear signal, one of a weak signal of thresholds and interactions); at B =
+           a nearly linear signal, a weak signal of thresholds and interactions, a rare default); at B =
            60 and 120 s unless --budget is given.
            Prints per-split figures, then per dataset and budget the means, ours/FLAML and ours' wall/B.
 
@@ -386,9 +386,9 @@ def holdout_parts(dataset: Dataset, n_splits: int) -> list[tuple[str, np.ndarray
 
 
 def synthetic_tables(rows: int, folder: Path) -> list[str]:
-    """bench/scale.py's two generated loan tables of ``rows`` rows (seed 0), written to ``folder`` as
-    CSVs without the id column: its nearly linear signal, and a weak one of thresholds and interactions.
-    Returned as ``--data`` specs."""
+    """bench/scale.py's generated loan tables of ``rows`` rows (seed 0), written to ``folder`` as CSVs
+    without the id column: its nearly linear signal, a weak one of thresholds and interactions, and a
+    rare default (about 4 %). Returned as ``--data`` specs."""
     spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
@@ -396,6 +396,7 @@ def synthetic_tables(rows: int, folder: Path) -> list[str]:
     for name, generate in (
         ("synthetic_loans", scale.synthetic_loans),
         ("weak_signal_loans", scale.weak_signal_loans),
+        ("rare_default_loans", scale.rare_default_loans),
     ):
         path = folder / f"{name}_{rows}.csv"
         generate(rows, 0).drop(columns=[scale.ID_COLUMN]).to_csv(path, index=False)
@@ -445,7 +446,7 @@ def main() -> None:
         "--synthetic",
         type=int,
         metavar="ROWS",
-        help="--suite: also bench/scale.py's two generated tables (linear and weak signal) of ROWS rows",
+        help="--suite: also bench/scale.py's generated tables (linear, weak, rare default) of ROWS rows",
     )
     parser.add_argument(
         "--credit-risk", type=Path, help=f"--suite: credit_risk_dataset.csv (default {CREDIT_RISK})"

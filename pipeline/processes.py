@@ -1,4 +1,5 @@
-"""Which process owns a record (host and pid), and whether that owner still runs.
+"""Which process owns a record (host and pid), and whether that owner still runs; and giving
+freed memory back to the system.
 
 Shared by the stale-run sweep (MLflow runs) and the stale-trial sweep (Optuna trials): a record
 whose owner is gone will never be closed by it, so the next start closes it.
@@ -6,6 +7,9 @@ whose owner is gone will never be closed by it, so the next start closes it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import socket
 
@@ -40,3 +44,24 @@ def process_alive(pid: int, started_at: float | None = None) -> bool:
     except psutil.Error:
         return False
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed by the last fit back to the system (glibc's ``malloc_trim``).
+
+    glibc keeps freed blocks under its mmap threshold (up to 32 MiB) in the process's heap, so a
+    fold worker otherwise stays at the high-water mark of the largest fit it ever ran, and two
+    such workers beside the stage's own process set the peak on large tables.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline.config import CostConfig
 from pipeline.evaluation import best_threshold, decision_metrics, probability_metrics, summarise_folds
+from pipeline.processes import release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,15 @@ def fit_predict_fold(
         model.fit(features.iloc[train], target.iloc[train])
     fitted = time.perf_counter()
     scores = positive_scores(model, features.iloc[valid])
+    predicted = time.perf_counter()
+    del model
+    release_freed_memory()
     return FoldOutcome(
         index=fold,
         validation_index=valid,
         scores=scores,
         fit_seconds=fitted - started,
-        predict_seconds=time.perf_counter() - fitted,
+        predict_seconds=predicted - fitted,
     )
 
 
@@ -136,7 +140,9 @@ def cross_validate(
             aucs.append(probability_metrics(y[valid], outcome.scores)["roc_auc"])
             on_fold(i, float(np.mean(aucs)))
 
-    return result_from_folds(y, outcomes, splits, costs)
+    result = result_from_folds(y, outcomes, splits, costs)
+    release_freed_memory()  # what the folds fitted here (or unpickled from workers) left resident
+    return result
 
 
 def run_folds(

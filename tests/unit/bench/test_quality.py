@@ -48,17 +48,21 @@ def test_generated_tables_load_as_loan_tables_without_the_id(tmp_path):
     from pipeline.data import load_dataset
 
     config = make_config(small_params())
-    specs = quality.synthetic_tables(400, tmp_path)
+    specs = quality.synthetic_tables(2000, tmp_path)
     assert [quality.parse_data(s)[0].name for s in specs] == [
-        "synthetic_loans_400.csv",
-        "weak_signal_loans_400.csv",
+        "synthetic_loans_2000.csv",
+        "weak_signal_loans_2000.csv",
+        "rare_default_loans_2000.csv",
     ]
-    linear, weak = (load_dataset(quality.with_data(config, *quality.parse_data(s))) for s in specs)
-    for dataset in (linear, weak):
-        assert dataset.n_rows == 400 and "application_id" not in dataset.features.columns
-        assert 0.1 < dataset.target.mean() < 0.4 and "employer" in dataset.categorical
-    # The same columns, another signal.
-    assert linear.features.equals(weak.features) and not linear.target.equals(weak.target)
+    linear, weak, rare = (load_dataset(quality.with_data(config, *quality.parse_data(s))) for s in specs)
+    for dataset in (linear, weak, rare):
+        assert dataset.n_rows == 2000 and "application_id" not in dataset.features.columns
+        assert "employer" in dataset.categorical
+    assert 0.1 < linear.target.mean() < 0.4 and 0.1 < weak.target.mean() < 0.4
+    assert 0.02 < rare.target.mean() < 0.08
+    # The same columns, other signals.
+    assert linear.features.equals(weak.features) and linear.features.equals(rare.features)
+    assert not linear.target.equals(weak.target) and not linear.target.equals(rare.target)
 
 
 def test_tuning_shares_what_is_left_after_the_reserve():
