@@ -102,6 +102,20 @@ def fair_cap(seconds_left: float, candidates_left: int) -> float:
     return min(left, left / max(1, candidates_left) * FAIR_SHARE_SLACK)
 
 
+# A first rung still running at this many times its cap is stopped (its fold workers killed): a
+# prediction can be off several times (a forest extrapolated from a small probe to deep trees on a
+# large table took 73 s a fold against 27 s predicted), and one such candidate must not eat stage 2.
+RUNG_STOP_FACTOR = 2.0
+# ... but never sooner than this: starting fold workers alone can take seconds on a busy machine.
+RUNG_STOP_FLOOR_SECONDS = 10.0
+
+
+def rung_limit(cap: float, seconds_left: float) -> float:
+    """When a candidate's first rung is stopped: at RUNG_STOP_FACTOR times its cap, never past what
+    stage 1 has left, never sooner than RUNG_STOP_FLOOR_SECONDS."""
+    return max(RUNG_STOP_FLOOR_SECONDS, min(RUNG_STOP_FACTOR * cap, seconds_left))
+
+
 # A candidate too slow for its share on every training row is cross-validated on a stratified sample
 # of them instead (the most rows its share fits) when that is at least this many: fewer would say
 # little about the family, which is then skipped. Stage 2 tunes and refits it on the same sample.

@@ -8,6 +8,7 @@ Stage 1 and the benchmarks both import these, so the benchmarks measure the choi
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import time
 from dataclasses import dataclass
 
@@ -126,8 +127,9 @@ def evaluate_portfolio(
     (successive halving over folds, :func:`pipeline.budget.promote`): each runs a first rung of
     ``n_jobs`` folds side by side, a candidate predicted too slow for its fair share on every row
     is cross-validated on a stratified sample of the rows its share fits (or skipped when not
-    even ``budget.MIN_SAMPLE_ROWS`` fit) before its first fold, and only the promising ones that
-    fit run the other folds.
+    even ``budget.MIN_SAMPLE_ROWS`` fit) before its first fold, a first rung that runs far past its
+    share is stopped (``budget.rung_limit``; folds in worker processes only) and the candidate
+    skipped, and only the promising ones that fit run the other folds.
     """
     features, target = _training_part(dataset, split)
     splits = folds(target, config.research.cv_folds, config.seed)
@@ -194,10 +196,11 @@ def evaluate_portfolio(
         predicted = probe.fold_seconds(len(target), len(splits)) if probe else 0.0
         parts[name] = whole
         rows, why = len(target), ""
+        forced = False  # the first family runs on every row, whatever its time
         if left <= 0 or predicted > cap:
             rows = budget.sample_rows(probe, len(target), len(splits), cap) if probe else None
             if rows is None and not ranked_one:
-                rows = len(target)  # the first family runs on every row, whatever its time
+                rows, forced = len(target), True
             if rows is None:
                 note = (
                     f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
@@ -224,10 +227,20 @@ def evaluate_portfolio(
             logger.warning("%s %s", name, notes[name])
         part = parts[name]
         rung_started = clock()
-        first[name] = (
-            run_folds(estimators[name], part.features, part.target, part.splits, range(rung), n_jobs),
-            clock() - rung_started,
-        )
+        limit = None if forced else budget.rung_limit(cap, seconds - (rung_started - started))
+        try:
+            fold_outcomes = run_folds(
+                estimators[name], part.features, part.target, part.splits, range(rung), n_jobs, limit
+            )
+        except multiprocessing.TimeoutError:
+            note = f"stopped by time: its first folds ran past {limit:.0f} s (its share {cap:.0f} s)"
+            outcomes[name] = CandidateOutcome(
+                name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
+            )
+            logger.warning("%s %s", name, note)
+            emit(outcomes[name])
+            continue
+        first[name] = (fold_outcomes, clock() - rung_started)
 
     scores = []
     for name, (fold_outcomes, wall) in first.items():

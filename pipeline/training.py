@@ -152,9 +152,14 @@ def run_folds(
     splits: list[tuple[np.ndarray, np.ndarray]],
     which: Iterable[int],
     n_jobs: int = 1,
+    timeout: float | None = None,
 ) -> list[FoldOutcome]:
-    """Fit and score the folds numbered ``which``, ``n_jobs`` at a time."""
-    return Parallel(n_jobs=n_jobs)(
+    """Fit and score the folds numbered ``which``, ``n_jobs`` at a time.
+
+    With ``timeout`` (seconds, folds in worker processes only) a fold still running then stops them
+    all: the workers are killed and ``multiprocessing.TimeoutError`` raised.
+    """
+    return Parallel(n_jobs=n_jobs, timeout=timeout)(
         delayed(fit_predict_fold)(estimator, features, target, i, *splits[i]) for i in which
     )
 

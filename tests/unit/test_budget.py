@@ -55,6 +55,14 @@ def test_ties_go_to_the_lower_cost_and_nan_scores_rank_last():
     assert promoted == ["cheap"]
 
 
+def test_a_first_rung_is_stopped_at_twice_its_cap_never_past_what_is_left_nor_too_soon():
+    floor = budget.RUNG_STOP_FLOOR_SECONDS
+    assert budget.rung_limit(cap=20, seconds_left=100) == pytest.approx(40)
+    assert budget.rung_limit(cap=20, seconds_left=30) == pytest.approx(30)  # the last ones: all left
+    assert budget.rung_limit(cap=1, seconds_left=30) == floor  # worker start-up alone can take seconds
+    assert budget.rung_limit(cap=0, seconds_left=-5) == floor
+
+
 def test_a_slow_candidate_is_skipped_when_its_probe_predicts_more_than_a_fair_share():
     cap = budget.fair_cap(seconds_left=60, candidates_left=6)
     assert cap == pytest.approx(20.0)

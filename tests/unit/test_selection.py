@@ -92,6 +92,32 @@ def test_a_candidate_predicted_too_slow_is_skipped_with_its_reason_and_ranked_la
     assert "decision_tree" not in ranked_families(board)
 
 
+def test_a_first_rung_that_runs_far_past_its_share_is_stopped_and_the_candidate_skipped(monkeypatch):
+    """A forest far slower than predicted (here: nothing predicted, the table is under the probe's
+    size) is stopped at its limit, its fold workers killed, and the candidates after it still run."""
+    from pipeline.selection import STATUS_FULL, STATUS_SKIPPED
+
+    raw = small_params()
+    raw["research"].update({"n_jobs": 2, "use": ["dummy_prior", "logistic_regression", "slow_forest"]})
+    raw["research"]["candidates"]["slow_forest"] = {
+        "family": "random_forest",
+        "params": {"n_estimators": 20_000, "min_samples_leaf": 1},  # a minute or more a fold here
+    }
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    monkeypatch.setattr(budget, "RUNG_STOP_FLOOR_SECONDS", 3.0)
+    monkeypatch.setattr(budget, "RUNG_PRIOR", ("dummy", "random_forest", "logistic_regression"))
+    outcomes = {o.name: o for o in evaluate_portfolio(config, dataset, split, seconds=4)}
+
+    forest = outcomes["slow_forest"]
+    assert forest.status == STATUS_SKIPPED and forest.metrics == {}
+    assert forest.note.startswith("stopped by time: its first folds ran past 3 s")
+    # The first family to rank runs whatever the time left, on new workers.
+    assert outcomes["logistic_regression"].metrics["cv_roc_auc_mean"] > 0.6
+    assert outcomes["dummy_prior"].status in (STATUS_FULL, "raced out")
+
+
 def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its_share_fits(monkeypatch):
     from pipeline import budget
     from pipeline.data import split_dataset
