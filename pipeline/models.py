@@ -48,12 +48,6 @@ DENSE_INPUT_FAMILIES = frozenset({"naive_bayes"})
 # one-hot data), so one 5-fold CV of 100,000 rows is 8 x 10^9 distances.
 ROW_LIMITS: dict[str, int] = {"knn": 50_000}
 
-# Families cross-validated, tuned and fitted on a stratified sample of at most this many rows (the
-# same sample in stages 1 and 2), whatever their time: a dense one-hot encoding holds rows x encoded
-# columns x 8 bytes, copied a few times in each fold worker (at 600,000 fold rows and about 150
-# columns, 5 GB for the process tree). Gaussian naive Bayes estimates a mean and a variance per
-# class and column, which this many rows already fix.
-DENSE_SAMPLE_ROWS: dict[str, int] = {family: 100_000 for family in DENSE_INPUT_FAMILIES}
 
 # One-hot encoding at any size: a level seen in fewer than this share of the training rows, or
 # beyond a column's most frequent ONEHOT_MAX_LEVELS - 1, joins the column's one "infrequent" level
@@ -79,6 +73,22 @@ FOREST_MAX_BYTES = 512 * 2**20
 FOREST_NODE_BYTES = 80  # scikit-learn's node record (64 bytes) and its two class values
 _FORESTS = frozenset({"random_forest", "extra_trees"})
 _FOREST_DEFAULT_TREES = 100  # scikit-learn's n_estimators
+
+# Families cross-validated, tuned and fitted on a stratified sample of at most this many rows (the
+# same sample in stages 1 and 2), whatever their time, and why. A dense one-hot encoding holds rows
+# x encoded columns x 8 bytes, copied a few times in each fold worker (at 600,000 fold rows and about
+# 150 columns, 5 GB for the process tree); Gaussian naive Bayes estimates a mean and a variance per
+# class and column, which 100,000 rows already fix. A forest's tree grows on at most
+# FOREST_MAX_SAMPLES rows but pays for every row of the fold it draws them from (scikit-learn encodes
+# the labels and scans the rows once per tree): 10 trees of extra trees on 80,000 rows each took
+# 0.9 s drawn from 100,000 rows and 4.0 s drawn from 600,000, which a probe of 2,000 rows cannot see.
+SAMPLE_ROWS: dict[str, tuple[int, str]] = {
+    **{family: (100_000, "its dense encoding holds every row in memory") for family in DENSE_INPUT_FAMILIES},
+    **{
+        family: (2 * FOREST_MAX_SAMPLES, "each tree pays for every row it is drawn from")
+        for family in _FORESTS
+    },
+}
 
 
 def size_settings(family: str, n_rows: int | None, params: Mapping[str, Any] | None = None) -> dict[str, Any]:

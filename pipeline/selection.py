@@ -21,7 +21,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
 from pipeline.models import (
     BASELINE_FAMILIES,
-    DENSE_SAMPLE_ROWS,
+    SAMPLE_ROWS,
     build_estimator,
     fit_rows_cap,
     row_limit_reason,
@@ -214,9 +214,9 @@ def evaluate_portfolio(
                 emit(outcomes[name])
                 continue
             why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
-        limit = DENSE_SAMPLE_ROWS.get(candidate.family)
+        limit, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
         if limit is not None and rows > limit:
-            rows, why = limit, f"as its dense encoding holds every row in memory (at most {limit:,})"
+            rows, why = limit, f"as {reason} (at most {limit:,})"
         if rows < len(target):
             parts[name] = sampled_part(whole, rows, len(splits), config.seed)
             family, params = candidate.family, candidate.params  # sized for its sample (max_samples)

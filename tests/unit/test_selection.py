@@ -7,7 +7,7 @@ import pytest
 
 from pipeline import budget
 from pipeline.data import load_dataset, split_dataset
-from pipeline.models import DENSE_SAMPLE_ROWS, ROW_LIMITS
+from pipeline.models import ROW_LIMITS, SAMPLE_ROWS
 from pipeline.selection import evaluate_portfolio, left_out_candidates
 from pipeline.tracking import keys
 from tests.conftest import make_config, small_params
@@ -150,24 +150,39 @@ def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its
     assert all(o.metrics[keys.METRIC_TRAIN_ROWS] == n_train and not o.note for o in others)
 
 
-def test_a_dense_family_runs_on_its_capped_sample_whatever_its_time(monkeypatch, caplog):
+@pytest.mark.parametrize(
+    ("candidate", "family", "reason"),
+    [
+        ("naive_bayes", "naive_bayes", "its dense encoding holds every row in memory"),
+        ("random_forest", "random_forest", "each tree pays for every row it is drawn from"),
+    ],
+)
+def test_a_family_with_a_row_cap_runs_on_its_capped_sample_whatever_its_time(
+    monkeypatch, caplog, candidate, family, reason
+):
     from pipeline.selection import STATUS_FULL
 
-    config = make_config(small_params(research={"cv_folds": 3, "use": ["dummy_prior", "naive_bayes"]}))
+    config = make_config(small_params(research={"cv_folds": 3, "use": ["dummy_prior", candidate]}))
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     n_train = len(split.train_index)
-    monkeypatch.setitem(DENSE_SAMPLE_ROWS, "naive_bayes", 300)  # of the 750 training rows
+    assert SAMPLE_ROWS[family][1] == reason
+    monkeypatch.setitem(SAMPLE_ROWS, family, (300, reason))  # of the 750 training rows
     with caplog.at_level(logging.WARNING, logger="pipeline.selection"):
         outcomes = {o.family: o for o in evaluate_portfolio(config, dataset, split, seconds=300)}
-    bayes = outcomes["naive_bayes"]
-    assert bayes.status == STATUS_FULL and bayes.metrics[keys.METRIC_TRAIN_ROWS] == 300
-    assert (
-        bayes.note
-        == f"sampled: 300 of {n_train:,} rows, as its dense encoding holds every row in memory (at most 300)"
-    )
-    assert bayes.note in caplog.text
+    capped = outcomes[family]
+    assert capped.status == STATUS_FULL and capped.metrics[keys.METRIC_TRAIN_ROWS] == 300
+    assert capped.note == f"sampled: 300 of {n_train:,} rows, as {reason} (at most 300)"
+    assert capped.note in caplog.text
     assert outcomes["dummy"].metrics[keys.METRIC_TRAIN_ROWS] == n_train and not outcomes["dummy"].note
+
+
+def test_a_forest_draws_its_trees_from_at_most_twice_the_rows_each_grows_on():
+    from pipeline.models import FOREST_MAX_SAMPLES, size_settings
+
+    rows, _ = SAMPLE_ROWS["extra_trees"]
+    assert rows == SAMPLE_ROWS["random_forest"][0] == 2 * FOREST_MAX_SAMPLES
+    assert size_settings("extra_trees", rows)["max_samples"] == pytest.approx(0.5)
 
 
 def test_once_the_share_is_spent_only_the_first_strong_family_by_the_prior_runs():
