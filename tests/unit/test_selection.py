@@ -2,6 +2,7 @@
 
 import itertools
 import logging
+import re
 
 import pytest
 
@@ -112,7 +113,8 @@ def test_a_first_rung_that_runs_far_past_its_share_is_stopped_and_the_candidate_
 
     forest = outcomes["slow_forest"]
     assert forest.status == STATUS_SKIPPED and forest.metrics == {}
-    assert forest.note.startswith("stopped by time: its first folds ran past 3 s")
+    # Stopped at what stage 1 had left (under 4 s), or at the floor of 3 s.
+    assert re.fullmatch(r"stopped by time: its first folds ran past [34] s \(its share \d+ s\)", forest.note)
     # The first family to rank runs whatever the time left, on new workers.
     assert outcomes["logistic_regression"].metrics["cv_roc_auc_mean"] > 0.6
     assert outcomes["dummy_prior"].status in (STATUS_FULL, "raced out")
