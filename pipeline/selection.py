@@ -214,9 +214,9 @@ def evaluate_portfolio(
                 emit(outcomes[name])
                 continue
             why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
-        limit, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
-        if limit is not None and rows > limit:
-            rows, why = limit, f"as {reason} (at most {limit:,})"
+        row_cap, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
+        if row_cap is not None and rows > row_cap:
+            rows, why = row_cap, f"as {reason} (at most {row_cap:,})"
         if rows < len(target):
             parts[name] = sampled_part(whole, rows, len(splits), config.seed)
             family, params = candidate.family, candidate.params  # sized for its sample (max_samples)
@@ -227,13 +227,13 @@ def evaluate_portfolio(
             logger.warning("%s %s", name, notes[name])
         part = parts[name]
         rung_started = clock()
-        limit = None if forced else budget.rung_limit(cap, seconds - (rung_started - started))
+        stop_after = None if forced else budget.rung_limit(cap, seconds - (rung_started - started))
         try:
             fold_outcomes = run_folds(
-                estimators[name], part.features, part.target, part.splits, range(rung), n_jobs, limit
+                estimators[name], part.features, part.target, part.splits, range(rung), n_jobs, stop_after
             )
         except multiprocessing.TimeoutError:
-            note = f"stopped by time: its first folds ran past {limit:.0f} s (its share {cap:.0f} s)"
+            note = f"stopped by time: its first folds ran past {stop_after:.0f} s (its share {cap:.0f} s)"
             outcomes[name] = CandidateOutcome(
                 name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
             )

@@ -302,9 +302,10 @@ def test_an_error_that_ends_the_study_closes_the_trial_it_left_open(train_part, 
         return write(trial_id, state, values)
 
     monkeypatch.setattr(storage, "set_trial_state_values", fails_once)
-    with pytest.raises(AssertionError, match="Should not reach") as raised:  # Optuna's own
+    # Optuna 5 raises an AssertionError of its own in place of the write's error; either will do.
+    with pytest.raises((AssertionError, RuntimeError)) as raised:
         tuning.tune(study, lr_objective(train_part), n_trials=2, timeout_seconds=None)
-    assert isinstance(raised.value.__context__, RuntimeError)
+    assert isinstance(raised.value, RuntimeError) or isinstance(raised.value.__context__, RuntimeError)
     (trial,) = study.get_trials()
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs[tuning.FAILURE_ATTR] == "study ended by RuntimeError"
