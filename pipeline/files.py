@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
+import pyarrow
+from pyarrow import csv as arrow_csv
 
 T = TypeVar("T")
 
@@ -60,23 +62,39 @@ def write_csv_atomic(path: Path | str, frame: pd.DataFrame) -> Path:
     return write_text_atomic(path, frame.to_csv(index=False))
 
 
+def write_frame_csv_atomic(path: Path | str, frame: pd.DataFrame) -> int:
+    """Write one DataFrame as CSV, atomically, with Arrow's writer (a million rows in a fraction of a
+    second, against seconds for pandas'); pandas writes what Arrow cannot type. Returns the rows."""
+
+    def write(stream: io.BufferedWriter) -> int:
+        try:
+            table = pyarrow.Table.from_pandas(frame, preserve_index=False)
+        except (pyarrow.ArrowInvalid, pyarrow.ArrowTypeError, pyarrow.ArrowNotImplementedError):
+            return write_csv_chunks_to(stream, [frame])
+        arrow_csv.write_csv(table, stream, write_options=arrow_csv.WriteOptions(quoting_style="needed"))
+        return len(frame)
+
+    return write_stream_atomic(path, write)
+
+
+def write_csv_chunks_to(stream: io.BufferedWriter, chunks: Iterable[pd.DataFrame]) -> int:
+    """Write DataFrames as one CSV (header once) into a binary stream; returns the row count."""
+    rows = 0
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=True)
+    for number, chunk in enumerate(chunks):
+        chunk.to_csv(text, index=False, header=number == 0)
+        rows += len(chunk)
+    text.flush()
+    text.detach()  # leave the binary stream open for the fsync
+    return rows
+
+
 def write_csv_chunks_atomic(path: Path | str, chunks: Iterable[pd.DataFrame]) -> int:
     """Write DataFrames as one CSV (header once), atomically; returns the row count.
 
     Memory stays at one chunk, so a table of millions of rows can be streamed to disk.
     """
-
-    def write(stream: io.BufferedWriter) -> int:
-        rows = 0
-        text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=True)
-        for number, chunk in enumerate(chunks):
-            chunk.to_csv(text, index=False, header=number == 0)
-            rows += len(chunk)
-        text.flush()
-        text.detach()  # leave the binary stream open for the fsync
-        return rows
-
-    return write_stream_atomic(path, write)
+    return write_stream_atomic(path, lambda stream: write_csv_chunks_to(stream, chunks))
 
 
 def staging_folder(target: Path | str) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,6 +114,14 @@ def _summary(result: CVResult, n_folds: int, rows: int) -> dict[str, float]:
     }
 
 
+def _skipped(name: str, candidate, note: str, emit: Callable[[CandidateOutcome], None]) -> CandidateOutcome:
+    """A candidate stage 1 did not rank, with why: logged and reported like the ranked ones."""
+    outcome = CandidateOutcome(name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note)
+    logger.warning("%s %s", name, note)
+    emit(outcome)
+    return outcome
+
+
 def evaluate_portfolio(
     config: PipelineConfig,
     dataset: Dataset,
@@ -207,11 +216,7 @@ def evaluate_portfolio(
                     if left > 0
                     else "skipped: stage 1's share of the budget was spent before its turn"
                 )
-                outcomes[name] = CandidateOutcome(
-                    name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
-                )
-                logger.warning("%s %s", name, outcomes[name].note)
-                emit(outcomes[name])
+                outcomes[name] = _skipped(name, candidate, note, emit)
                 continue
             why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
         row_cap, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
@@ -234,11 +239,7 @@ def evaluate_portfolio(
             )
         except multiprocessing.TimeoutError:
             note = f"stopped by time: its first folds ran past {stop_after:.0f} s (its share {cap:.0f} s)"
-            outcomes[name] = CandidateOutcome(
-                name, candidate.family, dict(candidate.params), {}, STATUS_SKIPPED, note
-            )
-            logger.warning("%s %s", name, note)
-            emit(outcomes[name])
+            outcomes[name] = _skipped(name, candidate, note, emit)
             continue
         first[name] = (fold_outcomes, clock() - rung_started)
 

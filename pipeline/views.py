@@ -86,6 +86,13 @@ class Source:
     database_uri: str | None  # the database read by SQL (None when read through the API)
     schema_revision: str | None
     _copy: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+    # The tables read through the API, kept until written out: reading them back from the local copy
+    # took longer than writing them.
+    _frames: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+
+    def take_frame(self, name: str) -> pd.DataFrame | None:
+        """Table ``name`` as read through the API (once: it is then let go), or None when read by SQL."""
+        return self._frames.pop(name, None)
 
     @property
     def safe_uri(self) -> str:
@@ -101,6 +108,7 @@ class Source:
 
     def close(self) -> None:
         self.store.close()
+        self._frames.clear()
         if self._copy is not None:
             self._copy.cleanup()
 
@@ -122,13 +130,19 @@ def open_source(uri: str) -> Source:
     logger.info("reading %s through its API (set %s to read its database)", redact_uri(uri), STORE_DB_URL_ENV)
     folder = tempfile.TemporaryDirectory(prefix="mlflow-api-copy-")
     try:
-        copy = mirror.write_copy(snapshot.read_tables(uri), Path(folder.name) / "tables.db")
-        store = tables.open_store(copy)
+        frames = snapshot.read_tables(uri)
+        store = tables.open_store(mirror.write_copy(frames, Path(folder.name) / "tables.db"))
     except BaseException:
         folder.cleanup()
         raise
     return Source(
-        store=store, uri=uri, kind=SOURCE_API, database_uri=None, schema_revision=None, _copy=folder
+        store=store,
+        uri=uri,
+        kind=SOURCE_API,
+        database_uri=None,
+        schema_revision=None,
+        _copy=folder,
+        _frames=frames,
     )
 
 

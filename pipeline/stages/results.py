@@ -27,6 +27,7 @@ from pipeline.files import (
     staging_folder,
     write_csv_atomic,
     write_csv_chunks_atomic,
+    write_frame_csv_atomic,
     write_json_atomic,
     write_stream_atomic,
     write_text_atomic,
@@ -129,7 +130,10 @@ def run(config: PipelineConfig, output_dir: Path | str | None = None) -> Results
             if not store.has(name):
                 continue
             path = output / "tables" / f"{name}.csv"
-            if tables.can_copy(store, name):
+            frame = source.take_frame(name)
+            if frame is not None:
+                rows = write_frame_csv_atomic(path, tables.redact_frame(frame))
+            elif tables.can_copy(store, name):
                 rows = write_stream_atomic(
                     path, lambda stream, n=name: tables.copy_table_csv(store, n, stream)
                 )

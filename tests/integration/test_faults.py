@@ -69,6 +69,15 @@ def start_cli(params: Path, env: dict[str, str], *command: str) -> subprocess.Po
     return process
 
 
+def stop(process: subprocess.Popen) -> None:
+    """Kill a command from :func:`start_cli` if it still runs, and close its output files."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for output in process.outputs:
+        output.close()
+
+
 def finish(process: subprocess.Popen, timeout: float) -> tuple[str, str]:
     """Wait for a command from :func:`start_cli`; its stdout and stderr."""
     process.wait(timeout=timeout)
@@ -169,8 +178,7 @@ def test_database_lost_mid_stage_then_rerun_completes(pg_cluster, tmp_path):
         pg_cluster.stop("immediate")
         _, stderr = finish(process, timeout=300)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop(process)
     assert process.returncode == 2, stderr
     line = assert_one_line(stderr, "tracking store unreachable: lost the tracking store", lost_run)
     assert "next start marks it FAILED" in line
@@ -210,8 +218,7 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
         pg_cluster.stop("immediate")
         _, stderr = finish(process, timeout=300)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop(process)
     assert lost_run is not None
     assert process.returncode == 2, stderr
     assert_one_line(stderr, "tracking store unreachable", lost_run)
@@ -260,8 +267,7 @@ def test_sigterm_marks_the_run_killed_and_exits_143(sqlite_store, tmp_path):
         process.send_signal(signal.SIGTERM)
         _, stderr = finish(process, timeout=120)
     finally:
-        if process.poll() is None:
-            process.kill()
+        stop(process)
     assert process.returncode == 143, stderr
     assert_one_line(stderr, "terminated: received SIGTERM")
     every_run = all_runs(sqlite_store)

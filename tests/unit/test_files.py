@@ -1,5 +1,6 @@
 """Atomic writes: a failed write leaves the old file intact and no temporary file behind."""
 
+import io
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,29 @@ def test_csv_round_trip(tmp_path):
     frame = pd.DataFrame({"x": [1, 2], "name": ["O'Brien", 'say "hi"']})
     target = files.write_csv_atomic(tmp_path / "t.csv", frame)
     pd.testing.assert_frame_equal(pd.read_csv(target), frame)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pd.DataFrame(
+            {
+                "key": ["a,b", 'say "hi"', None, "line\nbreak"],
+                "value": [0.1, float("nan"), 1e-300, 123456789.123],
+                "step": [0, 1, 2, 3],
+                "is_nan": [False, True, False, False],
+            }
+        ),
+        pd.DataFrame({"mixed": [1, "a", None, 2.5]}),  # Arrow cannot type it: pandas writes it
+        pd.DataFrame({"empty": pd.Series([], dtype=object)}),
+    ],
+    ids=["typed", "mixed", "empty"],
+)
+def test_frame_csv_reads_back_as_pandas_own_csv(tmp_path, frame):
+    target = tmp_path / "t.csv"
+    assert files.write_frame_csv_atomic(target, frame) == len(frame)
+    pd.testing.assert_frame_equal(pd.read_csv(target), pd.read_csv(io.StringIO(frame.to_csv(index=False))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv"]
 
 
 def test_failed_rename_keeps_the_old_file(tmp_path, monkeypatch):
