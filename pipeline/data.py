@@ -297,7 +297,11 @@ def prepare(frame: pd.DataFrame, config: DatasetConfig, source: str = "") -> Dat
         raise DataError("dataset has no feature columns besides the target")
     empty = [c for c in features.columns if features[c].isna().all()]
     if empty:
-        raise DataError(f"column '{empty[0]}' is entirely empty")
+        names = ", ".join(f"'{c}'" for c in empty)
+        raise DataError(
+            f"column{'s' if len(empty) > 1 else ''} {names} {'are' if len(empty) > 1 else 'is'} entirely "
+            "empty: add to dataset.drop"
+        )
     categorical, numeric = _column_roles(features, config)
     warn_suspicious_columns(features, numeric)
     features = _coerce(features, categorical, numeric)

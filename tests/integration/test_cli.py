@@ -52,7 +52,7 @@ GERMAN = (PROJECT_ROOT / "data" / "german_credit.csv").read_text()
         (lambda t: with_data(t, "a,default\n1,1\n2,0\n3,2\n"), "3 classes"),
         (lambda t: with_data(t, "a,default\n1,1\n2,\n3,0\n"), "missing values"),
         (lambda t: with_data(t, "a,a,default\n1,2,1\n"), "duplicate column names"),
-        (lambda t: with_data(t, "a,b,default\n1,,1\n2,,0\n"), "column 'b' is entirely empty"),
+        (lambda t: with_data(t, "a,b,default\n1,,1\n2,,0\n"), "'b' is entirely empty: add to dataset.drop"),
         (lambda t: with_data(t, "a,default\n1,1\ninf,0\n"), "infinite values"),
         (
             lambda t: with_data(t, "a,default\n" + "".join(f"{i % 7},{int(i < 3)}\n" for i in range(40))),
