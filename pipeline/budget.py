@@ -203,6 +203,23 @@ def sample_rows(probe: Probe, part_rows: int, cv_folds: int, seconds: float) -> 
     return low
 
 
+# A forest too slow for its share, on a part too small to sample, is ranked with fewer trees (at
+# least this many) rather than skipped: a forest's time grows with its trees, its ROC AUC barely.
+MIN_RESEARCH_TREES = 50
+
+
+def trees_that_fit(probe: Probe, trees: int, part_rows: int, cv_folds: int, seconds: float) -> int | None:
+    """The most trees, fewer than ``trees``, whose fold on every row the probe (of a forest of ``trees``)
+    predicts within ``seconds`` (aiming at ``SAMPLE_SAFETY`` of it); None below ``MIN_RESEARCH_TREES``."""
+    predicted = probe.fold_seconds(part_rows, cv_folds)
+    fixed = min(probe.fixed_seconds, predicted)  # what fewer trees do not save
+    aim = seconds * SAMPLE_SAFETY
+    if aim <= fixed or predicted <= fixed:
+        return None
+    fitting = int(trees * (aim - fixed) / (predicted - fixed))
+    return fitting if MIN_RESEARCH_TREES <= fitting < trees else None
+
+
 # The order candidates run their first rung in (a prior, not a measurement): first the families
 # that are cheap and most often best on tabular data, then the other cheap ones, the dear ones last.
 # When stage 1's share runs out (a slow or busy machine, a large table), the candidates left unrun

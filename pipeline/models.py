@@ -103,6 +103,13 @@ def size_settings(family: str, n_rows: int | None, params: Mapping[str, Any] | N
     return {key: value for key, value in settings.items() if key not in params}
 
 
+def forest_trees(family: str, params: Mapping[str, Any] | None = None) -> int | None:
+    """How many trees a forest of ``family`` with ``params`` grows; None for other families."""
+    if family not in _FORESTS:
+        return None
+    return int((params or {}).get("n_estimators", _FOREST_DEFAULT_TREES))
+
+
 def fit_rows_cap(family: str, params: Mapping[str, Any] | None = None) -> int | None:
     """The most rows of its part one of the family's models is fitted on once sized for the part
     (``size_settings``: a forest's tree above FOREST_MAX_SAMPLES), or None: every row."""

@@ -25,6 +25,7 @@ from pipeline.models import (
     SAMPLE_ROWS,
     build_estimator,
     fit_rows_cap,
+    forest_trees,
     row_limit_reason,
     validate_params,
 )
@@ -105,11 +106,12 @@ def _training_part(dataset: Dataset, split: Split) -> tuple[pd.DataFrame, pd.Ser
     return features, target
 
 
-def _summary(result: CVResult, n_folds: int, rows: int) -> dict[str, float]:
+def _summary(result: CVResult, n_folds: int, rows: int, time_scale: float = 1.0) -> dict[str, float]:
+    """The metrics of a candidate; ``fold_seconds`` (what stage 2 plans from) scaled by ``time_scale``."""
     return {
         **result.summary(),
         "cv_folds_done": float(n_folds),
-        "fold_seconds": (result.fit_seconds + result.predict_seconds) / max(1, n_folds),
+        "fold_seconds": time_scale * (result.fit_seconds + result.predict_seconds) / max(1, n_folds),
         keys.METRIC_TRAIN_ROWS: float(rows),
     }
 
@@ -170,6 +172,7 @@ def evaluate_portfolio(
     whole = TrainingPart(features, target, splits)
     parts: dict[str, TrainingPart] = {}
     notes: dict[str, str] = {}
+    time_scale: dict[str, float] = {}  # a forest ranked with fewer trees: its full size's time per fold
     rung = min(len(splits), max(1, n_jobs))
     first: dict[str, tuple[list, float]] = {}
     outcomes: dict[str, CandidateOutcome] = {}
@@ -208,6 +211,27 @@ def evaluate_portfolio(
         forced = False  # the first family runs on every row, whatever its time
         if left <= 0 or predicted > cap:
             rows = budget.sample_rows(probe, len(target), len(splits), cap) if probe else None
+            trees = forest_trees(candidate.family, candidate.params)
+            fewer = (
+                budget.trees_that_fit(probe, trees, len(target), len(splits), cap)
+                if rows is None and probe and trees
+                else None
+            )
+            if fewer:  # a forest on a part too small to sample: fewer trees instead of a skip
+                rows, time_scale[name] = len(target), trees / fewer
+                estimators[name] = build_estimator(
+                    candidate.family,
+                    {**candidate.params, "n_estimators": fewer},
+                    dataset.categorical,
+                    dataset.numeric,
+                    config.seed,
+                    n_rows=len(target),
+                )
+                notes[name] = (
+                    f"ranked with {fewer} of its {trees} trees, as one fold with all would take about "
+                    f"{predicted:.0f} s and its share is {cap:.0f} s"
+                )
+                logger.warning("%s %s", name, notes[name])
             if rows is None and not ranked_one:
                 rows, forced = len(target), True
             if rows is None:
@@ -278,7 +302,7 @@ def evaluate_portfolio(
             name,
             candidate.family,
             dict(candidate.params),
-            _summary(result, len(splits), part.rows),
+            _summary(result, len(splits), part.rows, time_scale.get(name, 1.0)),
             note=notes.get(name, ""),
         )
         emit(outcomes[name])
@@ -290,7 +314,7 @@ def evaluate_portfolio(
             name,
             candidate.family,
             dict(candidate.params),
-            _summary(result, rung, part.rows),
+            _summary(result, rung, part.rows, time_scale.get(name, 1.0)),
             STATUS_RACED,
             "; ".join(filter(None, [note, notes.get(name, "")])),
         )

@@ -159,7 +159,7 @@ def run_folds(
     With ``timeout`` (seconds, folds in worker processes only) a fold still running then stops them
     all: the workers are killed and ``multiprocessing.TimeoutError`` raised.
     """
-    return Parallel(n_jobs=n_jobs, timeout=timeout)(
+    return Parallel(n_jobs=n_jobs, timeout=timeout if n_jobs != 1 else None)(
         delayed(fit_predict_fold)(estimator, features, target, i, *splits[i]) for i in which
     )
 

@@ -152,6 +152,51 @@ def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its
     assert all(o.metrics[keys.METRIC_TRAIN_ROWS] == n_train and not o.note for o in others)
 
 
+def test_a_forest_too_slow_on_a_part_too_small_to_sample_is_ranked_with_fewer_trees(monkeypatch):
+    from pipeline import selection
+    from pipeline.selection import STATUS_SKIPPED
+
+    raw = small_params()
+    raw["research"].update({"n_jobs": 1, "use": ["dummy_prior", "logistic_regression", "forest"]})
+    raw["research"]["candidates"]["forest"] = {"family": "random_forest", "params": {"n_estimators": 400}}
+    config = make_config(raw)
+    dataset = load_dataset(config)
+    split = split_dataset(dataset, config.split.test_size, config.seed)
+    monkeypatch.setattr(budget, "PROBE_ROWS", 100)
+    # Every fold of the 400-tree forest predicted at 40 s: over its share, and 750 rows cannot be sampled.
+    original = budget.predicted_from_probe
+    monkeypatch.setattr(
+        budget,
+        "predicted_from_probe",
+        lambda fit, predict, rows, train, valid, family: (
+            40.0 if family == "random_forest" else original(fit, predict, rows, train, valid, family)
+        ),
+    )
+    built = []
+    build = selection.build_estimator
+    monkeypatch.setattr(
+        selection,
+        "build_estimator",
+        lambda family, params, *a, **k: built.append(params) or build(family, params, *a, **k),
+    )
+    outcomes = {o.name: o for o in evaluate_portfolio(config, dataset, split, seconds=30)}
+
+    forest = outcomes["forest"]
+    assert forest.status != STATUS_SKIPPED and forest.metrics["cv_roc_auc_mean"] > 0.6
+    fewer = int(re.match(r"ranked with (\d+) of its 400 trees, as one fold with all", forest.note).group(1))
+    assert budget.MIN_RESEARCH_TREES <= fewer < 400 and {"n_estimators": fewer} in built
+    assert forest.params == {"n_estimators": 400}  # stage 2 starts from the candidate as configured
+    assert forest.metrics[keys.METRIC_TRAIN_ROWS] == len(split.train_index)  # every row
+
+
+def test_a_forest_is_skipped_when_not_even_the_fewest_trees_fit():
+    probe = budget.Probe("random_forest", rows=100, fit_seconds=1.0, predict_seconds=0.1, fixed_seconds=0.5)
+    slow = probe.fold_seconds(750, 5)
+    assert budget.trees_that_fit(probe, 400, 750, 5, seconds=slow / 400 * 10) is None  # ~10 trees fit
+    assert budget.trees_that_fit(probe, 400, 750, 5, seconds=slow) is not None
+    assert budget.trees_that_fit(probe, 400, 750, 5, seconds=0.4) is None  # not even the fixed part
+
+
 @pytest.mark.parametrize(
     ("candidate", "family", "reason"),
     [
