@@ -20,6 +20,18 @@ def _racing_config():
     return make_config(raw)
 
 
+def _predict_folds(monkeypatch, family: str, fold_seconds) -> None:
+    """Make the timing probe predict ``fold_seconds(training rows)`` for each fold of ``family``."""
+    original = budget.predicted_from_probe
+    monkeypatch.setattr(
+        budget,
+        "predicted_from_probe",
+        lambda fit, predict, rows, train, valid, name: (
+            fold_seconds(train) if name == family else original(fit, predict, rows, train, valid, name)
+        ),
+    )
+
+
 def test_with_time_to_spare_every_candidate_is_fully_cross_validated():
     from pipeline.data import split_dataset
     from pipeline.selection import STATUS_FULL, evaluate_portfolio
@@ -76,14 +88,7 @@ def test_a_candidate_predicted_too_slow_is_skipped_with_its_reason_and_ranked_la
     split = split_dataset(dataset, config.split.test_size, config.seed)
     monkeypatch.setattr(budget, "PROBE_ROWS", 100)  # probe even this small table
     # A probe predicting an hour per fold for the decision tree only.
-    original = budget.predicted_from_probe
-    monkeypatch.setattr(
-        budget,
-        "predicted_from_probe",
-        lambda fit, predict, rows, train, valid, family: (
-            3600.0 if family == "decision_tree" else original(fit, predict, rows, train, valid, family)
-        ),
-    )
+    _predict_folds(monkeypatch, "decision_tree", lambda train: 3600.0)
     outcomes = evaluate_portfolio(config, dataset, split, seconds=300)
     skipped = [o for o in outcomes if o.status == STATUS_SKIPPED]
     assert [o.family for o in skipped] == ["decision_tree"]
@@ -131,16 +136,7 @@ def test_a_candidate_too_slow_for_every_row_is_cross_validated_on_the_sample_its
     monkeypatch.setattr(budget, "PROBE_ROWS", 100)
     monkeypatch.setattr(budget, "MIN_SAMPLE_ROWS", 200)
     # The decision tree's fold grows steeply with its rows: all 750 take an hour, 300 take 1 s.
-    original = budget.predicted_from_probe
-    monkeypatch.setattr(
-        budget,
-        "predicted_from_probe",
-        lambda fit, predict, rows, train, valid, family: (
-            (train / 200) ** 12
-            if family == "decision_tree"
-            else original(fit, predict, rows, train, valid, family)
-        ),
-    )
+    _predict_folds(monkeypatch, "decision_tree", lambda train: (train / 200) ** 12)
     outcomes = {o.family: o for o in evaluate_portfolio(config, dataset, split, seconds=300)}
     tree = outcomes["decision_tree"]
     n_train = len(split.train_index)
@@ -164,14 +160,7 @@ def test_a_forest_too_slow_on_a_part_too_small_to_sample_is_ranked_with_fewer_tr
     split = split_dataset(dataset, config.split.test_size, config.seed)
     monkeypatch.setattr(budget, "PROBE_ROWS", 100)
     # Every fold of the 400-tree forest predicted at 40 s: over its share, and 750 rows cannot be sampled.
-    original = budget.predicted_from_probe
-    monkeypatch.setattr(
-        budget,
-        "predicted_from_probe",
-        lambda fit, predict, rows, train, valid, family: (
-            40.0 if family == "random_forest" else original(fit, predict, rows, train, valid, family)
-        ),
-    )
+    _predict_folds(monkeypatch, "random_forest", lambda train: 40.0)
     built = []
     build = selection.build_estimator
     monkeypatch.setattr(
