@@ -15,13 +15,14 @@ import sqlalchemy as sa
 from pipeline.tracking import store
 
 ROWS_PER_INSERT = 50_000
-# Look-ups the views make (MLflow's primary keys and foreign keys), indexed in the copy.
+# Look-ups the views make (MLflow's primary keys and foreign keys), indexed in the copy. Not the
+# metric history: the one view reading it aggregates the whole table, and its index took 1.6 s of
+# the copy's 6 s on 1,000,000 rows.
 _INDEXES: dict[str, tuple[tuple[str, ...], ...]] = {
     "experiments": (("experiment_id",), ("name",)),
     "runs": (("run_uuid",), ("experiment_id", "start_time")),
     "tags": (("run_uuid", "key"),),
     "params": (("run_uuid", "key"),),
-    "metrics": (("run_uuid", "key"),),
     "latest_metrics": (("run_uuid", "key"),),
     "model_versions": (("name", "version"),),
     "model_version_tags": (("name", "version", "key"),),
