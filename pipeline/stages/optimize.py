@@ -298,16 +298,21 @@ def run(
         # No family gets more than its part of this first plan: what a family skipped or stopped
         # early leaves goes to round two, the best family first, not to whoever comes next.
         planned_left, planned_reserve = left(), reserve_with(families)
-        planned = {
-            f: budget.family_share(planned_left, planned_reserve, weights[f], sum(weights.values()))
-            for f in families
-        }
+        planned = budget.with_one_trial_each(
+            {
+                f: budget.family_share(planned_left, planned_reserve, weights[f], sum(weights.values()))
+                for f in families
+            },
+            {f: trial_of(f) for f in families},
+        )
         for position, family in enumerate(families):
             # The final step refits what may be in it: the families tuned and those still to come.
             reserve = reserve_with([*tuned, *families[position:]])
             weights_left = sum(weights[f] for f in families[position:])
             share = min(budget.family_share(left(), reserve, weights[family], weights_left), planned[family])
             trial = trial_of(family)
+            if share < trial <= planned[family]:  # planned to fit one trial: held to while time is left
+                share = min(planned[family], max(0.0, left() - reserve))
             skipped = budget.skip_family(share, trial, first=not tuned)
             if skipped:
                 logger.warning("tuning of %s %s", family, skipped)

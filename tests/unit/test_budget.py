@@ -293,3 +293,16 @@ def test_rung_order_runs_the_cheap_strong_families_first_and_the_dear_ones_last(
     assert order[-1] == "mine"  # a family the prior does not know runs last
     # Stable: candidates of one family keep their config order.
     assert budget.rung_order({"b": "lightgbm", "a": "lightgbm"}) == ["b", "a"]
+
+
+def test_each_share_is_raised_to_one_trial_from_the_largest_while_it_keeps_its_own_trials():
+    shares = {"leader": 30.0, "booster": 4.0, "forest": 5.0}
+    trials = {"leader": 1.0, "booster": 6.0, "forest": 7.0}
+    moved = budget.with_one_trial_each(shares, trials)
+    assert moved["booster"] == pytest.approx(6.0 * budget.ONE_TRIAL_MARGIN)
+    assert moved["forest"] == pytest.approx(7.0 * budget.ONE_TRIAL_MARGIN)
+    assert sum(moved.values()) == pytest.approx(sum(shares.values()))  # moved, never added
+    # A leader that cannot spare it (it would keep fewer than DONOR_TRIALS_KEPT of its trials) gives nothing.
+    dear = {"leader": 10.0, "booster": 6.0, "forest": 7.0}
+    assert budget.with_one_trial_each(shares, dear) == shares
+    assert budget.with_one_trial_each({"only": 2.0}, {"only": 5.0}) == {"only": 2.0}
