@@ -124,6 +124,81 @@ def _skipped(name: str, candidate, note: str, emit: Callable[[CandidateOutcome],
     return outcome
 
 
+@dataclass(frozen=True)
+class _RacePlan:
+    """How a raced candidate runs its folds, or why it does not run at all."""
+
+    estimator: object = None
+    part: TrainingPart | None = None
+    note: str = ""  # a sample or fewer trees, said in the leaderboard
+    time_scale: float = 1.0  # a forest ranked with fewer trees: its full size's time per fold
+    forced: bool = False  # the first family runs on every row, whatever its time
+    skipped: str = ""
+
+
+def _sized(config: PipelineConfig, dataset: Dataset, candidate, rows: int, **params):
+    """The candidate's estimator sized for ``rows`` training rows, ``params`` over its own."""
+    return build_estimator(
+        candidate.family,
+        {**candidate.params, **params},
+        dataset.categorical,
+        dataset.numeric,
+        config.seed,
+        n_rows=rows,
+    )
+
+
+def _race_plan(
+    config: PipelineConfig,
+    dataset: Dataset,
+    candidate,
+    whole: TrainingPart,
+    probe: budget.Probe | None,
+    left: float,
+    cap: float,
+    ranked_one: bool,
+) -> _RacePlan:
+    """Every row when the probe predicts a fold within ``cap``; else a sample whose fold fits, a
+    forest with fewer trees (a part too small to sample), every row for the first family stage 2
+    needs, or a skip. A family's own row cap (``models.SAMPLE_ROWS``) applies last."""
+    n, n_folds = whole.rows, len(whole.splits)
+    predicted = probe.fold_seconds(n, n_folds) if probe else 0.0
+    rows, why, forced = n, "", False
+    if left <= 0 or predicted > cap:
+        why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
+        rows = budget.sample_rows(probe, n, n_folds, cap) if probe else None
+    if rows is None:
+        trees = forest_trees(candidate.family, candidate.params)
+        fewer = budget.trees_that_fit(probe, trees, n, n_folds, cap) if probe and trees else None
+        if fewer:
+            note = (
+                f"ranked with {fewer} of its {trees} trees, as one fold with all would take about "
+                f"{predicted:.0f} s and its share is {cap:.0f} s"
+            )
+            return _RacePlan(
+                _sized(config, dataset, candidate, n, n_estimators=fewer), whole, note, trees / fewer
+            )
+        if ranked_one:
+            skipped = (
+                f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
+                if left > 0
+                else "skipped: stage 1's share of the budget was spent before its turn"
+            )
+            return _RacePlan(skipped=skipped)
+        rows, forced = n, True
+    row_cap, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
+    if row_cap is not None and rows > row_cap:
+        rows, why = row_cap, f"as {reason} (at most {row_cap:,})"
+    if rows >= n:
+        return _RacePlan(_sized(config, dataset, candidate, n), whole, forced=forced)
+    return _RacePlan(
+        _sized(config, dataset, candidate, rows),  # sized for its sample (max_samples)
+        sampled_part(whole, rows, n_folds, config.seed),
+        f"sampled: {rows:,} of {n:,} rows, {why}",
+        forced=forced,
+    )
+
+
 def evaluate_portfolio(
     config: PipelineConfig,
     dataset: Dataset,
@@ -150,16 +225,11 @@ def evaluate_portfolio(
     portfolio = {name: c for name, c in config.research.portfolio.items() if name not in left_out}
     n_jobs = config.research.n_jobs
     emit = on_candidate or (lambda outcome: None)
-    estimators = {
-        name: build_estimator(
-            c.family, c.params, dataset.categorical, dataset.numeric, config.seed, n_rows=len(target)
-        )
-        for name, c in portfolio.items()
-    }
     if seconds is None:
         outcomes = []
         for name, candidate in portfolio.items():
-            result = cross_validate(estimators[name], features, target, splits, config.costs, n_jobs=n_jobs)
+            estimator = _sized(config, dataset, candidate, len(target))
+            result = cross_validate(estimator, features, target, splits, config.costs, n_jobs=n_jobs)
             outcomes.append(
                 CandidateOutcome(
                     name, candidate.family, dict(candidate.params), _summary(result, len(splits), len(target))
@@ -170,9 +240,7 @@ def evaluate_portfolio(
 
     started = clock()
     whole = TrainingPart(features, target, splits)
-    parts: dict[str, TrainingPart] = {}
-    notes: dict[str, str] = {}
-    time_scale: dict[str, float] = {}  # a forest ranked with fewer trees: its full size's time per fold
+    plans: dict[str, _RacePlan] = {}
     rung = min(len(splits), max(1, n_jobs))
     first: dict[str, tuple[list, float]] = {}
     outcomes: dict[str, CandidateOutcome] = {}
@@ -187,14 +255,7 @@ def evaluate_portfolio(
             _probe(
                 # Sized for the probe's rows: a forest sized for the part would fit each tree on a
                 # share of them, which a sample of the part (more rows per tree) does not keep.
-                build_estimator(
-                    candidate.family,
-                    candidate.params,
-                    dataset.categorical,
-                    dataset.numeric,
-                    config.seed,
-                    n_rows=budget.PROBE_ROWS,
-                ),
+                _sized(config, dataset, candidate, budget.PROBE_ROWS),
                 features,
                 target,
                 splits[0],
@@ -205,61 +266,23 @@ def evaluate_portfolio(
             if left > 0
             else None  # no time to probe either
         )
-        predicted = probe.fold_seconds(len(target), len(splits)) if probe else 0.0
-        parts[name] = whole
-        rows, why = len(target), ""
-        forced = False  # the first family runs on every row, whatever its time
-        if left <= 0 or predicted > cap:
-            rows = budget.sample_rows(probe, len(target), len(splits), cap) if probe else None
-            trees = forest_trees(candidate.family, candidate.params)
-            fewer = (
-                budget.trees_that_fit(probe, trees, len(target), len(splits), cap)
-                if rows is None and probe and trees
-                else None
-            )
-            if fewer:  # a forest on a part too small to sample: fewer trees instead of a skip
-                rows, time_scale[name] = len(target), trees / fewer
-                estimators[name] = build_estimator(
-                    candidate.family,
-                    {**candidate.params, "n_estimators": fewer},
-                    dataset.categorical,
-                    dataset.numeric,
-                    config.seed,
-                    n_rows=len(target),
-                )
-                notes[name] = (
-                    f"ranked with {fewer} of its {trees} trees, as one fold with all would take about "
-                    f"{predicted:.0f} s and its share is {cap:.0f} s"
-                )
-                logger.warning("%s %s", name, notes[name])
-            if rows is None and not ranked_one:
-                rows, forced = len(target), True
-            if rows is None:
-                note = (
-                    f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
-                    if left > 0
-                    else "skipped: stage 1's share of the budget was spent before its turn"
-                )
-                outcomes[name] = _skipped(name, candidate, note, emit)
-                continue
-            why = f"as one fold on all would take about {predicted:.0f} s and its share is {cap:.0f} s"
-        row_cap, reason = SAMPLE_ROWS.get(candidate.family, (None, ""))
-        if row_cap is not None and rows > row_cap:
-            rows, why = row_cap, f"as {reason} (at most {row_cap:,})"
-        if rows < len(target):
-            parts[name] = sampled_part(whole, rows, len(splits), config.seed)
-            family, params = candidate.family, candidate.params  # sized for its sample (max_samples)
-            estimators[name] = build_estimator(
-                family, params, dataset.categorical, dataset.numeric, config.seed, n_rows=rows
-            )
-            notes[name] = f"sampled: {rows:,} of {len(target):,} rows, {why}"
-            logger.warning("%s %s", name, notes[name])
-        part = parts[name]
+        plan = plans[name] = _race_plan(config, dataset, candidate, whole, probe, left, cap, ranked_one)
+        if plan.skipped:
+            outcomes[name] = _skipped(name, candidate, plan.skipped, emit)
+            continue
+        if plan.note:
+            logger.warning("%s %s", name, plan.note)
         rung_started = clock()
-        stop_after = None if forced else budget.rung_limit(cap, seconds - (rung_started - started))
+        stop_after = None if plan.forced else budget.rung_limit(cap, seconds - (rung_started - started))
         try:
             fold_outcomes = run_folds(
-                estimators[name], part.features, part.target, part.splits, range(rung), n_jobs, stop_after
+                plan.estimator,
+                plan.part.features,
+                plan.part.target,
+                plan.part.splits,
+                range(rung),
+                n_jobs,
+                stop_after,
             )
         except multiprocessing.TimeoutError:
             note = f"stopped by time: its first folds ran past {stop_after:.0f} s (its share {cap:.0f} s)"
@@ -269,7 +292,7 @@ def evaluate_portfolio(
 
     scores = []
     for name, (fold_outcomes, wall) in first.items():
-        part = parts[name]
+        part = plans[name].part
         result = result_from_folds(part.target.to_numpy(), fold_outcomes, part.splits, config.costs)
         metrics = result.summary()
         scores.append(
@@ -292,31 +315,31 @@ def evaluate_portfolio(
                 f"raced out: the other folds would take about {rest[name]:.0f} s, {left:.0f} s left"
             )
             continue
-        part = parts[name]
+        plan, candidate = plans[name], portfolio[name]
+        part = plan.part
         fold_outcomes = first[name][0] + run_folds(
-            estimators[name], part.features, part.target, part.splits, range(rung, len(splits)), n_jobs
+            plan.estimator, part.features, part.target, part.splits, range(rung, len(splits)), n_jobs
         )
-        candidate = portfolio[name]
         result = result_from_folds(part.target.to_numpy(), fold_outcomes, part.splits, config.costs)
         outcomes[name] = CandidateOutcome(
             name,
             candidate.family,
             dict(candidate.params),
-            _summary(result, len(splits), part.rows, time_scale.get(name, 1.0)),
-            note=notes.get(name, ""),
+            _summary(result, len(splits), part.rows, plan.time_scale),
+            note=plan.note,
         )
         emit(outcomes[name])
     for name, note in raced_out.items():
-        candidate = portfolio[name]
-        part = parts[name]
+        plan, candidate = plans[name], portfolio[name]
+        part = plan.part
         result = result_from_folds(part.target.to_numpy(), first[name][0], part.splits, config.costs)
         outcomes[name] = CandidateOutcome(
             name,
             candidate.family,
             dict(candidate.params),
-            _summary(result, rung, part.rows, time_scale.get(name, 1.0)),
+            _summary(result, rung, part.rows, plan.time_scale),
             STATUS_RACED,
-            "; ".join(filter(None, [note, notes.get(name, "")])),
+            "; ".join(filter(None, [note, plan.note])),
         )
         logger.info("%s %s", name, note)
         emit(outcomes[name])
