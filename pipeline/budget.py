@@ -406,6 +406,18 @@ def with_one_trial_each(shares: Mapping[str, float], trials: Mapping[str, float]
     return moved
 
 
+def first_round_share(
+    seconds_left: float, reserve: float, weight: float, weights_left: float, planned: float, trial: float
+) -> float:
+    """A family's share in stage 2's first round: its part of what is left by weight, never more than
+    its ``planned`` share; a plan raised to fit one ``trial`` (:func:`with_one_trial_each`) is held to
+    while what is left after the reserve allows, as the families before it may have spent their own."""
+    share = min(family_share(seconds_left, reserve, weight, weights_left), planned)
+    if share < trial <= planned:
+        share = min(planned, max(0.0, seconds_left - reserve))
+    return share
+
+
 def skip_family(share: float, predicted_trial: float, first: bool) -> str | None:
     """Why a family is not tuned (its one trial cannot fit its share), or None.
 

@@ -309,10 +309,10 @@ def run(
             # The final step refits what may be in it: the families tuned and those still to come.
             reserve = reserve_with([*tuned, *families[position:]])
             weights_left = sum(weights[f] for f in families[position:])
-            share = min(budget.family_share(left(), reserve, weights[family], weights_left), planned[family])
             trial = trial_of(family)
-            if share < trial <= planned[family]:  # planned to fit one trial: held to while time is left
-                share = min(planned[family], max(0.0, left() - reserve))
+            share = budget.first_round_share(
+                left(), reserve, weights[family], weights_left, planned[family], trial
+            )
             skipped = budget.skip_family(share, trial, first=not tuned)
             if skipped:
                 logger.warning("tuning of %s %s", family, skipped)

@@ -306,3 +306,17 @@ def test_each_share_is_raised_to_one_trial_from_the_largest_while_it_keeps_its_o
     dear = {"leader": 10.0, "booster": 6.0, "forest": 7.0}
     assert budget.with_one_trial_each(shares, dear) == shares
     assert budget.with_one_trial_each({"only": 2.0}, {"only": 5.0}) == {"only": 2.0}
+
+
+def test_a_first_round_share_holds_to_a_plan_raised_for_one_trial_while_time_is_left():
+    # Weighted part of what is left: 60 s after a 10 s reserve, weight 1 of 3 -> 20 s, under a 25 s plan.
+    assert budget.first_round_share(70.0, 10.0, 1.0, 3.0, planned=25.0, trial=5.0) == pytest.approx(20.0)
+    # Never more than planned, though more is left now.
+    assert budget.first_round_share(130.0, 10.0, 1.0, 1.0, planned=25.0, trial=5.0) == pytest.approx(25.0)
+    # Raised to fit one 8 s trial: the plan (9 s) is held to, not the 20/3 s weighted part ...
+    assert budget.first_round_share(30.0, 10.0, 1.0, 3.0, planned=9.0, trial=8.0) == pytest.approx(9.0)
+    # ... while what is left after the reserve allows it, and never past it.
+    assert budget.first_round_share(18.0, 10.0, 1.0, 3.0, planned=9.0, trial=8.0) == pytest.approx(8.0)
+    assert budget.first_round_share(5.0, 10.0, 1.0, 3.0, planned=9.0, trial=8.0) == 0.0
+    # A trial dearer than its plan too: the weighted part stands (the family is then skipped).
+    assert budget.first_round_share(30.0, 10.0, 1.0, 3.0, planned=6.0, trial=8.0) == pytest.approx(6.0)
