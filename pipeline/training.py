@@ -141,7 +141,8 @@ def cross_validate(
             on_fold(i, float(np.mean(aucs)))
 
     result = result_from_folds(y, outcomes, splits, costs)
-    release_freed_memory()  # what the folds fitted here (or unpickled from workers) left resident
+    if on_fold is None and n_jobs != 1:  # a fold run here released its own (fit_predict_fold)
+        release_freed_memory()  # what the outcomes unpickled from workers left resident
     return result
 
 

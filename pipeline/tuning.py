@@ -548,8 +548,12 @@ def _no_trial_left_running(study: optuna.Study) -> Iterator[None]:
         root = error
         while root.__context__ is not None:  # the first error, not Optuna's in its place
             root = root.__context__
-        reason = f"interrupted: {error}" if interrupted else f"study ended by {type(root).__name__}"
-        reason = "interrupted: received SIGTERM" if termination.received() else reason.rstrip(": ")
+        if termination.received():
+            reason = "interrupted: received SIGTERM"
+        elif interrupted:  # Ctrl-C
+            reason = f"interrupted: {error}".rstrip(": ")
+        else:
+            reason = f"study ended by {type(root).__name__}"
         for trial_id in sorted(still_open):
             _fail_open_trial(storage, set_state, trial_id, reason, study.study_name)
         if interrupted and not isinstance(error, KeyboardInterrupt):
