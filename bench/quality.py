@@ -12,7 +12,7 @@ own split of B (tuning_seconds).
     .venv/bin/python bench/quality.py --protocol cv10 --budget 60 --no-flaml   # about 9 min
     .venv/bin/python bench/quality.py --suite --splits 1 --budget 60
     .venv/bin/python bench/quality.py --suite --data loans.csv:status:bad   # and any CSV of yours
-    .venv/bin/python bench/quality.py --suite --synthetic 6000 --budget 60   # and three generated tables
+    .venv/bin/python bench/quality.py --suite --synthetic 6000 --budget 60   # and four generated tables
 
 Protocols:
   holdout  train_test_split(test_size=0.25, stratify=y, random_state=s) for s = 1..splits;
@@ -24,8 +24,8 @@ Protocols:
   --suite  holdout on every dataset: the configured one, ../shared/data/credit_risk_dataset.csv
            when present (--credit-risk elsewhere; never required, never committed), and each
            --data path.csv:target[:positive_label] (--synthetic ROWS: bench/scale.py's generated tables,
-           a nearly linear signal, a weak signal of thresholds and interactions, a rare default); at B =
-           60 and 120 s unless --budget is given.
+           a nearly linear signal, a weak signal of thresholds and interactions, a rare default, and a
+           wide table of 65 other columns with 2 % "bad"); at B = 60 and 120 s unless --budget is given.
            Prints per-split figures, then per dataset and budget the means, ours/FLAML and ours' wall/B.
 
 FLAML is a benchmark-only dependency (bench/requirements.txt), never imported by the pipeline.
@@ -388,7 +388,8 @@ def holdout_parts(dataset: Dataset, n_splits: int) -> list[tuple[str, np.ndarray
 def synthetic_tables(rows: int, folder: Path) -> list[str]:
     """bench/scale.py's generated loan tables of ``rows`` rows (seed 0), written to ``folder`` as CSVs
     without the id column: its nearly linear signal, a weak one of thresholds and interactions, and a
-    rare default (about 4 %). Returned as ``--data`` specs."""
+    rare default (about 4 %); and a wide table of other columns (:func:`scale.wide_loans`: 65 columns,
+    2 % "bad"). Returned as ``--data`` specs."""
     spec = importlib.util.spec_from_file_location("bench_scale", ROOT / "bench" / "scale.py")
     scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
@@ -401,7 +402,9 @@ def synthetic_tables(rows: int, folder: Path) -> list[str]:
         path = folder / f"{name}_{rows}.csv"
         generate(rows, 0).drop(columns=[scale.ID_COLUMN]).to_csv(path, index=False)
         specs.append(f"{path}:{scale.TARGET}:1")
-    return specs
+    path = folder / f"wide_loans_{rows}.csv"
+    scale.wide_loans(rows, 0).to_csv(path, index=False)
+    return [*specs, f"{path}:{scale.WIDE_TARGET}:{scale.WIDE_POSITIVE}"]
 
 
 def run_suite(args, config: PipelineConfig) -> None:

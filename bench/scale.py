@@ -189,6 +189,53 @@ def rare_default_loans(n_rows: int, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+WIDE_TARGET = "loan status"
+WIDE_POSITIVE = "bad"
+
+
+def wide_loans(n_rows: int, seed: int = 0, features: int = 60, positive_share: float = 0.02) -> pd.DataFrame:
+    """A wide table unlike the others: ``features`` anonymised normal scores (bureau attributes, say),
+    a heavy-tailed balance, a constant, a flag and a text column with gaps; column names with spaces
+    and ``%``; a rare default (``positive_share``) labelled "bad"/"good". The signal has a threshold
+    and an interaction that a linear model misses, spread thinly over a dozen columns."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(size=(n_rows, features))
+    balance = rng.lognormal(8.0, 1.6, n_rows)
+    guarantor = rng.random(n_rows) < 0.15
+    region = rng.choice(["north", "south", "east", "west", "islands"], n_rows, p=[0.3, 0.3, 0.2, 0.15, 0.05])
+    signal = (
+        0.55 * scores[:, 0]
+        + 0.4 * scores[:, 1]
+        - 0.35 * scores[:, 2]
+        + 0.8 * (scores[:, 3] > 1.2)
+        + 0.5 * scores[:, 4] * scores[:, 5]
+        + 0.4 * np.tanh(2 * scores[:, 6])
+        + scores[:, 7:15] @ np.linspace(0.25, 0.05, 8)
+        + 0.25 * np.log1p(balance / 10_000)
+        - 0.5 * guarantor
+        + 0.3 * (region == "islands")
+        + rng.normal(0, 0.7, n_rows)
+    )
+    # The intercept that gives the wanted share of defaults on average (bisection: the mean is monotone).
+    low, high = -20.0, 20.0
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (
+            (middle, high)
+            if np.mean(1 / (1 + np.exp(-(middle + signal)))) < positive_share
+            else (low, middle)
+        )
+    default = rng.random(n_rows) < 1 / (1 + np.exp(-(low + signal)))
+    frame = pd.DataFrame(np.round(scores, 4), columns=[f"bureau score {i:02d}" for i in range(features)])
+    frame["balance %"] = np.round(balance / balance.max() * 100, 3)
+    frame["constant"] = 1
+    frame["has guarantor"] = guarantor
+    frame["region"] = region
+    frame.loc[rng.random(n_rows) < 0.08, "region"] = None
+    frame[WIDE_TARGET] = np.where(default, WIDE_POSITIVE, "good")
+    return frame
+
+
 def bench_config(args, table: Path) -> PipelineConfig:
     """``params.yaml`` (and the profile) with the dataset pointed at ``table`` and the budget set."""
     raw = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))

@@ -53,8 +53,11 @@ def test_generated_tables_load_as_loan_tables_without_the_id(tmp_path):
         "synthetic_loans_2000.csv",
         "weak_signal_loans_2000.csv",
         "rare_default_loans_2000.csv",
+        "wide_loans_2000.csv",
     ]
-    linear, weak, rare = (load_dataset(quality.with_data(config, *quality.parse_data(s))) for s in specs)
+    linear, weak, rare, wide = (
+        load_dataset(quality.with_data(config, *quality.parse_data(s))) for s in specs
+    )
     for dataset in (linear, weak, rare):
         assert dataset.n_rows == 2000 and "application_id" not in dataset.features.columns
         assert "employer" in dataset.categorical
@@ -63,6 +66,9 @@ def test_generated_tables_load_as_loan_tables_without_the_id(tmp_path):
     # The same columns, other signals.
     assert linear.features.equals(weak.features) and linear.features.equals(rare.features)
     assert not linear.target.equals(weak.target) and not linear.target.equals(rare.target)
+    # The wide table: other columns, "bad" as the positive label, about 2 % of it.
+    assert wide.n_rows == 2000 and len(wide.numeric) >= 60 and "region" in wide.categorical
+    assert 0.01 < wide.target.mean() < 0.035 and set(wide.target.unique()) == {0, 1}
 
 
 def test_tuning_shares_what_is_left_after_the_reserve():
