@@ -450,6 +450,28 @@ def test_time_the_first_round_left_goes_to_a_family_it_skipped(sqlite_store, mon
     assert steps[keys.BUDGET_STEP_TOTAL].spent <= config.budget_seconds
 
 
+def test_the_second_round_gives_a_skipped_family_its_first_trials_before_more_to_a_tuned_one(
+    sqlite_store, monkeypatch, caplog
+):
+    research.run(make_config(small_params()))
+    config = make_config(small_params(budget_seconds=120))
+    # Round one: time ends the first family after its first trial (a study's first is never
+    # stopped), and every family after it is skipped.
+    monkeypatch.setattr(budget, "first_round_share", lambda *args: 0.01)
+    monkeypatch.setattr(
+        budget, "skip_family", lambda share, trial, first: None if first else "skipped (test)"
+    )
+    with caplog.at_level(logging.INFO, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    first, second = result.families
+    given = re.findall(r"(\S+): \d+ s more of the budget, left by the first round", caplog.text)
+    # The skipped family's first trials come before the one time stopped gets more.
+    assert given == [second.family, first.family]
+    assert first.trials_done == second.trials_done == 3
+    steps = {step.name: step for step in result.steps}
+    assert steps[keys.BUDGET_STEP_TOTAL].spent <= config.budget_seconds
+
+
 def test_the_reserve_a_single_final_model_does_not_need_goes_to_its_family(sqlite_store, monkeypatch, caplog):
     research.run(make_config(small_params()))
     # Both families tune until time stops them; a vote is never kept (it would need a gain of 1).
