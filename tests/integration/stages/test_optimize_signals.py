@@ -16,7 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from pipeline import tuning
+from pipeline import trials, tuning
 from pipeline.stages import research
 from pipeline.tracking import keys
 from tests.conftest import PROJECT_ROOT, make_config, small_params
@@ -102,7 +102,7 @@ def test_killed_study_resumes_without_lost_or_repeated_trials(signum, sqlite_sto
     assert len(set(done)) == len(done)
     # The rerun came well within the heartbeat grace period, yet closed the killed process's trial.
     assert _trials(storage_url, TrialState.RUNNING) == []
-    reasons = {t.number: t.user_attrs.get(tuning.FAILURE_ATTR) for t in _trials(storage_url, TrialState.FAIL)}
+    reasons = {t.number: t.user_attrs.get(trials.FAILURE_ATTR) for t in _trials(storage_url, TrialState.FAIL)}
     for trial in left_running:
         assert reasons[trial.number].startswith(f"stale: process {process.pid} on ")
 
