@@ -10,6 +10,7 @@ mirrors the final ``CalibratedClassifierCV(cv=folds)``, whose calibrators are fi
 fold predictions too, and costs no extra model fits (a nested refit per method took ~45 s on
 the default data and 2 cores, a third of the stage's budget). The final model's calibrator is
 fitted on those same out-of-fold scores (:func:`fit_on_scores`): one refit, not one per fold.
+Both see the scores as scikit-learn's calibrator would: log-odds for a model with a decision function.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _calibration_inputs(fitted, features: pd.DataFrame, probabilities: np.ndarra
 
 
 def _calibrator(method: str):
-    # The same calibrators CalibratedClassifierCV fits on a classifier's predicted probabilities.
+    # The same calibrators CalibratedClassifierCV fits on a classifier's scores.
     if method == "sigmoid":
         return _SigmoidCalibration()
     if method == "isotonic":
@@ -154,13 +155,24 @@ def _calibrator(method: str):
 
 
 def cross_calibrate(
-    y_true: np.ndarray, oof_scores: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], method: str
+    y_true: np.ndarray,
+    oof_scores: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    method: str,
+    on_log_odds: bool = False,
 ) -> np.ndarray:
-    """Calibrated out-of-fold scores: each fold's calibrator is fitted on the other folds' scores."""
+    """Calibrated out-of-fold scores: each fold's calibrator is fitted on the other folds' scores.
+
+    ``on_log_odds``: the calibrators see the scores' log-odds, as the final model's does for a model
+    with a decision function (:func:`fit_on_scores`). A sigmoid on probabilities is another curve
+    than a sigmoid on log-odds: judging one and shipping the other picked the method and the
+    threshold for scores the model never gives.
+    """
+    inputs = log_odds(oof_scores) if on_log_odds else oof_scores
     calibrated_scores = np.full(len(y_true), np.nan)
     for train, valid in splits:
-        calibrator = _calibrator(method).fit(oof_scores[train], y_true[train])
-        calibrated_scores[valid] = np.clip(calibrator.predict(oof_scores[valid]), 0.0, 1.0)
+        calibrator = _calibrator(method).fit(inputs[train], y_true[train])
+        calibrated_scores[valid] = np.clip(calibrator.predict(inputs[valid]), 0.0, 1.0)
     return calibrated_scores
 
 
@@ -184,8 +196,10 @@ def select_calibration(
     y = target.to_numpy()
     base = uncalibrated or cross_validate(estimator, features, target, splits, costs, n_jobs=n_jobs)
     options = {NONE: base.oof_scores}
+    # What CalibratedClassifierCV's calibrator sees: the decision function where there is one.
+    on_log_odds = hasattr(estimator, "decision_function")
     for method in methods:
-        options[method] = cross_calibrate(y, base.oof_scores, splits, method)
+        options[method] = cross_calibrate(y, base.oof_scores, splits, method, on_log_odds)
     losses = {name: oof_log_loss(y, scores) for name, scores in options.items()}
     aucs = {name: fold_roc_auc(y, scores, splits) for name, scores in options.items()}
     method = choose_method(losses, aucs, max_auc_loss)

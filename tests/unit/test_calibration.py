@@ -186,3 +186,36 @@ def test_fitting_on_scores_refuses_an_unknown_method(redundant_data):
     model = CalibratedClassifierCV(GaussianNB(), method="temperature")
     with pytest.raises(ValueError, match="unknown calibration method"):
         fit_on_scores(model, features, target, np.full(len(target), 0.5))
+
+
+@pytest.mark.parametrize("method", ["sigmoid", "isotonic"])
+@pytest.mark.parametrize(
+    "make", [GaussianNB, lambda: LogisticRegression(max_iter=1000)], ids=["probabilities", "log-odds"]
+)
+def test_a_method_is_judged_on_the_scores_the_shipped_form_gives_each_held_out_fold(
+    redundant_data, method, make
+):
+    """For a model with a decision function the final calibrator sees log-odds (fit_on_scores), so
+    the choice must judge a calibrator on log-odds too, not one on probabilities."""
+    from sklearn.model_selection import cross_val_predict
+
+    from pipeline.calibration import fit_on_scores
+    from pipeline.training import CVResult
+
+    features, target, splits = redundant_data
+    y = target.to_numpy()
+    oof = cross_val_predict(make(), features, target, cv=splits, method="predict_proba")[:, 1]
+    uncalibrated = CVResult(oof, best_threshold(y, oof, COSTS)[0], [], 0.0, 0.0)
+    choice = select_calibration(make(), features, target, splits, [method], COSTS, uncalibrated=uncalibrated)
+    shipped = np.full(len(y), np.nan)
+    for train, valid in splits:
+        # The final form, fitted on the other folds' rows and out-of-fold scores, scoring this fold.
+        model = fit_on_scores(
+            calibrated(make(), method, n_folds=3, seed=0),
+            features.iloc[train],
+            target.iloc[train],
+            oof[train],
+        )
+        shipped[valid] = model.predict_proba(features.iloc[valid])[:, 1]
+    assert choice.log_losses[method] == pytest.approx(oof_log_loss(y, shipped), abs=1e-12)
+    assert choice.roc_aucs[method] == pytest.approx(fold_roc_auc(y, shipped, splits), abs=1e-12)
