@@ -22,6 +22,51 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 POSTGRES_ADMIN_DSN = os.environ.get("PIPELINE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# Session fixtures that are dear to build, and the test files that use them. Under pytest-xdist
+# (`make test` runs two workers with `--dist loadgroup`) each group's files go to one worker, so each
+# fixture is built once. xdist's own `xdist_group` marks do not reach its scheduler under pytest 9.2
+# (it renames the node id's attribute that xdist rewrites), so the scheduler below groups by file.
+SHARED_FIXTURE_FILES = {
+    "server_pipeline": ("tests/integration/test_mlflow_ui.py", "tests/integration/test_server.py"),
+    "champion_store": (
+        "tests/integration/test_serving.py",
+        "tests/integration/stages/test_smoke_test.py",
+        "tests/integration/tracking/test_scorer.py",
+    ),
+    "results_store": (
+        "tests/integration/stages/test_results.py",
+        "tests/integration/stages/test_report.py",
+        "tests/integration/tracking/test_snapshot.py",
+    ),
+}
+FILE_GROUPS = {path: group for group, paths in SHARED_FIXTURE_FILES.items() for path in paths}
+
+
+def pytest_collection_modifyitems(items):
+    """A test using a shared fixture from a file not listed with it would build the fixture again."""
+    for item in items:
+        path = item.nodeid.split("::", 1)[0]
+        for fixture in SHARED_FIXTURE_FILES.keys() & set(getattr(item, "fixturenames", ())):
+            if FILE_GROUPS.get(path) != fixture:
+                raise pytest.UsageError(
+                    f"{path} uses {fixture}: list it in SHARED_FIXTURE_FILES (tests/conftest.py)"
+                )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``: the files sharing a fixture are one unit of work, every other test its own."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedFixtureScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return FILE_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+
+    return SharedFixtureScheduling(config, log)
+
+
 @pytest.fixture(autouse=True)
 def drop_command_log_handlers():
     """Commands run in-process point the root logger at that test's captured stderr: undo it after."""

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import make_url
 
 from pipeline.config import load_config
 from pipeline.data import load_dataset, split_dataset
 from pipeline.tracking import keys
-from tests.conftest import PROJECT_ROOT, _postgres_admin, throwaway_database
+from tests.conftest import PROJECT_ROOT, _postgres_admin, project_params, small_params, throwaway_database
 from tests.github_actions import (
     PIPELINE_WORKFLOW,
     WORKFLOW_DIR,
@@ -148,6 +149,18 @@ def upload_paths(step: dict) -> list[str]:
     return [line.strip() for line in step["with"]["path"].splitlines() if line.strip()]
 
 
+def with_test_budgets(workspace: Path) -> None:
+    """The copy's ``fast`` profile gets the suite's small portfolio and budgets (what ``small_params``
+    changes): these tests check the workflow's plumbing, not the models, and the real profile took
+    four minutes of CI."""
+    path = workspace / "params.yaml"
+    raw, shipped, small = yaml.safe_load(path.read_text()), project_params(), small_params()
+    for section in ("research", "optimize", "register"):
+        changed = {key: value for key, value in small[section].items() if value != shipped[section].get(key)}
+        raw["profiles"]["fast"][section] = changed
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
 def replay(
     job_name: str,
     services: dict[str, str],
@@ -163,6 +176,7 @@ def replay(
     workflow = load_workflow()
     workspace = Path(contexts["github"]["workspace"])
     shutil.copytree(PROJECT_ROOT, workspace, ignore=NOT_COPIED)
+    with_test_budgets(workspace)
     runner = tmp_path / f"runner-{job_name}-{contexts['github']['event_name']}"
     runner.mkdir()
     files = {
