@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,10 +135,28 @@ def small_config() -> PipelineConfig:
     return make_config(small_params())
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """An empty SQLite store with MLflow's schema, made once: MLflow's migrations take seconds per store."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("migrated-sqlite")
+    path = folder / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{path}", str(folder / "mlruns")).engine.dispose()
+    return path
+
+
 @pytest.fixture
-def sqlite_store(tmp_path, monkeypatch) -> str:
-    """A fresh SQLite tracking store and artifact folder for one test."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def sqlite_store(migrated_sqlite, tmp_path, monkeypatch) -> str:
+    """A fresh SQLite tracking store (a copy of ``migrated_sqlite``) and artifact folder for one test."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(migrated_sqlite, path)
+    with closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute(  # where a new store would put the Default experiment: beside itself
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(tmp_path / "mlruns/0"),),
+        )
+    uri = f"sqlite:///{path}"
     monkeypatch.setenv(TRACKING_URI_ENV, uri)
     monkeypatch.setenv(ARTIFACT_ROOT_ENV, str(tmp_path / "artifacts"))
     return uri

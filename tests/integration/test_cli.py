@@ -7,6 +7,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline import cli
 from tests.conftest import PROJECT_ROOT, german_like, small_params
 
 pytestmark = pytest.mark.integration
@@ -73,15 +74,26 @@ GERMAN = (PROJECT_ROOT / "data" / "german_credit.csv").read_text()
         ),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, sqlite_store, make_config, message):
-    completed = run_cli(make_config(tmp_path))
-    assert completed.returncode == 2, completed.stderr
+def test_bad_input_exits_2_with_one_line(tmp_path, sqlite_store, make_config, message, capsys):
+    # In process (the command's own entry point) to spare an interpreter per case; the test below runs
+    # one case as its own process.
+    code = cli.main(["research", "--quiet", "--config", str(make_config(tmp_path))])
+    check_one_line_and_no_run(code, capsys.readouterr().err, message, sqlite_store)
+
+
+def test_bad_input_exits_2_with_one_line_from_its_own_process(tmp_path, sqlite_store):
+    completed = run_cli(with_data(tmp_path, "a,default\n1,1\n2,1\n"))
+    check_one_line_and_no_run(completed.returncode, completed.stderr, "single class", sqlite_store)
+
+
+def check_one_line_and_no_run(code: int, stderr: str, message: str, store: str) -> None:
+    assert code == 2, stderr
     # One line for the error; a warning about the data may come first (3 defaults in 40 rows here).
-    lines = [line for line in completed.stderr.strip().splitlines() if " WARNING pipeline.data: " not in line]
-    assert len(lines) == 1, completed.stderr
+    lines = [line for line in stderr.strip().splitlines() if " WARNING pipeline.data: " not in line]
+    assert len(lines) == 1, stderr
     assert message in lines[0]
-    assert "Traceback" not in completed.stderr
-    client = MlflowClient(sqlite_store)
+    assert "Traceback" not in stderr
+    client = MlflowClient(store)
     experiment = client.get_experiment_by_name("loan-default")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
     assert all(r.info.status == "FAILED" for r in runs)
