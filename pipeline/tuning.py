@@ -342,6 +342,29 @@ def enqueue_known(study: optuna.Study, configurations: Sequence[Mapping[str, Any
     return queued
 
 
+def requeue_stopped_by_time(study: optuna.Study) -> int:
+    """Queue again each configuration the time budget cut short, unless it completed or waits already;
+    returns how many. A family given more time then finishes what its deadline interrupted: most
+    often a known configuration, as the dearest of the first trials is the one the clock stops."""
+    trials = study.get_trials(deepcopy=False)
+    settled = {_params_key(t) for t in trials if t.state in (TrialState.COMPLETE, TrialState.WAITING)}
+    queued = 0
+    for trial in trials:
+        key = _params_key(trial)
+        stopped = trial.state == TrialState.PRUNED and trial.user_attrs.get(STOPPED_ATTR) == "time"
+        if stopped and key and key not in settled:
+            study.enqueue_trial(dict(key))
+            settled.add(key)
+            queued += 1
+    return queued
+
+
+def _params_key(trial: FrozenTrial) -> tuple:
+    """A trial's configuration, also when it stopped before asking for it (an enqueued one's is fixed)."""
+    params = trial.params or trial.system_attrs.get("fixed_params") or {}
+    return tuple(sorted(params.items()))
+
+
 def _inside(spec: SearchParam, value: Any) -> bool:
     if spec.type == "categorical":
         return value in spec.choices

@@ -79,6 +79,9 @@ def tune_family(
     queued = tuning.enqueue_known(study, known, space)
     if queued:
         logger.info("%s: %d known configuration(s) queued as the first trials", family, queued)
+    requeued = tuning.requeue_stopped_by_time(study)
+    if requeued:
+        logger.info("%s: %d configuration(s) the time budget cut short queued again first", family, requeued)
 
     # Trials finished by an earlier, interrupted run (or another worker) whose run never landed.
     logged = lookups.logged_trial_numbers(session, name)

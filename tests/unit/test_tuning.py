@@ -252,6 +252,36 @@ def test_a_trial_stops_between_folds_when_the_next_fold_would_end_past_the_deadl
     assert study.trials[1].intermediate_values == {}
 
 
+def test_a_configuration_the_deadline_cut_short_is_queued_again_first(train_part):
+    study = tuning.open_study(optuna.storages.InMemoryStorage(), "again", seed=0, pruning=False)
+    c_space = space(C={"type": "float", "low": 0.01, "high": 10, "log": True})
+    assert tuning.enqueue_known(study, [{"C": 1.0}, {"C": 0.1}], c_space) == 2
+    study.optimize(lr_objective(train_part, pruning=False), n_trials=1)  # C=1.0 completes
+    # C=0.1's fold is predicted at an hour: the deadline stops it before it asked for its parameters.
+    late = lr_objective(train_part, pruning=False, deadline=time.monotonic() + 60, fold_seconds=3600)
+    study.optimize(late, n_trials=3)
+    (cut,) = study.get_trials(states=(TrialState.PRUNED,))
+    assert cut.user_attrs[tuning.STOPPED_ATTR] == "time" and cut.params == {}
+    # One stopped between folds has its parameters; one pruned for its score is not the clock's.
+    c = optuna.distributions.FloatDistribution(0.01, 10, log=True)
+    for C, stopped in ((3.0, {tuning.STOPPED_ATTR: "time"}), (5.0, {})):
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.PRUNED, params={"C": C}, distributions={"C": c}, user_attrs=stopped
+            )
+        )
+
+    # More time for the family: the two the clock cut short are its next trials, queued once each.
+    assert tuning.requeue_stopped_by_time(study) == 2
+    assert tuning.requeue_stopped_by_time(study) == 0
+    study.optimize(lr_objective(train_part, pruning=False), n_trials=2)
+    assert [(t.state, t.params) for t in study.trials[-2:]] == [
+        (TrialState.COMPLETE, {"C": 0.1}),
+        (TrialState.COMPLETE, {"C": 3.0}),
+    ]
+    assert tuning.requeue_stopped_by_time(study) == 0  # both completed: nothing left to finish
+
+
 def test_best_cv_keeps_the_best_result_in_best_trial_order(train_part):
     keep = tuning.BestCV()
     study = tuning.open_study(optuna.storages.InMemoryStorage(), "keep", seed=0)
