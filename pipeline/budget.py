@@ -7,11 +7,13 @@ stages record planned against spent seconds per step (``budget.planned.<step>`` 
 The split: stage 1 plans ``RESEARCH_SHARE`` of the budget. Stage 2 takes what stage 1 left, keeps a
 reserve for the final step (its refit estimated from the fit times stage 1 measured, its fixed part
 scaled by a speed probe of the machine) and gives each tuned family a share of the rest by its
-research score (``family_weights``), re-planned at each family's start but never above its part of
-the first plan. What the first round leaves (a family at its trial cap, a reserve kept for families
-then skipped) goes in a second round to the best family time stopped, then to the next, then to
-those skipped. Once the final candidate is chosen, the reserve its refit does not need (the reserve
-was for the dearest final, a vote of every tuned family) goes in a third round to its best member.
+research score (``family_weights``), the leader's raised to fit its queued first trials (its
+research candidate and known configurations, ``with_leader_first``), re-planned at each family's
+start but never above its part of the first plan. What the first round leaves (a family at its
+trial cap, a reserve kept for families then skipped) goes in a second round to the best family time
+stopped, then to the next, then to those skipped. Once the final candidate is chosen, the reserve
+its refit does not need (the reserve was for the dearest final, a vote of every tuned family) goes
+in a third round to its best member.
 """
 
 from __future__ import annotations
@@ -406,12 +408,68 @@ def with_one_trial_each(shares: Mapping[str, float], trials: Mapping[str, float]
     return moved
 
 
+# A trial's fit time grows with these parameters: linearly with the number of trees (or boosting
+# iterations), about with the depth of each tree (the log of its leaves).
+TREE_COUNT_PARAMS = ("n_estimators", "max_iter")
+LEAF_COUNT_PARAMS = ("num_leaves", "max_leaf_nodes")
+
+
+def relative_cost(reference: Mapping[str, object], params: Mapping[str, object]) -> float:
+    """A configuration's fit time against the ``reference`` configuration's (the research candidate's,
+    which stage 1 timed), from the size parameters both give; a parameter one of them leaves to the
+    sampler or to the default counts as the reference's."""
+    ratio = 1.0
+    for key in (*TREE_COUNT_PARAMS, *LEAF_COUNT_PARAMS):
+        ours, theirs = params.get(key), reference.get(key)
+        if not (_is_number(ours) and _is_number(theirs)) or min(ours, theirs) < 2:
+            continue
+        ratio *= ours / theirs if key in TREE_COUNT_PARAMS else math.log2(ours) / math.log2(theirs)
+    return ratio
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def first_trials_seconds(
+    trial: float, reference: Mapping[str, object], configurations: Sequence[Mapping[str, object]]
+) -> float:
+    """Predicted seconds of a study's queued first trials (``configurations``: the research
+    candidate's, then the known ones), from ``trial``, the predicted seconds of the reference's."""
+    return trial * sum(relative_cost(reference, c) for c in configurations)
+
+
+# The research leader's share in the first round is raised to fit its queued first trials (its
+# research candidate and known configurations), up to this share of the tuning time: those trials
+# are the best bet of the whole stage, and a known configuration the clock cut was lost (credit_risk,
+# B = 60 s: LightGBM's larger known setting, 0.947 out-of-fold, was cut in a 4-8 s share while two
+# tied families took the rest). What the others then lack, the second round gives back.
+LEADER_FIRST_MAX_SHARE = 0.75
+
+
+def with_leader_first(shares: Mapping[str, float], leader: str, need: float) -> dict[str, float]:
+    """``shares`` (seconds per family) moved so that the ``leader``'s fits ``need`` (its first trials),
+    taken from the others in proportion to theirs, never raising it above ``LEADER_FIRST_MAX_SHARE``
+    of all of them."""
+    moved = dict(shares)
+    total = sum(moved.values())
+    others = total - moved[leader]
+    extra = min(need, LEADER_FIRST_MAX_SHARE * total) - moved[leader]
+    if extra <= 0 or others <= 0:
+        return moved
+    kept = 1.0 - min(extra, others) / others
+    for family in moved:
+        moved[family] = moved[family] + min(extra, others) if family == leader else moved[family] * kept
+    return moved
+
+
 def first_round_share(
     seconds_left: float, reserve: float, weight: float, weights_left: float, planned: float, trial: float
 ) -> float:
     """A family's share in stage 2's first round: its part of what is left by weight, never more than
-    its ``planned`` share; a plan raised to fit one ``trial`` (:func:`with_one_trial_each`) is held to
-    while what is left after the reserve allows, as the families before it may have spent their own."""
+    its ``planned`` share; a plan raised to fit ``trial`` (one trial, :func:`with_one_trial_each`, or
+    the leader's first trials, :func:`with_leader_first`) is held to while what is left after the
+    reserve allows, as the families before it may have spent their own."""
     share = min(family_share(seconds_left, reserve, weight, weights_left), planned)
     if share < trial <= planned:
         share = min(planned, max(0.0, seconds_left - reserve))

@@ -325,6 +325,17 @@ class BestCV:
         return self.result if trial is not None and trial.number == self.number else None
 
 
+def first_configurations(config, family: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A family's research candidate's configuration (the one stage 1 timed, else {}) and the
+    configurations its new study queues first: every research candidate's of the family, then the
+    configured known ones. Even a couple of trials are then good ones."""
+    research = config.research
+    timed = [dict(c.params) for c in research.portfolio.values() if c.family == family]
+    candidates = [dict(c.params) for c in research.candidates.values() if c.family == family]
+    known = [dict(c) for c in config.optimize.known_configurations.get(family, [])]
+    return (timed or candidates or [{}])[0], candidates + known
+
+
 def enqueue_known(study: optuna.Study, configurations: Sequence[Mapping[str, Any]], space) -> int:
     """Queue known good configurations as a new study's first trials; returns how many.
 

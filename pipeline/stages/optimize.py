@@ -305,13 +305,21 @@ def run(
             },
             {f: trial_of(f) for f in families},
         )
+        # The leader's first trials (its research candidate, the known configurations) are the best
+        # bet of the stage: its plan fits them, the others' shares give way (round two gives back).
+        leader = max(families, key=lambda f: weights[f])
+        first_trials = budget.first_trials_seconds(
+            trial_of(leader), *tuning.first_configurations(config, leader)
+        )
+        planned = budget.with_leader_first(planned, leader, first_trials)
         for position, family in enumerate(families):
             # The final step refits what may be in it: the families tuned and those still to come.
             reserve = reserve_with([*tuned, *families[position:]])
             weights_left = sum(weights[f] for f in families[position:])
             trial = trial_of(family)
+            needed = min(first_trials, planned[family]) if family == leader else trial
             share = budget.first_round_share(
-                left(), reserve, weights[family], weights_left, planned[family], trial
+                left(), reserve, weights[family], weights_left, planned[family], needed
             )
             skipped = budget.skip_family(share, trial, first=not tuned)
             if skipped:

@@ -73,10 +73,8 @@ def tune_family(
     runs.log_batch(session, parent_run_id, tags={f"{keys.TAG_STUDY_PREFIX}{family}": name})
     study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
     # The research candidates' own configurations first (their time is known from stage 1), then the
-    # configured known ones: even a couple of trials are then good ones.
-    known = [c.params for c in config.research.candidates.values() if c.family == family]
-    known += settings.known_configurations.get(family, [])
-    queued = tuning.enqueue_known(study, known, space)
+    # configured known ones.
+    queued = tuning.enqueue_known(study, tuning.first_configurations(config, family)[1], space)
     if queued:
         logger.info("%s: %d known configuration(s) queued as the first trials", family, queued)
     requeued = tuning.requeue_stopped_by_time(study)

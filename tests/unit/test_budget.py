@@ -1,5 +1,7 @@
 """The budget's pure decisions: shares, racing, skipping, the final reserve."""
 
+import math
+
 import pytest
 
 from pipeline import budget, models
@@ -320,3 +322,33 @@ def test_a_first_round_share_holds_to_a_plan_raised_for_one_trial_while_time_is_
     assert budget.first_round_share(5.0, 10.0, 1.0, 3.0, planned=9.0, trial=8.0) == 0.0
     # A trial dearer than its plan too: the weighted part stands (the family is then skipped).
     assert budget.first_round_share(30.0, 10.0, 1.0, 3.0, planned=6.0, trial=8.0) == pytest.approx(6.0)
+
+
+def test_a_configuration_costs_by_its_trees_and_the_depth_of_its_leaves_against_the_reference():
+    reference = {"n_estimators": 200, "num_leaves": 15, "learning_rate": 0.05}
+    assert budget.relative_cost(reference, reference) == pytest.approx(1.0)
+    assert budget.relative_cost(reference, {"n_estimators": 500}) == pytest.approx(2.5)
+    bigger = {"n_estimators": 500, "num_leaves": 31}
+    assert budget.relative_cost(reference, bigger) == pytest.approx(2.5 * math.log2(31) / math.log2(15))
+    # What either leaves to the sampler or the default counts as the reference's.
+    assert budget.relative_cost({}, bigger) == pytest.approx(1.0)
+    assert budget.relative_cost(reference, {"C": 10.0}) == pytest.approx(1.0)
+    assert budget.relative_cost({"max_iter": 100}, {"max_iter": 300}) == pytest.approx(3.0)
+    configurations = [reference, {"n_estimators": 300}, bigger]
+    assert budget.first_trials_seconds(2.0, reference, configurations) == pytest.approx(
+        2.0 * (1.0 + 1.5 + 2.5 * math.log2(31) / math.log2(15))
+    )
+
+
+def test_the_leaders_share_is_raised_to_fit_its_first_trials_from_the_others_in_proportion():
+    shares = {"leader": 8.0, "tied": 6.0, "trailing": 2.0}
+    moved = budget.with_leader_first(shares, "leader", need=11.0)
+    assert moved["leader"] == pytest.approx(11.0)
+    assert moved["tied"] == pytest.approx(6.0 * 5 / 8) and moved["trailing"] == pytest.approx(2.0 * 5 / 8)
+    assert sum(moved.values()) == pytest.approx(sum(shares.values()))  # moved, never added
+    # Never above LEADER_FIRST_MAX_SHARE of the whole ...
+    capped = budget.with_leader_first(shares, "leader", need=100.0)
+    assert capped["leader"] == pytest.approx(budget.LEADER_FIRST_MAX_SHARE * 16.0)
+    # ... and a leader whose share fits its first trials already takes nothing.
+    assert budget.with_leader_first(shares, "leader", need=5.0) == shares
+    assert budget.with_leader_first({"only": 3.0}, "only", need=9.0) == {"only": 3.0}

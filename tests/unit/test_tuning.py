@@ -364,3 +364,19 @@ def test_the_cores_go_to_the_model_or_to_the_folds_never_both(
     objective = objective_for(train_part, "random_forest", searched, pruning=pruning, n_jobs=4)
     optuna.create_study(direction="maximize").optimize(objective, n_trials=1)
     assert asked == {"model": model_jobs, "folds": fold_jobs}
+
+
+def test_a_new_study_queues_the_research_candidates_then_the_known_configurations():
+    raw = project_params()
+    raw["research"]["candidates"]["lightgbm_small"] = {"family": "lightgbm", "params": {"n_estimators": 50}}
+    raw["research"]["use"] = ["dummy_prior", "lightgbm_small"]
+    config = config_from_mapping(raw)
+    reference, queued = tuning.first_configurations(config, "lightgbm")
+    assert reference == {"n_estimators": 50}  # the one stage 1 timed: in the portfolio
+    known = raw["optimize"]["known_configurations"]["lightgbm"]
+    assert queued == [raw["research"]["candidates"]["lightgbm"]["params"], {"n_estimators": 50}, *known]
+    # A family without known configurations queues its research candidate's alone.
+    assert tuning.first_configurations(config, "naive_bayes") == (
+        raw["research"]["candidates"]["naive_bayes"]["params"],
+        [raw["research"]["candidates"]["naive_bayes"]["params"]],
+    )
