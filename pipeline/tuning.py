@@ -27,7 +27,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from pipeline import termination, trials
-from pipeline.config import CostConfig, SearchParam
+from pipeline.config import CostConfig, PipelineConfig, SearchParam
 from pipeline.errors import ConfigError
 from pipeline.models import build_estimator, validate_params
 from pipeline.settings import OPTUNA_URL_ENV, optuna_url, redact_uri
@@ -325,7 +325,7 @@ class BestCV:
         return self.result if trial is not None and trial.number == self.number else None
 
 
-def first_configurations(config, family: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def first_configurations(config: PipelineConfig, family: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """A family's research candidate's configuration (the one stage 1 timed, else {}) and the
     configurations its new study queues first: every research candidate's of the family, then the
     configured known ones. Even a couple of trials are then good ones."""

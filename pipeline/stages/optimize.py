@@ -317,7 +317,7 @@ def run(
             reserve = reserve_with([*tuned, *families[position:]])
             weights_left = sum(weights[f] for f in families[position:])
             trial = trial_of(family)
-            needed = min(first_trials, planned[family]) if family == leader else trial
+            needed = min(max(trial, first_trials), planned[family]) if family == leader else trial
             share = budget.first_round_share(
                 left(), reserve, weights[family], weights_left, planned[family], needed
             )
