@@ -451,15 +451,14 @@ def with_leader_first(shares: Mapping[str, float], leader: str, need: float) -> 
     """``shares`` (seconds per family) moved so that the ``leader``'s fits ``need`` (its first trials),
     taken from the others in proportion to theirs, never raising it above ``LEADER_FIRST_MAX_SHARE``
     of all of them."""
-    moved = dict(shares)
-    total = sum(moved.values())
-    others = total - moved[leader]
-    extra = min(need, LEADER_FIRST_MAX_SHARE * total) - moved[leader]
+    total = sum(shares.values())
+    others = total - shares[leader]
+    extra = min(need, LEADER_FIRST_MAX_SHARE * total) - shares[leader]
     if extra <= 0 or others <= 0:
-        return moved
-    kept = 1.0 - min(extra, others) / others
-    for family in moved:
-        moved[family] = moved[family] + min(extra, others) if family == leader else moved[family] * kept
+        return dict(shares)
+    taken = min(extra, others)
+    moved = {family: share * (1.0 - taken / others) for family, share in shares.items()}
+    moved[leader] = shares[leader] + taken
     return moved
 
 

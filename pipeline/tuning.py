@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -325,15 +325,21 @@ class BestCV:
         return self.result if trial is not None and trial.number == self.number else None
 
 
-def first_configurations(config: PipelineConfig, family: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A family's research candidate's configuration (the one stage 1 timed, else {}) and the
-    configurations its new study queues first: every research candidate's of the family, then the
-    configured known ones. Even a couple of trials are then good ones."""
+class FirstTrials(NamedTuple):
+    """What a new study of a family starts from."""
+
+    reference: dict[str, Any]  # the research candidate's configuration stage 1 timed ({} without one)
+    queued: list[dict[str, Any]]  # every research candidate's of the family, then the known ones
+
+
+def first_configurations(config: PipelineConfig, family: str) -> FirstTrials:
+    """The configurations a family's new study queues first, so even a couple of trials are good
+    ones, and the one among them stage 1 timed."""
     research = config.research
-    timed = [dict(c.params) for c in research.portfolio.values() if c.family == family]
+    timed = [c.params for c in research.portfolio.values() if c.family == family]
     candidates = [dict(c.params) for c in research.candidates.values() if c.family == family]
     known = [dict(c) for c in config.optimize.known_configurations.get(family, [])]
-    return (timed or candidates or [{}])[0], candidates + known
+    return FirstTrials(dict((timed or candidates or [{}])[0]), candidates + known)
 
 
 def enqueue_known(study: optuna.Study, configurations: Sequence[Mapping[str, Any]], space) -> int:

@@ -308,9 +308,8 @@ def run(
         # The leader's first trials (its research candidate, the known configurations) are the best
         # bet of the stage: its plan fits them, the others' shares give way (round two gives back).
         leader = max(families, key=lambda f: weights[f])
-        first_trials = budget.first_trials_seconds(
-            trial_of(leader), *tuning.first_configurations(config, leader)
-        )
+        first = tuning.first_configurations(config, leader)
+        first_trials = budget.first_trials_seconds(trial_of(leader), first.reference, first.queued)
         planned = budget.with_leader_first(planned, leader, first_trials)
         for position, family in enumerate(families):
             # The final step refits what may be in it: the families tuned and those still to come.

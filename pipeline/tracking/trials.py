@@ -74,7 +74,7 @@ def tune_family(
     study = tuning.open_study(storage, name, config.seed, pruning=settings.pruning)
     # The research candidates' own configurations first (their time is known from stage 1), then the
     # configured known ones.
-    queued = tuning.enqueue_known(study, tuning.first_configurations(config, family)[1], space)
+    queued = tuning.enqueue_known(study, tuning.first_configurations(config, family).queued, space)
     if queued:
         logger.info("%s: %d known configuration(s) queued as the first trials", family, queued)
     requeued = tuning.requeue_stopped_by_time(study)
