@@ -540,6 +540,63 @@ def importance_plan(
     return floor, max(1, min(repeats, fitting))
 
 
+# Reason codes for fewer rejected applicants than this say little; they get them even when time is up.
+MIN_REASON_ROWS = 200
+
+
+def reason_seconds(cost: ScoringCost, applicants: int, scored_per_applicant: int, batch_rows: int) -> float:
+    """Predicted seconds of reason codes by substitution for ``applicants``: each scored with its
+    substituted copies (``scored_per_applicant`` rows), in calls of at most ``batch_rows`` rows."""
+    if applicants <= 0 or scored_per_applicant <= 0:
+        return 0.0
+    calls = math.ceil(applicants / max(1, batch_rows // scored_per_applicant))
+    return calls * cost.fixed + applicants * scored_per_applicant * cost.per_row
+
+
+def reason_rows(
+    cost: ScoringCost, applicants: int, scored_per_applicant: int, batch_rows: int, seconds: float
+) -> int:
+    """How many of ``applicants`` get reason codes within ``seconds``: all that fit, at least
+    ``MIN_REASON_ROWS`` (or all there are)."""
+    if reason_seconds(cost, applicants, scored_per_applicant, batch_rows) <= seconds:
+        return applicants
+    per_applicant = reason_seconds(cost, applicants, scored_per_applicant, batch_rows) / applicants
+    fitting = int(max(0.0, seconds) / per_applicant)
+    return max(min(applicants, MIN_REASON_ROWS), fitting)
+
+
+@dataclass(frozen=True)
+class ReportingPlan:
+    """The final step's reporting on the test part: permutation importance and reason codes."""
+
+    importance_rows: int
+    importance_repeats: int
+    reason_rows: int
+
+
+def reporting_plan(
+    cost: ScoringCost,
+    test_rows: int,
+    n_features: int,
+    repeats: int,
+    rejected: int,
+    scored_per_applicant: int,
+    batch_rows: int,
+    seconds_left: float,
+) -> ReportingPlan:
+    """Permutation importance (:func:`importance_plan`) and reason codes for the ``rejected``
+    applicants (:func:`reason_rows`) within ``seconds_left``: each gets half, and what one needs
+    less than its half goes to the other."""
+    seconds = max(0.0, seconds_left)
+    importance_need = max(1, n_features * repeats) * cost.seconds(min(test_rows, MAX_IMPORTANCE_ROWS))
+    reasons_need = reason_seconds(cost, rejected, scored_per_applicant, batch_rows)
+    for_reasons = min(reasons_need, max(seconds / 2, seconds - importance_need))
+    rows, repeats_kept = importance_plan(cost, test_rows, n_features, repeats, seconds - for_reasons)
+    return ReportingPlan(
+        rows, repeats_kept, reason_rows(cost, rejected, scored_per_applicant, batch_rows, for_reasons)
+    )
+
+
 def process_started() -> float:
     """When this process started, on the ``time.monotonic()`` clock (the one clock read here)."""
     import psutil

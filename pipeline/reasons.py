@@ -38,7 +38,7 @@ from pipeline.tracking import keys
 METHOD_SCORECARD = "scorecard_points_below_best_bin"
 METHOD_SUBSTITUTION = "best_value_substitution"
 METHOD_COLUMN = "reason_method"
-_SUBSTITUTED_ROWS = 200_000  # substituted copies held and scored at once: bounds memory on big files
+SUBSTITUTED_ROWS = 200_000  # substituted copies held and scored at once: bounds memory on big files
 _EPSILON = 1e-9
 
 
@@ -133,8 +133,7 @@ def _substitution(
 ) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None]:
     """:func:`substitution_weights` and the applicants' probabilities. Applicants go in batches
     whose substituted copies are scored with them in one call each."""
-    per_row = 1 + sum(len(candidates.get(name) or []) for name in features.columns)
-    step = max(_SUBSTITUTED_ROWS // per_row, 1)
+    step = max(SUBSTITUTED_ROWS // _scored_per_applicant(features.columns, candidates), 1)
     if len(features) <= step:  # a request: one batch, nothing to join
         return _substitution_batch(estimator, features, candidates)
     parts = [
@@ -144,6 +143,11 @@ def _substitution(
     probabilities = [p for _, _, p in parts]
     joined = None if any(p is None for p in probabilities) else np.concatenate(probabilities)
     return pd.concat([w for w, _, _ in parts]), pd.concat([b for _, b, _ in parts]), joined
+
+
+def _scored_per_applicant(columns, candidates: Mapping[str, list]) -> int:
+    """Rows scored per applicant by substitution: the applicant, then a copy per candidate value."""
+    return 1 + sum(len(candidates.get(name) or []) for name in columns)
 
 
 def _substituted(features: pd.DataFrame, names: list[str], candidates: Mapping[str, list]) -> pd.DataFrame:
@@ -239,6 +243,15 @@ def explain(estimator: Any, features: pd.DataFrame, metadata: Mapping[str, Any],
         return scorecard_reasons(estimator, features, count, scaling)
     profile = stability.profile_from_metadata(metadata)
     return substitution_reasons(estimator, features, stability.reference_values(profile), count)
+
+
+def scored_per_applicant(estimator: Any, columns, metadata: Mapping[str, Any]) -> int:
+    """Rows :func:`explain` scores per applicant of these ``columns``, calls of at most
+    ``SUBSTITUTED_ROWS`` rows: for the time it will take. 0 for a scorecard (its points, no scoring)."""
+    if scorecard.is_scorecard(estimator):
+        return 0
+    candidates = stability.reference_values(stability.profile_from_metadata(metadata))
+    return _scored_per_applicant(columns, candidates)
 
 
 def frequencies(reasons: Reasons) -> pd.DataFrame:

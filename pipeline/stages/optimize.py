@@ -147,8 +147,8 @@ def _importance(
 
 def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
     """The scorecard table when the model is or holds a scorecard, and how often each reason code
-    is given to the rejected applicants of the test part (a seeded sample of at most
-    ``optimize.report_max_rows`` of them)."""
+    is given to ``rejected``, the rejected applicants of the test part (a seeded sample of at most
+    ``optimize.report_max_rows`` of them, fewer when the time left allows no more)."""
     card = scorecard.find_scorecard(final)
     if card is not None:
         table = scorecard.scorecard_table(card, scorecard.Scaling(**config.scorecard.model_dump()))
@@ -512,30 +512,52 @@ def run(
             positive_scores(final, test_x.iloc[:size])
             timed.append(time.monotonic() - call_started)
         cost = budget.ScoringCost.from_calls(few, timed[0], many, timed[1])
-        rows, repeats = budget.importance_plan(
-            cost, len(test_x), test_x.shape[1], settings.permutation_repeats, left() - overhead / 2
+        # Reason codes go to the rejected applicants of the test part (a seeded sample), each scored
+        # with its substituted copies: with permutation importance, what the time left allows.
+        rejected = test_x[test_scores >= threshold]
+        rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
+        plan = budget.reporting_plan(
+            cost,
+            len(test_x),
+            test_x.shape[1],
+            settings.permutation_repeats,
+            len(rejected),
+            reasons.scored_per_applicant(final, test_x.columns, metadata),
+            reasons.SUBSTITUTED_ROWS,
+            left() - overhead / 2,
         )
-        if repeats < settings.permutation_repeats:
+        if plan.importance_repeats < settings.permutation_repeats:
             logger.warning(
                 "permutation importance with %d of %d repeats (optimize.permutation_repeats): the time left "
                 "allows no more",
-                repeats,
+                plan.importance_repeats,
                 settings.permutation_repeats,
             )
         importance, importance_rows = _importance(
             final,
             test_x,
             pd.Series(test_y),
-            repeats,
+            plan.importance_repeats,
             config.seed,
-            min(rows, settings.report_max_rows),
+            min(plan.importance_rows, settings.report_max_rows),
         )
         runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
+        if plan.reason_rows < len(rejected):
+            logger.warning(
+                "reason codes for %d of %d rejected test applicants: the time left allows no more",
+                plan.reason_rows,
+                len(rejected),
+            )
+            rejected = rejected.iloc[sample_positions(len(rejected), plan.reason_rows, config.seed)]
         runs.log_batch(
-            session, run_id, metrics={"importance_rows": importance_rows, "importance_repeats": repeats}
+            session,
+            run_id,
+            metrics={
+                "importance_rows": importance_rows,
+                "importance_repeats": plan.importance_repeats,
+                "reason_rows": len(rejected),
+            },
         )
-        rejected = test_x[test_scores >= threshold]
-        rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
         _log_explanations(config, session, run_id, final, metadata, rejected)
         test_curve = cost_curve(test_y, test_scores, config.costs)
         figures = {

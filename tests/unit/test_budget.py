@@ -352,3 +352,32 @@ def test_the_leaders_share_is_raised_to_fit_its_first_trials_from_the_others_in_
     # ... and a leader whose share fits its first trials already takes nothing.
     assert budget.with_leader_first(shares, "leader", need=5.0) == shares
     assert budget.with_leader_first({"only": 3.0}, "only", need=9.0) == {"only": 3.0}
+
+
+def test_reason_codes_are_planned_by_the_rows_they_score():
+    # 1e-4 s a row and 0.05 s a call; an applicant is scored with 49 copies, 1,000 of them a call.
+    cost = budget.ScoringCost(0.05, 1e-4)
+    assert budget.reason_seconds(cost, 2_000, 50, 50_000) == pytest.approx(2 * 0.05 + 2_000 * 50 * 1e-4)
+    assert budget.reason_seconds(cost, 2_000, 0, 50_000) == 0.0  # a scorecard: its points, no scoring
+    assert budget.reason_seconds(cost, 0, 50, 50_000) == 0.0
+    assert budget.reason_rows(cost, 2_000, 50, 50_000, seconds=100) == 2_000
+    assert budget.reason_rows(cost, 2_000, 50, 50_000, seconds=5.05) == 1_000
+    # No time at all: the fewest rows that still say something, or all there are.
+    assert budget.reason_rows(cost, 2_000, 50, 50_000, seconds=0) == budget.MIN_REASON_ROWS
+    assert budget.reason_rows(cost, 150, 50, 50_000, seconds=0) == 150
+
+
+def test_importance_and_reason_codes_share_the_time_left():
+    cost = budget.ScoringCost(0.0, 1e-4)
+    # Importance of 1,000 rows, 20 features, 3 repeats: 6 s; reasons of 2,000 applicants: 10 s.
+    whole = budget.reporting_plan(cost, 1_000, 20, 3, 2_000, 50, 200_000, seconds_left=16)
+    assert whole == budget.ReportingPlan(1_000, 3, 2_000)
+    # Short of time: half each.
+    half = budget.reporting_plan(cost, 1_000, 20, 3, 2_000, 50, 200_000, seconds_left=6)
+    assert half == budget.ReportingPlan(500, 3, 600)
+    # What one needs less than its half goes to the other: importance takes 6 s, reasons the rest.
+    lopsided = budget.reporting_plan(cost, 1_000, 20, 3, 2_000, 50, 200_000, seconds_left=14)
+    assert lopsided == budget.ReportingPlan(1_000, 3, 1_600)
+    # A scorecard's reasons score nothing: importance gets it all.
+    card = budget.reporting_plan(cost, 1_000, 20, 3, 2_000, 0, 200_000, seconds_left=6)
+    assert card == budget.ReportingPlan(1_000, 3, 2_000)

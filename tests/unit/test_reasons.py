@@ -56,7 +56,7 @@ def test_applicants_in_batches_get_the_same_weights(monkeypatch):
         }
     )
     whole = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
-    monkeypatch.setattr(reasons, "_SUBSTITUTED_ROWS", 14)  # an applicant and its 6 copies: 2 a batch
+    monkeypatch.setattr(reasons, "SUBSTITUTED_ROWS", 14)  # an applicant and its 6 copies: 2 a batch
     batched = reasons.substitution_weights(LinearModel(), applicants, CANDIDATES)
     pd.testing.assert_frame_equal(batched[0], whole[0])
     pd.testing.assert_frame_equal(batched[1], whole[1])
@@ -182,3 +182,24 @@ def test_frequencies_count_first_and_top_reasons():
 )
 def test_codes_are_stable_upper_case_names(name, code):
     assert reasons.code_for(name) == code
+
+
+def test_scored_per_applicant_counts_the_rows_explain_scores(card, monkeypatch):
+    """What the final step plans reason codes' time by: the rows one explained applicant costs."""
+    model, features = card
+    metadata = {keys.META_SCORECARD_SCALING: {"base_points": 600.0, "base_odds": 50.0, "pdo": 20.0}}
+    assert reasons.scored_per_applicant(model, features.columns, metadata) == 0
+    other = build_estimator("logistic_regression", {}, ["housing"], ["duration", "age"], seed=0)
+    other.fit(features, loans()[1])
+    profile = stability.build_profile(
+        features, other.predict_proba(features)[:, 1], ["housing"], ["duration", "age"]
+    )
+    metadata = {keys.META_TRAINING_PROFILE: profile}
+    per_applicant = reasons.scored_per_applicant(other, features.columns, metadata)
+    candidates = stability.reference_values(profile)
+    assert per_applicant == 1 + sum(len(candidates[name]) for name in features.columns)
+    scored: list[int] = []
+    original = other.predict_proba
+    monkeypatch.setattr(other, "predict_proba", lambda rows: scored.append(len(rows)) or original(rows))
+    reasons.explain(other, features.head(7), metadata, 2)
+    assert sum(scored) == 7 * per_applicant

@@ -227,6 +227,14 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     )
     assert rows == metrics["importance_rows"] and list(again["feature"]) == list(logged["feature"])
     np.testing.assert_allclose(again["importance_mean"], logged["importance_mean"], rtol=0, atol=1e-12)
+    # The reason codes' table counts the rejected applicants the plan gave reasons to.
+    frequencies = pd.read_csv(
+        io.StringIO(
+            runs.download_artifact_text(store, second.run_id, f"{keys.ARTIFACT_REASON_FREQUENCIES}.csv")
+        )
+    )
+    assert metrics["reason_rows"] >= 1
+    assert (frequencies["rejected"] == metrics["reason_rows"]).all()
 
 
 @pytest.mark.parametrize("half_written", [False, True], ids=["run-never-created", "run-created-not-closed"])
@@ -499,6 +507,30 @@ def test_the_reserve_a_single_final_model_does_not_need_goes_to_its_family(sqlit
     # The final step gets what a single family's refit needs, and the budget holds.
     total = steps[keys.BUDGET_STEP_TOTAL]
     assert total.spent <= config.budget_seconds + 15
+
+
+def test_reason_codes_go_to_the_rejected_applicants_the_time_left_allows(sqlite_store, monkeypatch, caplog):
+    """Each explained applicant is scored once per substituted copy: when those would not fit the
+    final step's time, fewer rejected applicants get reasons, and the run says how many."""
+    config = make_config(
+        small_params(
+            research={"use": ["dummy_prior", "logistic_regression"]},
+            optimize={"top_k": 1, "n_trials": 1, "ensemble": False},
+        )
+    )
+    research.run(config)
+    monkeypatch.setattr(budget, "MIN_REASON_ROWS", 5)
+    # Scoring measured at 100 s a row: no applicant's copies fit.
+    monkeypatch.setattr(budget.ScoringCost, "from_calls", classmethod(lambda cls, *args: cls(0.0, 100.0)))
+    with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
+        result = optimize.run(config)
+    given = re.search(r"reason codes for 5 of (\d+) rejected test applicants", caplog.text)
+    assert given and int(given.group(1)) > 5
+    frequencies = runs.load_artifact_frame(
+        sqlite_store, result.run_id, f"{keys.ARTIFACT_REASON_FREQUENCIES}.csv"
+    )
+    assert (frequencies["rejected"] == 5).all() and frequencies["as_first_reason"].sum() <= 5
+    assert mlflow.MlflowClient(sqlite_store).get_run(result.run_id).data.metrics["reason_rows"] == 5
 
 
 def test_scorecard_family_is_researched_tuned_and_its_points_reproduce_the_logged_model(sqlite_store):
