@@ -246,8 +246,9 @@ def explain(estimator: Any, features: pd.DataFrame, metadata: Mapping[str, Any],
 
 
 def scored_per_applicant(estimator: Any, columns, metadata: Mapping[str, Any]) -> int:
-    """Rows :func:`explain` scores per applicant of these ``columns``, calls of at most
-    ``SUBSTITUTED_ROWS`` rows: for the time it will take. 0 for a scorecard (its points, no scoring)."""
+    """Rows :func:`explain` scores per applicant of these ``columns`` (the applicant and its
+    substituted copies, in calls of at most ``SUBSTITUTED_ROWS`` rows), to plan its time; 0 for a
+    scorecard, whose reasons are its points."""
     if scorecard.is_scorecard(estimator):
         return 0
     candidates = stability.reference_values(stability.profile_from_metadata(metadata))
