@@ -558,10 +558,10 @@ def reason_rows(
 ) -> int:
     """How many of ``applicants`` get reason codes within ``seconds``: all that fit, at least
     ``MIN_REASON_ROWS`` (or all there are)."""
-    if reason_seconds(cost, applicants, scored_per_applicant, batch_rows) <= seconds:
+    needed = reason_seconds(cost, applicants, scored_per_applicant, batch_rows)
+    if needed <= max(0.0, seconds):
         return applicants
-    per_applicant = reason_seconds(cost, applicants, scored_per_applicant, batch_rows) / applicants
-    fitting = int(max(0.0, seconds) / per_applicant)
+    fitting = int(max(0.0, seconds) / (needed / applicants))
     return max(min(applicants, MIN_REASON_ROWS), fitting)
 
 

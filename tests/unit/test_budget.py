@@ -365,6 +365,8 @@ def test_reason_codes_are_planned_by_the_rows_they_score():
     # No time at all: the fewest rows that still say something, or all there are.
     assert budget.reason_rows(cost, 2_000, 50, 50_000, seconds=0) == budget.MIN_REASON_ROWS
     assert budget.reason_rows(cost, 150, 50, 50_000, seconds=0) == 150
+    free = budget.ScoringCost(0.0, 0.0)  # nothing measurable: everyone, whatever the time
+    assert budget.reason_rows(free, 2_000, 50, 50_000, seconds=-1) == 2_000
 
 
 def test_importance_and_reason_codes_share_the_time_left():
