@@ -122,7 +122,7 @@ def _importance(
     rows = sample_positions(len(features), max_rows, seed)
     if len(rows) < len(features):
         logger.info(
-            "permutation importance on %d of %d test rows (optimize.report_max_rows)",
+            "permutation importance on %d of %d test rows (optimize.report_max_rows and the time left)",
             len(rows),
             len(features),
         )
@@ -518,7 +518,7 @@ def run(
         rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
         plan = budget.reporting_plan(
             cost,
-            len(test_x),
+            min(len(test_x), settings.report_max_rows),
             test_x.shape[1],
             settings.permutation_repeats,
             len(rejected),
