@@ -14,16 +14,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
-from sklearn.inspection import permutation_importance
 from tabulate import tabulate
 from threadpoolctl import threadpool_limits
 
-from pipeline import budget, inference, plots, reasons, scorecard, speed, stability, tuning
+from pipeline import budget, evaluation_report, speed, stability, tuning
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
-from pipeline.evaluation import all_metrics, cost_curve, sample_positions
+from pipeline.evaluation import all_metrics, cost_curve
 from pipeline.final_model import (
     FamilyOutcome,
     FinalCandidate,
@@ -108,56 +106,6 @@ class OptimizeResult:
 
 
 # --- The stage ---------------------------------------------------------------------------------------
-
-
-def _importance(
-    model, features: pd.DataFrame, target: pd.Series, repeats: int, seed: int, max_rows: int
-) -> tuple[pd.DataFrame, int]:
-    """Permutation importance on a seeded sample of at most ``max_rows`` rows; the frame and the rows used."""
-    # ROC AUC is unchanged by a monotone calibration, so the base model ranks the features as the
-    # calibrated model does, without scoring through the calibrator.
-    folds_fitted = getattr(model, "calibrated_classifiers_", None)
-    if folds_fitted:
-        model = folds_fitted[0].estimator
-    rows = sample_positions(len(features), max_rows, seed)
-    if len(rows) < len(features):
-        logger.info(
-            "permutation importance on %d of %d test rows (optimize.report_max_rows and the time left)",
-            len(rows),
-            len(features),
-        )
-        features, target = features.iloc[rows], target.iloc[rows]
-    # One process: spawning workers and shipping the model costs more than 250 rows of scoring.
-    result = permutation_importance(
-        model, features, target, scoring="roc_auc", n_repeats=repeats, random_state=seed, n_jobs=1
-    )
-    frame = (
-        pd.DataFrame(
-            {
-                "feature": features.columns,
-                "importance_mean": result.importances_mean,
-                "importance_std": result.importances_std,
-            }
-        )
-        .sort_values("importance_mean", ascending=False)
-        .reset_index(drop=True)
-    )
-    return frame, len(rows)
-
-
-def _log_explanations(config, session, run_id: str, final, metadata: dict, rejected: pd.DataFrame) -> None:
-    """The scorecard table when the model is or holds a scorecard, and how often each reason code
-    is given to ``rejected``, the rejected applicants of the test part (a seeded sample of at most
-    ``optimize.report_max_rows`` of them, fewer when the time left allows no more)."""
-    card = scorecard.find_scorecard(final)
-    if card is not None:
-        table = scorecard.scorecard_table(card, scorecard.Scaling(**config.scorecard.model_dump()))
-        runs.log_frame(session, run_id, table, keys.ARTIFACT_SCORECARD)
-    if rejected.empty:
-        return
-    given = reasons.explain(final, rejected, metadata, config.reason_codes.count)
-    counts = reasons.frequencies(given).assign(method=given.method, rejected=len(rejected))
-    runs.log_frame(session, run_id, counts, keys.ARTIFACT_REASON_FREQUENCIES)
 
 
 def run(
@@ -498,91 +446,13 @@ def run(
         )
         runs.log_frame(session, run_id, summary, keys.ARTIFACT_FAMILIES)
 
-        # Reporting only, after the evaluation: nothing below feeds a choice. Its rows are what the
-        # time left allows (every permutation scores them once more), at most optimize.report_max_rows.
-        # The model is written: from here it only scores, so it is readied as the scoring server
-        # readies it (same probabilities, without scikit-learn's per-call checks, which cost 50 ms a
-        # call on a column of a few thousand levels), and its calls are timed as readied: a few rows
-        # (what a call costs whatever its rows) and as many as importance may take.
-        inference.for_few_rows(final)
-        few, many = (min(len(test_x), n) for n in (budget.MIN_IMPORTANCE_ROWS, budget.MAX_IMPORTANCE_ROWS))
-        timed = []
-        for size in (few, many):
-            call_started = time.monotonic()
-            positive_scores(final, test_x.iloc[:size])
-            timed.append(time.monotonic() - call_started)
-        cost = budget.ScoringCost.from_calls(few, timed[0], many, timed[1])
-        # Reason codes go to the rejected applicants of the test part (a seeded sample), each scored
-        # with its substituted copies: with permutation importance, what the time left allows.
-        rejected = test_x[test_scores >= threshold]
-        rejected = rejected.iloc[sample_positions(len(rejected), settings.report_max_rows, config.seed)]
-        plan = budget.reporting_plan(
-            cost,
-            min(len(test_x), settings.report_max_rows),
-            test_x.shape[1],
-            settings.permutation_repeats,
-            len(rejected),
-            reasons.scored_per_applicant(final, test_x.columns, metadata),
-            reasons.SUBSTITUTED_ROWS,
-            left() - overhead / 2,
+        # Reporting only, after the evaluation; half the final step's fixed part is kept for the rest.
+        evaluation = evaluation_report.HeldOutEvaluation(
+            candidate.name, test_x, test_y, test_scores, float(threshold), test_metrics, oof_curve
         )
-        if plan.importance_repeats < settings.permutation_repeats:
-            logger.warning(
-                "permutation importance with %d of %d repeats (optimize.permutation_repeats): the time left "
-                "allows no more",
-                plan.importance_repeats,
-                settings.permutation_repeats,
-            )
-        importance, importance_rows = _importance(
-            final,
-            test_x,
-            pd.Series(test_y),
-            plan.importance_repeats,
-            config.seed,
-            min(plan.importance_rows, settings.report_max_rows),
+        evaluation_report.log_evaluation(
+            config, session, run_id, final, evaluation, metadata, lambda: left() - overhead / 2
         )
-        runs.log_frame(session, run_id, importance, keys.ARTIFACT_IMPORTANCE)
-        if plan.reason_rows < len(rejected):
-            logger.warning(
-                "reason codes for %d of %d rejected test applicants: the time left allows no more",
-                plan.reason_rows,
-                len(rejected),
-            )
-            rejected = rejected.iloc[sample_positions(len(rejected), plan.reason_rows, config.seed)]
-        runs.log_batch(
-            session,
-            run_id,
-            metrics={
-                "importance_rows": importance_rows,
-                "importance_repeats": plan.importance_repeats,
-                "reason_rows": len(rejected),
-            },
-        )
-        _log_explanations(config, session, run_id, final, metadata, rejected)
-        test_curve = cost_curve(test_y, test_scores, config.costs)
-        figures = {
-            keys.PLOT_ROC: plots.roc_chart(test_y, test_scores, candidate.name),
-            keys.PLOT_PRECISION_RECALL: plots.precision_recall_chart(test_y, test_scores),
-            keys.PLOT_CALIBRATION: plots.calibration_chart(test_y, test_scores),
-            keys.PLOT_CONFUSION: plots.confusion_chart(
-                test_metrics["test_tn"],
-                test_metrics["test_fp"],
-                test_metrics["test_fn"],
-                test_metrics["test_tp"],
-                threshold,
-            ),
-            keys.PLOT_COST: plots.cost_chart(
-                np.clip(oof_curve.thresholds, 0, 1),
-                oof_curve.costs,
-                threshold,
-                test_curve=(np.clip(test_curve.thresholds, 0, 1), test_curve.costs),
-            ),
-            keys.PLOT_SCORES: plots.score_distribution_chart(test_y, test_scores, threshold),
-            keys.PLOT_IMPORTANCE: plots.importance_chart(importance),
-        }
-        for path, figure in figures.items():
-            runs.log_figure(session, run_id, figure, path)
-            plots.close(figure)
 
         steps.append(budget.Step(keys.BUDGET_STEP_FINAL, final_planned, time.monotonic() - final_started))
         spent = research_step.spent + time.monotonic() - started

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
-from pipeline import budget, cli, inference, tuning
+from pipeline import budget, cli, evaluation_report, inference, reporting_plan, tuning
 from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import ConfigError
 from pipeline.stages import optimize, research
@@ -217,7 +217,7 @@ def test_optimize_on_sqlite_resumes_and_never_touches_the_test_part(sqlite_store
     for part in inference.parts(estimator):
         if getattr(part, "n_jobs", None) not in (None, 1):
             part.n_jobs = 1  # a forest's trees summed in one order, as when readied
-    again, rows = optimize._importance(
+    again, rows = evaluation_report.importance(
         estimator,
         dataset.features.iloc[in_order],
         dataset.target.iloc[in_order],
@@ -519,10 +519,12 @@ def test_reason_codes_go_to_the_rejected_applicants_the_time_left_allows(sqlite_
         )
     )
     research.run(config)
-    monkeypatch.setattr(budget, "MIN_REASON_ROWS", 5)
+    monkeypatch.setattr(reporting_plan, "MIN_REASON_ROWS", 5)
     # Scoring measured at 100 s a row: no applicant's copies fit.
-    monkeypatch.setattr(budget.ScoringCost, "from_calls", classmethod(lambda cls, *args: cls(0.0, 100.0)))
-    with caplog.at_level(logging.WARNING, logger="pipeline.stages.optimize"):
+    monkeypatch.setattr(
+        reporting_plan.ScoringCost, "from_calls", classmethod(lambda cls, *args: cls(0.0, 100.0))
+    )
+    with caplog.at_level(logging.WARNING, logger="pipeline.evaluation_report"):
         result = optimize.run(config)
     given = re.search(r"reason codes for 5 of (\d+) rejected test applicants", caplog.text)
     assert given and int(given.group(1)) > 5
