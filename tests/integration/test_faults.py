@@ -206,7 +206,7 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
     params = write_params(
         tmp_path,
         tracking={"connect_retries": 1, "connect_backoff_seconds": 0.1},
-        optimize={"n_trials": 6, "pruning": False},
+        optimize={"n_trials": 3, "pruning": False},
     )
     env = cli_env(uri, tmp_path)
     assert run_cli(params, env, "research").returncode == 0
@@ -238,7 +238,7 @@ def test_database_lost_mid_optuna_study_then_rerun_completes(pg_cluster, tmp_pat
     trials = [r for r in every_run if r.data.tags.get(keys.TAG_ROLE) == "trial" and r.info.status != "FAILED"]
     trial_ids = [(r.data.tags[keys.TAG_OPTUNA_STUDY], r.data.tags[keys.TAG_OPTUNA_TRIAL]) for r in trials]
     assert len(trial_ids) == len(set(trial_ids))
-    assert sorted(Counter(study for study, _ in trial_ids).values()) == [6, 6]
+    assert sorted(Counter(study for study, _ in trial_ids).values()) == [3, 3]
 
 
 @pytest.mark.postgres

@@ -23,7 +23,7 @@ from tests.conftest import PROJECT_ROOT, make_config, small_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-N_TRIALS = 12  # more than can finish between the poll and the signal (a trial takes about a second)
+N_TRIALS = 6  # more than can finish between the poll and the signal (a trial takes about a second)
 
 
 def _params() -> dict:
