@@ -240,6 +240,14 @@ RUNG_PRIOR = (
 )
 
 
+# Up to this many training rows a cheap family (models.CHEAP_FAMILIES) whose fold is not predicted
+# dearer than CHEAP_FOLD_SECONDS is never skipped for time: on a small budget the fixed costs
+# (imports, the store, the workers) can take stage 1's whole share, and a ranking of one family would
+# leave stage 2 the one choice.
+CHEAP_ROWS = 20_000
+CHEAP_FOLD_SECONDS = 1.0
+
+
 def rung_order(families: Mapping[str, str]) -> list[str]:
     """Candidate names (``{name: family}``, in config order) in the order their first rungs run."""
     rank = {family: position for position, family in enumerate(RUNG_PRIOR)}

@@ -6,7 +6,7 @@ Pure: builds unfitted estimators from config values; no I/O, no tracking.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import ConfigError
@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 # Families that are baselines rather than contenders for stage 2.
 BASELINE_FAMILIES = frozenset({"dummy"})
+# Families whose fit is light and grows linearly: on a small training part (budget.CHEAP_ROWS) stage 1
+# ranks them even once its share is spent, as their folds cost less than a second.
+CHEAP_FAMILIES = frozenset({"dummy", "logistic_regression", "naive_bayes", "decision_tree"})
 # Families whose fitted model is a points scorecard (pipeline.scorecard reads it).
 SCORECARD_FAMILIES = frozenset({"woe_scorecard"})
 
@@ -39,6 +42,18 @@ _FAMILIES: dict[str, tuple[str, str, bool, bool]] = {
 }
 
 FAMILIES = tuple(_FAMILIES)
+
+# What every family's pipeline is built from, besides its estimator's own module.
+_PREPROCESSING_MODULES = ("sklearn.pipeline", "sklearn.compose", "sklearn.impute", "sklearn.preprocessing")
+
+
+def modules_of(families: Iterable[str]) -> list[str]:
+    """The modules a process imports to build, unpickle and fit these families' pipelines."""
+    wanted = set(families)
+    estimators = {_FAMILIES[f][0].split(":")[0] for f in wanted if f in _FAMILIES}
+    binning = ["optbinning"] if any(_FAMILIES[f][1] == "woe" for f in wanted if f in _FAMILIES) else []
+    return [*_PREPROCESSING_MODULES, *sorted(estimators), *binning]
+
 
 # Families whose estimator refuses a sparse matrix: their one-hot encoding stays dense.
 DENSE_INPUT_FAMILIES = frozenset({"naive_bayes"})

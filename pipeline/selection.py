@@ -22,6 +22,7 @@ from pipeline.config import PipelineConfig
 from pipeline.data import Dataset, Split
 from pipeline.models import (
     BASELINE_FAMILIES,
+    CHEAP_FAMILIES,
     SAMPLE_ROWS,
     build_estimator,
     fit_rows_cap,
@@ -160,7 +161,8 @@ def _race_plan(
 ) -> _RacePlan:
     """Every row when the probe predicts a fold within ``cap``; else a sample whose fold fits, a
     forest with fewer trees (a part too small to sample), every row for the first family stage 2
-    needs, or a skip. A family's own row cap (``models.SAMPLE_ROWS``) applies last."""
+    needs or a cheap family on a small part (``budget.CHEAP_ROWS``), or a skip. A family's own row
+    cap (``models.SAMPLE_ROWS``) applies last."""
     n, n_folds = whole.rows, len(whole.splits)
     predicted = probe.fold_seconds(n, n_folds) if probe else 0.0
     rows, why, forced = n, "", False
@@ -178,7 +180,12 @@ def _race_plan(
             return _RacePlan(
                 _sized(config, dataset, candidate, n, n_estimators=fewer), whole, note, trees / fewer
             )
-        if ranked_one:
+        cheap = (
+            candidate.family in CHEAP_FAMILIES
+            and n <= budget.CHEAP_ROWS
+            and predicted <= budget.CHEAP_FOLD_SECONDS
+        )
+        if ranked_one and not cheap:
             skipped = (
                 f"skipped: one fold would take about {predicted:.0f} s, its share is {cap:.0f} s"
                 if left > 0

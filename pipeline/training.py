@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -9,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from pipeline.config import CostConfig
 from pipeline.evaluation import best_threshold, decision_metrics, probability_metrics, summarise_folds
 from pipeline.processes import release_freed_memory
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,36 @@ def cross_validate(
     if on_fold is None and n_jobs != 1:  # a fold run here released its own (fit_predict_fold)
         release_freed_memory()  # what the outcomes unpickled from workers left resident
     return result
+
+
+def _import_all(modules: list[str]) -> int:
+    for name in modules:
+        importlib.import_module(name)
+    return len(modules)
+
+
+def start_fold_workers(n_jobs: int, modules: list[str]) -> threading.Thread | None:
+    """Start the worker processes folds run in (``n_jobs``), with ``modules`` imported, in a
+    background thread; join it before timing folds.
+
+    Their start-up (a few seconds of imports, 2.9 s measured with scikit-learn and LightGBM) then
+    overlaps the stage's own set-up instead of being timed as the first candidate's folds, whose
+    time the race extrapolates (on a small budget it would take the whole of stage 1's share).
+    joblib reuses the same workers for the folds. None when folds run in this process.
+    """
+    workers = effective_n_jobs(n_jobs)
+    if workers == 1:
+        return None
+
+    def start() -> None:
+        try:
+            Parallel(n_jobs=n_jobs)(delayed(_import_all)(modules) for _ in range(workers))
+        except Exception as error:  # the folds will meet and report the same failure
+            logger.debug("fold workers not started ahead: %s", error)
+
+    thread = threading.Thread(target=start, name="fold-workers", daemon=True)
+    thread.start()
+    return thread
 
 
 def run_folds(

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from pipeline import budget, plots, scorecard, speed
 from pipeline.config import PipelineConfig
 from pipeline.data import check_folds, load_dataset, split_dataset
+from pipeline.models import modules_of
 from pipeline.selection import (
     STATUS_FULL,
     STATUS_SKIPPED,
@@ -32,6 +33,7 @@ from pipeline.selection import (
     validate_portfolio,
 )
 from pipeline.tracking import keys, runs
+from pipeline.training import start_fold_workers
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     check_folds(dataset.target.iloc[split.train_index], config.research.cv_folds, "research.cv_folds")
+    # Started once the data is known good, so a bad table still fails at once.
+    workers = start_fold_workers(
+        config.research.n_jobs, modules_of(c.family for c in config.research.portfolio.values())
+    )
     session = runs.connect(config)
 
     tags = runs.base_tags(config, keys.STAGE_RESEARCH, dataset, split)
@@ -88,6 +94,8 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
                 **{f"removed_{k}": v for k, v in dataset.removed_rows.items()},
             },
         )
+        if workers is not None:
+            workers.join()  # before the probe and the candidates: neither is timed beside their start
         # The work after the candidates, scaled to how fast this machine is now.
         probe = speed.probe_seconds()
         tail = budget.fixed_seconds(budget.RESEARCH_TAIL_SECONDS, probe)

@@ -1,3 +1,5 @@
+import importlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -190,3 +192,15 @@ def test_a_forest_above_the_row_cap_is_kept_under_its_memory_cap(family):
     for tree in model.named_steps["model"].estimators_:
         state = tree.tree_.__getstate__()
         assert (state["nodes"].nbytes + state["values"].nbytes) / tree.tree_.node_count <= FOREST_NODE_BYTES
+
+
+def test_modules_of_families_are_their_estimators_and_the_preprocessing():
+    from pipeline.models import modules_of
+
+    modules = modules_of(["lightgbm", "random_forest", "extra_trees", "woe_scorecard"])
+    assert {"lightgbm", "sklearn.ensemble", "sklearn.linear_model", "optbinning"} <= set(modules)
+    assert {"sklearn.pipeline", "sklearn.compose", "sklearn.preprocessing"} <= set(modules)
+    assert len(modules) == len(set(modules))
+    assert "optbinning" not in modules_of(["logistic_regression"])
+    for name in modules_of(FAMILIES):
+        importlib.import_module(name)  # every one is a real module

@@ -221,20 +221,35 @@ def test_a_forest_draws_its_trees_from_at_most_twice_the_rows_each_grows_on():
     assert size_settings("extra_trees", rows)["max_samples"] == pytest.approx(0.5)
 
 
-def test_once_the_share_is_spent_only_the_first_strong_family_by_the_prior_runs():
-    from pipeline.data import split_dataset
-    from pipeline.selection import STATUS_SKIPPED, evaluate_portfolio
+def _spent_share_outcomes(use: list[str], monkeypatch=None, cheap_rows: int | None = None):
+    from pipeline.selection import STATUS_SKIPPED
 
-    config = _racing_config()
+    raw = small_params()
+    raw["research"]["n_jobs"] = 1
+    raw["research"]["use"] = use
+    config = make_config(raw)
+    if cheap_rows is not None:
+        monkeypatch.setattr(budget, "CHEAP_ROWS", cheap_rows)
     dataset = load_dataset(config)
     split = split_dataset(dataset, config.split.test_size, config.seed)
     outcomes = evaluate_portfolio(config, dataset, split, seconds=0)
-    ran = [o.family for o in outcomes if o.status != STATUS_SKIPPED]
-    # Stage 2 still has a family to tune: the first by the prior, a cheap one often best.
-    families = {name: c.family for name, c in config.research.portfolio.items()}
-    assert ran == [families[budget.rung_order(families)[0]]]
-    assert ran[0] in {"lightgbm", "logistic_regression", "hist_gradient_boosting"}
     assert all("spent before its turn" in o.note for o in outcomes if o.status == STATUS_SKIPPED)
+    return [o.family for o in outcomes if o.status != STATUS_SKIPPED]
+
+
+def test_once_the_share_is_spent_the_first_strong_family_and_the_cheap_ones_still_run():
+    portfolio = ["dummy_prior", "lightgbm", "random_forest", "extra_trees", "logistic_regression"]
+    portfolio.append("naive_bayes")
+    # Stage 2 still has a family to tune: the first by the prior; and on a small part the cheap
+    # families, whose folds cost less than a second, are ranked beside it.
+    ran = _spent_share_outcomes(portfolio)
+    assert sorted(ran) == ["dummy", "lightgbm", "logistic_regression", "naive_bayes"]
+
+
+def test_on_a_larger_part_only_the_first_strong_family_runs_once_the_share_is_spent(monkeypatch):
+    portfolio = ["dummy_prior", "random_forest", "logistic_regression", "naive_bayes", "decision_tree"]
+    ran = _spent_share_outcomes(portfolio, monkeypatch, cheap_rows=100)  # fewer than the part's rows
+    assert ran == ["logistic_regression"]  # the first by the prior: stage 2 needs a family
 
 
 def test_knn_is_left_out_above_its_row_limit_and_the_rest_still_runs(monkeypatch, caplog):

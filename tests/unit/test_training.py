@@ -206,3 +206,22 @@ def test_a_stratified_sample_is_seeded_sorted_and_keeps_the_classes_in_proportio
     assert not np.array_equal(rows, stratified_sample(y, 1_000, seed=8))
     # Asked for all the rows or more: every position, in order.
     assert np.array_equal(stratified_sample(y, 5_000, seed=7), np.arange(3_000))
+
+
+def _imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+def test_fold_workers_start_ahead_with_their_modules_and_the_folds_reuse_them():
+    from joblib import Parallel, delayed
+
+    from pipeline.training import start_fold_workers
+
+    assert start_fold_workers(1, ["colorsys"]) is None  # folds run in this process: nothing to start
+    started = start_fold_workers(2, ["colorsys"])  # a module nothing else here imports
+    started.join(timeout=300)
+    assert not started.is_alive()
+    # The folds' next parallel call runs in the workers started ahead, which hold the module already.
+    assert any(Parallel(n_jobs=2)(delayed(_imported)("colorsys") for _ in range(2)))
