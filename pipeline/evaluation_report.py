@@ -185,7 +185,7 @@ def log_evaluation(
         pd.Series(evaluation.labels),
         plan.importance_repeats,
         config.seed,
-        min(plan.importance_rows, settings.report_max_rows),
+        plan.importance_rows,
     )
     runs.log_frame(session, run_id, importance_frame, keys.ARTIFACT_IMPORTANCE)
     if plan.reason_rows < len(rejected):

@@ -66,7 +66,9 @@ def run(config: PipelineConfig, started: float | None = None) -> ResearchResult:
     check_folds(dataset.target.iloc[split.train_index], config.research.cv_folds, "research.cv_folds")
     # Started once the data is known good, so a bad table still fails at once.
     workers = start_fold_workers(
-        config.research.n_jobs, modules_of(c.family for c in config.research.portfolio.values())
+        config.research.n_jobs,
+        modules_of(c.family for c in config.research.portfolio.values()),
+        config.research.cv_folds,
     )
     session = runs.connect(config)
 

@@ -219,8 +219,9 @@ def test_fold_workers_start_ahead_with_their_modules_and_the_folds_reuse_them():
 
     from pipeline.training import start_fold_workers
 
-    assert start_fold_workers(1, ["colorsys"]) is None  # folds run in this process: nothing to start
-    started = start_fold_workers(2, ["colorsys"])  # a module nothing else here imports
+    assert start_fold_workers(1, ["colorsys"], folds=5) is None  # folds run in this process: nothing to start
+    assert start_fold_workers(2, ["colorsys"], folds=1) is None  # one fold at a time: no worker needed
+    started = start_fold_workers(2, ["colorsys"], folds=5)  # a module nothing else here imports
     started.join(timeout=300)
     assert not started.is_alive()
     # The folds' next parallel call runs in the workers started ahead, which hold the module already.
