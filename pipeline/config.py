@@ -175,8 +175,8 @@ class OptimizeConfig(_Section):
     # sample): they are reporting, and their cost grows with the rows (repeats x features x rows,
     # and about 160 scorings per rejected applicant).
     report_max_rows: int = Field(10_000, ge=100)
-    # Also try soft votes of the tuned families' best models (all of them unless a smaller vote is
-    # better by ensemble_min_gain); kept only when it beats the best single family by that margin.
+    # The final model is the soft vote of the tuned families' best models, unless a smaller vote or
+    # one family beats it fold by fold by more than ensemble_min_gain and one standard error.
     ensemble: bool = True
     ensemble_min_gain: float = Field(0.001, ge=0, le=1)
     search_spaces: dict[Family, dict[str, SearchParam]] = {}

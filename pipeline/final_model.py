@@ -142,16 +142,18 @@ def choose_final_estimator(
     train_y: pd.Series,
     splits: list,
 ) -> FinalCandidate:
-    """The best single family, unless a soft vote of two or more tuned families cross-validates better.
+    """The soft vote of every tuned family's best model, unless a smaller vote or one family is
+    clearly better on the same folds.
 
     Each family's best model is cross-validated on the trials' folds once: its best trial's
     result is reused when this process ran it, else it is cross-validated here. A soft vote's
     out-of-fold scores are then the mean of its members' (what ``VotingClassifier`` computes),
-    so every subset is judged without another fit. The vote of all of them is the default; a
-    smaller one replaces it only when its CV ROC AUC is higher by more than ``ensemble_min_gain``
-    (a member that clearly hurts is dropped; noise is not chased). The vote is kept only when it
-    beats the best single family by that margin too, as one model is cheaper to keep and score.
-    Pure: training folds only, never the test part.
+    so every subset is judged without another fit. A subset (one family included) replaces the
+    vote of all only when its ROC AUC, fold by fold, is higher by more than ``ensemble_min_gain``
+    and by more than one standard error of those paired differences: where the folds cannot tell
+    the models apart (few defaults, a few hundred rows), the average of several is the safer
+    choice, as it varies less; on large data the error is small, and a clearly better family wins
+    alone (one model is cheaper to keep and score). Pure: training folds only, never the test part.
     """
     settings = config.optimize
     if not settings.ensemble or len(outcomes) < 2:
@@ -171,44 +173,55 @@ def choose_final_estimator(
         or cross_validate(model, train_x, train_y, splits, config.costs, n_jobs=1)
         for family, model in members.items()
     }
-    best: tuple[tuple[str, ...], CVResult, dict[str, float]] | None = None
-    for size in range(len(members), 1, -1):
-        for combo in itertools.combinations(members, size):
-            scores = np.mean([member_cv[f].oof_scores for f in combo], axis=0)
-            result = result_from_scores(
-                y,
-                scores,
-                splits,
-                config.costs,
-                fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
-                predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
-            )
-            metrics = tuning.with_short_names(result.summary())
-            logger.info("%s: cv ROC AUC %.4f", vote_name(combo), metrics["cv_roc_auc"])
-            # Fewer members must beat more by the margin: on a few hundred rows the CV cannot tell
-            # small differences apart, and averaging more models reduces variance.
-            margin = settings.ensemble_min_gain if best is not None and size < len(best[0]) else 0.0
-            if best is None or metrics["cv_roc_auc"] > best[2]["cv_roc_auc"] + margin:
-                best = (combo, result, metrics)
 
-    combo, result, metrics = best
-    logger.info(
-        "best vote %s: cv ROC AUC %.4f against %.4f for %s alone",
-        vote_name(combo),
-        metrics["cv_roc_auc"],
-        winner.metrics["cv_roc_auc"],
-        winner.family,
+    def vote_result(combo: tuple[str, ...]) -> CVResult:
+        return result_from_scores(
+            y,
+            np.mean([member_cv[f].oof_scores for f in combo], axis=0),
+            splits,
+            config.costs,
+            fit_seconds=sum(member_cv[f].fit_seconds for f in combo),
+            predict_seconds=sum(member_cv[f].predict_seconds for f in combo),
+        )
+
+    everyone = tuple(members)
+    results = {everyone: vote_result(everyone)}
+    chosen, chosen_gain = everyone, 0.0
+    for size in range(len(everyone) - 1, 0, -1):
+        for combo in itertools.combinations(everyone, size):
+            results[combo] = member_cv[combo[0]] if size == 1 else vote_result(combo)
+            gain, error = paired_gain(results[combo], results[everyone])
+            logger.info(
+                "%s: cv ROC AUC %+.4f ± %.4f against the vote of all",
+                combo[0] if size == 1 else vote_name(combo),
+                gain,
+                error,
+            )
+            if gain > max(settings.ensemble_min_gain, error) and gain > chosen_gain:
+                chosen, chosen_gain = combo, gain
+
+    result = results[chosen]
+    if len(chosen) == 1:
+        family = chosen[0]
+        logger.info("%s alone is clearly better than the vote of all (by %.4f)", family, chosen_gain)
+        return FinalCandidate(
+            family, members[family], dict(by_family[family].metrics), cv=result, families=chosen
+        )
+    metrics = tuning.with_short_names(result.summary())
+    logger.info("final model %s: cv ROC AUC %.4f", vote_name(chosen), metrics["cv_roc_auc"])
+    vote = build_ensemble([(f, members[f]) for f in chosen])
+    return FinalCandidate(vote_name(chosen), vote, metrics, cv=result, families=chosen)
+
+
+def paired_gain(candidate: CVResult, reference: CVResult) -> tuple[float, float]:
+    """The mean per-fold ROC AUC of ``candidate`` minus ``reference``'s on the same folds, and the
+    standard error of that mean (0 with one fold)."""
+    differences = np.array(
+        [c["roc_auc"] - r["roc_auc"] for c, r in zip(candidate.per_fold, reference.per_fold, strict=True)]
     )
-    if metrics["cv_roc_auc"] > winner.metrics["cv_roc_auc"] + settings.ensemble_min_gain:
-        vote = build_ensemble([(f, members[f]) for f in combo])
-        return FinalCandidate(vote_name(combo), vote, metrics, cv=result, families=combo)
-    return FinalCandidate(
-        winner.family,
-        members[winner.family],
-        dict(winner.metrics),
-        cv=member_cv[winner.family],
-        families=(winner.family,),
-    )
+    if len(differences) < 2:
+        return float(differences.mean()), 0.0
+    return float(differences.mean()), float(differences.std(ddof=1) / np.sqrt(len(differences)))
 
 
 def estimator_for(config: PipelineConfig, dataset: Dataset, outcome: FamilyOutcome, n_rows: int = 0):

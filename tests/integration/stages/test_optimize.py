@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.pipeline import Pipeline
 
-from pipeline import budget, cli, evaluation_report, inference, reporting_plan, tuning
+from pipeline import budget, cli, evaluation_report, final_model, inference, reporting_plan, tuning
 from pipeline.data import load_dataset, split_dataset
 from pipeline.errors import ConfigError
 from pipeline.stages import optimize, research
@@ -482,9 +482,11 @@ def test_the_second_round_gives_a_skipped_family_its_first_trials_before_more_to
 
 def test_the_reserve_a_single_final_model_does_not_need_goes_to_its_family(sqlite_store, monkeypatch, caplog):
     research.run(make_config(small_params()))
-    # Both families tune until time stops them; a vote is never kept (it would need a gain of 1).
-    config = make_config(
-        small_params(budget_seconds=60, optimize={"n_trials": 500, "ensemble_min_gain": 1.0})
+    # Both families tune until time stops them; the better one is always judged clearly better than
+    # the vote of both, so the final model is that family alone.
+    config = make_config(small_params(budget_seconds=60, optimize={"n_trials": 500}))
+    monkeypatch.setattr(
+        final_model, "paired_gain", lambda candidate, reference: (candidate.summary()["cv_roc_auc_mean"], 0.0)
     )
     # A vote's refit held 15 s more per member than one family's, as forests' would.
     real_reserve = budget.final_reserve
