@@ -120,7 +120,7 @@ def family_objective(
 
 @dataclass(frozen=True)
 class FinalCandidate:
-    """What stage 2 refits: the best family's best trial, or a soft vote of several families' best."""
+    """What stage 2 refits: a soft vote of several families' best trials, or one family's."""
 
     name: str
     estimator: object

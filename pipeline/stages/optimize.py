@@ -310,7 +310,7 @@ def run(
             second_round(family, max(0.0, left() - reserve_with([*tuned, family])), trial_of(family))
 
         def choose(among: list[str]) -> tuple[TrainingPart, FinalCandidate]:
-            """The rows and the final candidate (the best family, or a soft vote) of these tuned families."""
+            """The rows and the final candidate (a soft vote, or one family) of these tuned families."""
             outcomes = [tuned[f] for f in among]
             winner = min(outcomes, key=lambda o: tuning.rank_key(o.metrics))
             # The winner's rows (a sample when stage 1 drew one); a soft vote only of families tuned
